@@ -1,0 +1,3 @@
+"""blue: a command-line runner for locate-then-edit knowledge editing experiments."""
+
+__version__ = "0.1.0"

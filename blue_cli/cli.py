@@ -1,0 +1,134 @@
+"""The ``blue`` command: Typer commands in front of one Hydra entry point."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+from blue_cli.errors import BlueError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Locate-then-edit knowledge editing experiments.")
+
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _fail(exc: BlueError) -> None:
+    from blue_cli.reporting.console import err_console
+
+    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _hydra_job(cfg) -> None:
+    """The body of every Hydra job (single run or one job of a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from blue_cli.reporting.console import RichProgress, show_run
+    from blue_cli.reporting.results import BATCHES, read_jsonl
+    from blue_cli.runner import run_experiment
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run_experiment(cfg, run_dir, progress=RichProgress())
+    except BlueError as exc:
+        from blue_cli.reporting.console import err_console
+
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    show_run(run_dir, summary, read_jsonl(run_dir / BATCHES))
+
+
+def run_hydra(args: list[str]) -> None:
+    """Hand ``args`` to Hydra's own main (so -m sweeps, launchers and run folders work)."""
+    import hydra
+
+    from blue_cli.config import conf_dir, register_configs
+
+    register_configs()
+    main = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_hydra_job)
+    saved = sys.argv
+    sys.argv = ["blue", *args]
+    try:
+        main()
+    finally:
+        sys.argv = saved
+
+
+@app.command(context_settings=PASS_THROUGH)
+def edit(ctx: typer.Context) -> None:
+    """Run sequential editing + evaluation: blue edit [-m] [--cfg job] [group=choice ...] [key=value ...]."""
+    from blue_cli.overrides import validate_overrides
+
+    args = list(ctx.args)
+    if any(a in ("--help", "-h", "--hydra-help") for a in args):
+        run_hydra(args)
+        return
+    try:
+        validate_overrides(args)
+    except BlueError as exc:
+        _fail(exc)
+    run_hydra(args)
+
+
+@app.command(name="list")
+def list_choices() -> None:
+    """Show the available models, datasets, methods and strategies."""
+    from rich.table import Table
+
+    from blue_cli.config import GROUPS, group_choices
+    from blue_cli.reporting.console import console
+
+    table = Table(title="config groups (use as group=choice)")
+    table.add_column("group")
+    table.add_column("choices")
+    for group in GROUPS:
+        table.add_row(group, ", ".join(group_choices(group)))
+    console.print(table)
+
+
+@app.command(context_settings=PASS_THROUGH)
+def stats(ctx: typer.Context) -> None:
+    """Precompute (and cache) the covariance statistics a run would need: blue stats [overrides]."""
+    from blue_cli.editing.covariance import CovarianceStore
+    from blue_cli.overrides import compose_config
+    from blue_cli.registry import strategy_class
+    from blue_cli.reporting.console import RichProgress, console
+    from blue_cli.runner import load_adapter, stats_settings
+
+    try:
+        cfg = compose_config(list(ctx.args))
+        adapter = load_adapter(cfg)
+        layers = strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(list(cfg.model.layers))
+        store = CovarianceStore(adapter, stats_settings(cfg))
+        todo = store.missing(layers)
+        if todo:
+            with RichProgress().track(f"statistics for layers {todo}", 1) as update:
+                store.ensure(layers, progress=update)
+    except BlueError as exc:
+        _fail(exc)
+    for layer in layers:
+        console.print(f"layer {layer}: {store.path(layer)}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run folder written by blue edit")) -> None:
+    """Show a finished run's tables again, from its JSON files."""
+    from blue_cli.reporting.console import show_run
+    from blue_cli.reporting.results import BATCHES, SUMMARY, read_jsonl, read_summary
+
+    if not (run_dir / SUMMARY).is_file():
+        _fail(BlueError(f"no {SUMMARY} in '{run_dir}' (give a run folder under outputs/ that finished)"))
+    show_run(run_dir, read_summary(run_dir), read_jsonl(run_dir / BATCHES))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

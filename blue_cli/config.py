@@ -1,0 +1,154 @@
+"""Typed schema of every config group, registered with Hydra's ConfigStore.
+
+Each YAML in ``conf/<group>/`` starts from one of these schemas, so a mistyped
+key or a wrong type fails at composition, before any work is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from blue_cli.errors import ConfigError
+
+
+@dataclass
+class TargetConfig:
+    """Target-vector optimisation (reference names: v_lr, v_num_grad_steps, clamp_norm_factor...)."""
+
+    lr: float = 0.5
+    steps: int = 20
+    clamp: float = 0.75
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    early_stop_loss: float = 0.05
+
+
+@dataclass
+class ModelConfig:
+    """Model facts: where to load it from and its critical (edited) layers, 0-based."""
+
+    name: str = MISSING
+    source: str = MISSING
+    revision: Optional[str] = None
+    dtype: str = "auto"
+    device_map: Optional[str] = None
+    layers: list[int] = MISSING
+
+
+@dataclass
+class DatasetConfig:
+    """Edit records: ``path`` is a file or folder, ``bundled`` (the shipped sample) or null (download)."""
+
+    name: str = "counterfact"
+    path: Optional[str] = "bundled"
+    offset: int = 0
+    url: str = "https://rome.baulab.info/data/dsets/multi_counterfact.json"
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method shares: target optimisation, covariance weight, sequential C_prev."""
+
+    name: str = MISSING
+    cov_weight: float = 15000.0
+    sequential: bool = True
+    target: TargetConfig = field(default_factory=TargetConfig)
+
+
+@dataclass
+class MemitConfig(MethodConfig):
+    name: str = "memit"
+
+
+@dataclass
+class StrategyConfig:
+    name: str = MISSING
+
+
+@dataclass
+class StatsConfig:
+    """Covariance statistics: corpus (wikitext-bundled, wikipedia, wikitext or a file), windows, length."""
+
+    corpus: str = "wikitext-bundled"
+    samples: int = 100000
+    max_length: int = 1024
+    batch_tokens: int = 4096
+
+
+@dataclass
+class ContextConfig:
+    """Context templates: how many self-generated prefixes, of how many tokens."""
+
+    n_prefixes: int = 5
+    n_tokens: int = 10
+    top_k: int = 5
+
+
+@dataclass
+class RunConfig:
+    """The top-level config: groups plus the knobs of the sequential editing loop."""
+
+    model: Any = MISSING
+    dataset: Any = MISSING
+    method: Any = MISSING
+    strategy: Any = MISSING
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    num_edits: int = 40
+    batch_size: int = 10
+    seed: int = 0
+    device: str = "auto"
+    eval_every: Optional[int] = None
+    resume: bool = True
+
+
+METHOD_SCHEMAS: dict[str, type] = {"memit": MemitConfig}
+
+
+def register_configs() -> None:
+    """Store the schemas; group YAMLs name them in their defaults list (``<choice>_schema``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=RunConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
+    cs.store(group="schema/strategy", name="strategy", node=StrategyConfig)
+    for name, node in METHOD_SCHEMAS.items():
+        cs.store(group="schema/method", name=name, node=node)
+
+
+def conf_dir() -> Path:
+    """The Hydra config tree: inside the installed package, else the repo's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError(f"cannot find the config tree (looked in {here / 'conf'} and {here.parent / 'conf'})")
+
+
+GROUPS = ("model", "dataset", "method", "strategy")
+
+
+def group_choices(group: str) -> list[str]:
+    """The YAML choices of a config group, as ``blue list`` shows them."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def check_run_config(cfg) -> None:
+    """Value checks that a schema cannot express; one-line errors."""
+    if cfg.num_edits < 1:
+        raise ConfigError(f"num_edits must be >= 1, got {cfg.num_edits}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.dataset.offset < 0:
+        raise ConfigError(f"dataset.offset must be >= 0, got {cfg.dataset.offset}")
+    if cfg.eval_every is not None and cfg.eval_every < 1:
+        raise ConfigError(f"eval_every must be >= 1 or null, got {cfg.eval_every}")
+    if not cfg.model.layers:
+        raise ConfigError("model.layers must name at least one critical layer")
+    if list(cfg.model.layers) != sorted(set(cfg.model.layers)):
+        raise ConfigError(f"model.layers must be increasing and distinct, got {list(cfg.model.layers)}")

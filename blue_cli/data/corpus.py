@@ -1,0 +1,178 @@
+"""Text corpora whose hidden states give the key covariance used by MEMIT-style edits."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from blue_cli.errors import ConfigError, DataError, OfflineError
+
+BUNDLED_WIKITEXT = "wikitext-bundled"
+BUNDLED_WIKITEXT_PATH = Path(__file__).resolve().parent.parent / "assets" / "data" / "wikitext_excerpt.txt"
+CORPUS_CHOICES = (BUNDLED_WIKITEXT, "wikipedia", "wikitext")
+CHUNK_CHARS = 2000
+WIKIPEDIA_SEED = 1
+_STREAM_BUFFER = 10_000
+
+# A top-level WikiText heading: " = Title = ". Sub-headings (" = = Career = = ") do not match.
+_HEADING = re.compile(r"^[ \t]*= (?!=)(.+?) =[ \t]*$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+
+
+def load_corpus(spec: str, *, max_docs: int | None = None) -> list[str]:
+    """Return documents for ``spec``, in a deterministic order, at most ``max_docs`` of them.
+
+    ``spec`` is ``"wikitext-bundled"`` (an excerpt shipped with the package, works
+    offline), ``"wikipedia"`` or ``"wikitext"`` (Hugging Face Hub datasets), or a
+    path to a local ``.txt`` file (split into articles) or ``.json``/``.jsonl`` file
+    (one ``"text"`` field per record). Local corpora keep file order; Wikipedia is
+    shuffled with seed 1 so a prefix is a fair sample.
+    """
+    if max_docs is not None and max_docs < 1:
+        raise ConfigError(f"max_docs must be >= 1 or unset, got {max_docs}")
+    if spec == BUNDLED_WIKITEXT:
+        docs = split_articles(BUNDLED_WIKITEXT_PATH.read_text(encoding="utf-8"))
+    elif spec == "wikipedia":
+        return _load_wikipedia(max_docs)
+    elif spec == "wikitext":
+        docs = _load_wikitext103()
+    else:
+        docs = _load_local(spec)
+    return docs[:max_docs] if max_docs is not None else docs
+
+
+def split_articles(text: str) -> list[str]:
+    """Split raw text into documents: at top-level WikiText headings, else blank lines, else 2000-char chunks."""
+    heads = list(_HEADING.finditer(text))
+    if heads:
+        docs = [text[: heads[0].start()]]
+        ends = [h.start() for h in heads[1:]] + [len(text)]
+        for head, end in zip(heads, ends):
+            body = text[head.end() : end]
+            docs.append(head.group(1).strip() + "\n" + body.strip())
+    else:
+        docs = _BLANK_LINES.split(text)
+        if len([d for d in docs if d.strip()]) <= 1:
+            docs = _chunk(text.strip(), CHUNK_CHARS)
+    return [d.strip() for d in docs if d.strip()]
+
+
+def _chunk(text: str, size: int) -> list[str]:
+    """Cut ``text`` into pieces of about ``size`` characters, breaking at whitespace when possible."""
+    pieces = []
+    while len(text) > size:
+        cut = text.rfind(" ", size // 2, size)
+        cut = cut if cut > 0 else size
+        pieces.append(text[:cut])
+        text = text[cut:].lstrip()
+    pieces.append(text)
+    return pieces
+
+
+def _load_local(spec: str) -> list[str]:
+    """Read a local corpus file; anything that is not one is a config mistake."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown corpus {spec!r}: choose one of {', '.join(CORPUS_CHOICES)} "
+            "or give the path of an existing .txt, .json or .jsonl file"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read corpus file {path}: {err}") from err
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                rows.append(_parse_json(line, f"{path} line {number}"))
+        return _texts(rows, path, "line", start=1)
+    if path.suffix.lower() == ".json":
+        rows = _parse_json(text, str(path))
+        if not isinstance(rows, list):
+            raise DataError(f"{path} should hold a JSON list of records with a 'text' field")
+        return _texts(rows, path, "record", start=0)
+    return split_articles(text)
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where} is not valid JSON: {err}") from err
+
+
+def _texts(rows: Iterable[Any], path: Path, unit: str, *, start: int) -> list[str]:
+    """Pull the ``text`` field out of every record, dropping empty ones."""
+    docs = []
+    for number, row in enumerate(rows, start=start):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise DataError(f"{path}: {unit} {number} has no string 'text' field")
+        if row["text"].strip():
+            docs.append(row["text"])
+    return docs
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean 'the Hub could not be reached' across datasets/hub versions."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        errors += [LocalEntryNotFoundError, OfflineModeIsEnabled]
+    except ImportError:
+        pass
+    try:
+        import httpx
+
+        errors.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        import requests
+
+        errors.append(requests.exceptions.ConnectionError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _offline_error(name: str, err: BaseException) -> OfflineError:
+    return OfflineError(
+        f"could not fetch the {name} corpus from the Hugging Face Hub ({err.__class__.__name__}); "
+        "pass a local corpus file via stats.corpus=/path/to/file.txt"
+    )
+
+
+def _load_wikipedia(max_docs: int | None) -> list[str]:
+    """English Wikipedia, shuffled with seed 1.
+
+    With ``max_docs`` the dataset is streamed (shard order and a 10k-document buffer
+    shuffled with the seed) so a small sample does not download the ~20 GB dump.
+    """
+    import datasets
+
+    name = "wikimedia/wikipedia"
+    try:
+        if max_docs is None:
+            ds = datasets.load_dataset(name, "20231101.en", split="train")
+            return list(ds.shuffle(seed=WIKIPEDIA_SEED)["text"])
+        stream = datasets.load_dataset(name, "20231101.en", split="train", streaming=True)
+        stream = stream.shuffle(seed=WIKIPEDIA_SEED, buffer_size=_STREAM_BUFFER)
+        return [row["text"] for row in stream.take(max_docs)]
+    except _network_errors() as err:
+        raise _offline_error("wikipedia", err) from err
+
+
+def _load_wikitext103() -> list[str]:
+    """WikiText-103 train, whose rows are lines, rejoined and split into articles."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1", split="train")
+    except _network_errors() as err:
+        raise _offline_error("wikitext", err) from err
+    return split_articles("".join(ds["text"]))

@@ -1,0 +1,1 @@
+"""The editing engine: keys, targets, covariance, closed-form updates, methods, strategies."""

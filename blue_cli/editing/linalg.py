@@ -1,0 +1,111 @@
+"""Closed-form weight updates and projectors: tensors in, tensors out, float64.
+
+Shapes: K (d_k x n) keys, R (d x n) residuals, C and C_prev (d_k x d_k) second
+moments, Delta (d x d_k) an update to the rewrite matrix W (d x d_k).
+Float64 throughout: the reference implementations solve in float64 and the
+fidelity tests compare against exact algebra.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _f64(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float64)
+
+
+def _solve_spd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A^{-1} B for symmetric A: Cholesky where A is positive definite, else LU."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) == 0:
+        return torch.cholesky_solve(B, L)
+    return torch.linalg.solve(A, B)
+
+
+def memit_update(
+    K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, cov_weight: float, C_prev: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Delta = R K^T (cov_weight C + C_prev + K K^T)^{-1}  (MEMIT eq. 14, sequential form).
+
+    The system matrix is symmetric positive (semi)definite, so it is solved with a
+    Cholesky factorisation; Delta^T = A^{-1} K R^T avoids forming the inverse.
+    """
+    K64, R64 = _f64(K), _f64(R)
+    A = cov_weight * _f64(C) + K64 @ K64.T
+    if C_prev is not None:
+        A = A + _f64(C_prev)
+    return _solve_spd(A, K64 @ R64.T).T
+
+
+def nullspace_projector(C: torch.Tensor, threshold: float) -> torch.Tensor:
+    """P = U0 U0^T over eigenvectors of the symmetric C with eigenvalue < threshold.
+
+    AlphaEdit's projector onto the (approximate) null space of the preserved keys.
+    Differs from reference: a symmetric eigendecomposition instead of a general SVD
+    (same subspace for a PSD matrix, faster, and it runs on GPU).
+    """
+    evals, evecs = torch.linalg.eigh(_f64(C))
+    U0 = evecs[:, evals < threshold]
+    return U0 @ U0.T
+
+
+def alphaedit_update(
+    K: torch.Tensor, R: torch.Tensor, P: torch.Tensor, l2: float, C_prev: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Delta with Delta^T = solve(P (K K^T + C_prev) + l2 I, P K R^T)  (AlphaEdit eq. 13).
+
+    The system matrix is not symmetric, so a general LU solve is used.
+    """
+    K64, R64, P64 = _f64(K), _f64(R), _f64(P)
+    M = K64 @ K64.T
+    if C_prev is not None:
+        M = M + _f64(C_prev)
+    A = P64 @ M + l2 * torch.eye(M.shape[0], dtype=torch.float64, device=M.device)
+    return torch.linalg.solve(A, P64 @ K64 @ R64.T).T
+
+
+def split_residual(R: torch.Tensor, layers_left: int, rule: str = "linear") -> torch.Tensor:
+    """Share of the residual a layer takes when ``layers_left`` layers remain.
+
+    ``linear``: R / layers_left (MEMIT); ``sqrt``: R / sqrt(layers_left) (PMET).
+    """
+    if layers_left < 1:
+        raise ValueError(f"layers_left must be >= 1, got {layers_left}")
+    if rule == "linear":
+        return R / layers_left
+    if rule == "sqrt":
+        return R / math.sqrt(layers_left)
+    raise ValueError(f"unknown residual split rule {rule!r} (choose: linear, sqrt)")
+
+
+def keep_top_relative_change(delta: torch.Tensor, weight: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+    """RECT: zero all but the top ``keep_fraction`` entries of |delta| / |W|.
+
+    Ties at the threshold are broken by position so exactly round(fraction * numel)
+    entries are kept.
+    """
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    score = (delta.abs() / weight.abs().clamp_min(1e-12)).flatten()
+    n_keep = max(1, round(keep_fraction * score.numel()))
+    idx = torch.topk(score, n_keep, sorted=False).indices
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    mask[idx] = True
+    return delta * mask.view_as(delta)
+
+
+def compress_singular_values(delta: torch.Tensor, bound: float) -> torch.Tensor:
+    """PRUNE: singular values s of ``delta`` above ``bound`` become bound + ln(s / bound).
+
+    The PRUNE paper's restraint F(s) = ln(s) - ln(bound) + bound, with bound the
+    largest singular value of the original matrix: the accumulated change keeps its
+    directions but its large singular values grow only logarithmically.
+    """
+    if bound <= 0:
+        raise ValueError(f"bound must be positive, got {bound}")
+    U, S, Vh = torch.linalg.svd(_f64(delta), full_matrices=False)
+    S = torch.where(S > bound, bound + torch.log(S.clamp_min(bound) / bound), S)
+    return (U * S) @ Vh

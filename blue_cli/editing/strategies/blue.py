@@ -1,0 +1,28 @@
+"""BLUE (Li et al. 2025, arXiv 2502.03748): write only the boundary critical layers."""
+
+from __future__ import annotations
+
+from blue_cli.editing.strategies.base import BatchTrace, Strategy, flat_templates
+from blue_cli.registry import register_strategy
+
+
+@register_strategy("blue")
+class BlueStrategy(Strategy):
+    """Edit only the first and last critical layers, each with the full residual
+    measured there: the BLUE paper argues that splitting it adds error. The last
+    layer's target is optimised after the first layer's update, on the current model."""
+
+    def written_layers(self, critical):
+        return sorted({critical[0], critical[-1]})
+
+    def edit_batch(self, method, requests, groups, critical):
+        trace = BatchTrace()
+        layers = self.written_layers(critical)
+        for layer in layers:
+            target = method.compute_targets(requests, flat_templates(groups), layer)
+            trace.targets.append(target)
+            Z = target.z(method.write_point).T
+            H = self.current_values(method, requests, layer)
+            trace.writes.append(self.write_layer(method, requests, groups, layer, Z - H))
+        self.remember_keys(method, requests, groups, layers)
+        return trace

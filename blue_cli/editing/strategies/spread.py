@@ -1,0 +1,30 @@
+"""The baseline: one target at the last critical layer, its residual spread over all."""
+
+from __future__ import annotations
+
+from blue_cli.editing.linalg import split_residual
+from blue_cli.editing.strategies.base import BatchTrace, Strategy, flat_templates
+from blue_cli.registry import register_strategy
+
+
+@register_strategy("spread")
+class SpreadStrategy(Strategy):
+    """MEMIT's schedule: z at the last critical layer, computed once per batch; layer i
+    of L (in order, keys recomputed on the current weights) takes its share of the
+    residual still left at the last layer (R / (L - i), or the method's own rule)."""
+
+    def written_layers(self, critical):
+        return list(critical)
+
+    def edit_batch(self, method, requests, groups, critical):
+        trace = BatchTrace()
+        z_layer = critical[-1]
+        target = method.compute_targets(requests, flat_templates(groups), z_layer)
+        trace.targets.append(target)
+        Z = target.z(method.write_point).T
+        for i, layer in enumerate(critical):
+            H = self.current_values(method, requests, z_layer)
+            R = split_residual(Z - H, len(critical) - i, method.residual_split)
+            trace.writes.append(self.write_layer(method, requests, groups, layer, R))
+        self.remember_keys(method, requests, groups, critical)
+        return trace

@@ -1,0 +1,211 @@
+"""Target vectors: what the hidden state at the subject's last token should become.
+
+For each request a vector delta (d) is added at a point (the block output, or for
+PMET also the attention/FFN outputs) of one layer at the subject's last token of
+every rewriting prompt, and optimised with Adam on
+
+    NLL(target_new | prompt)  +  kl_factor * KL(p_now || p_init on "{subject} is a")
+    +  weight_decay * ||delta|| / ||h_init||^2,
+
+then clamped to ||delta|| <= clamp * ||h_init|| after every step; z = h_init + delta.
+All requests of a batch are optimised together, each with its own vector and its own
+early stop; since Adam is element-wise and the sequences are independent this gives
+the same vectors as one-request-at-a-time optimisation (tested to 1e-4).
+Differs from reference: prompt and target are concatenated as token ids rather
+than re-tokenised as one string, and only the positions the loss reads are unembedded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from blue_cli.data.records import EditRequest
+from blue_cli.models.adapter import ModelAdapter
+from blue_cli.models.hooks import add_at_positions, capture, run_until_stopped
+from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index, target_ids
+
+KL_PROMPT = "{} is a"
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """Hyper-parameters of the target optimisation (paper names in brackets)."""
+
+    lr: float = 0.5  # v_lr
+    steps: int = 20  # v_num_grad_steps
+    clamp: float = 0.75  # clamp_norm_factor
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5  # v_weight_decay
+    early_stop_loss: float = 0.05
+
+
+@dataclass
+class TargetResult:
+    """Per-request outcome at one point of one layer. Shapes (n x d), float32."""
+
+    layer: int
+    points: tuple[str, ...]
+    h_init: dict[str, torch.Tensor]
+    delta: dict[str, torch.Tensor]
+    steps: list[int] = field(default_factory=list)
+    loss_init: list[float] = field(default_factory=list)
+    loss_final: list[float] = field(default_factory=list)
+
+    def z(self, point: str) -> torch.Tensor:
+        return self.h_init[point] + self.delta[point]
+
+
+@dataclass
+class _Batch:
+    inputs: dict[str, torch.Tensor]
+    rows: torch.Tensor  # request index of every sequence
+    lookup: torch.Tensor  # subject-last position of every sequence
+    nll_row: torch.Tensor  # sequence of every scored target token
+    nll_pos: torch.Tensor  # position whose logits predict it
+    nll_tok: torch.Tensor  # the token
+    nll_weight: torch.Tensor  # 1 / (n_tokens * n_prompts) of its request
+    kl_rows: torch.Tensor  # the KL sequence of each request
+    plain_rows: torch.Tensor  # the "{}"-template rewriting sequence of each request
+
+
+def _build_batch(adapter: ModelAdapter, requests: Sequence[EditRequest], templates: Sequence[str]) -> _Batch:
+    tok = adapter.tok
+    seqs, rows, lookup, kl_rows, plain_rows = [], [], [], [], []
+    nll_row, nll_pos, nll_tok, nll_weight = [], [], [], []
+    for r, req in enumerate(requests):
+        tgt = target_ids(tok, req.target_new)
+        for t, template in enumerate(templates):
+            text_template = template.replace("{}", req.prompt, 1)
+            prompt = tok(fill(text_template, req.subject))["input_ids"]
+            row = len(seqs)
+            if t == 0:
+                plain_rows.append(row)
+            seqs.append(prompt + tgt[:-1])
+            rows.append(r)
+            lookup.append(subject_last_index(tok, text_template, req.subject))
+            for j, token in enumerate(tgt):
+                nll_row.append(row)
+                nll_pos.append(len(prompt) - 1 + j)
+                nll_tok.append(token)
+                nll_weight.append(1.0 / (len(tgt) * len(templates)))
+        kl_rows.append(len(seqs))
+        seqs.append(tok(fill(KL_PROMPT, req.subject))["input_ids"])
+        rows.append(r)
+        lookup.append(subject_last_index(tok, KL_PROMPT, req.subject))
+    dev = adapter.device
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
+    return _Batch(
+        inputs=pad_right(seqs, pad_id(tok), dev),
+        rows=as_long(rows),
+        lookup=as_long(lookup),
+        nll_row=as_long(nll_row),
+        nll_pos=as_long(nll_pos),
+        nll_tok=as_long(nll_tok),
+        nll_weight=torch.tensor(nll_weight, dtype=torch.float32, device=dev),
+        kl_rows=as_long(kl_rows),
+        plain_rows=as_long(plain_rows),
+    )
+
+
+def _point_module(adapter: ModelAdapter, point: str, layer: int):
+    return {"block": adapter.block, "mlp": adapter.rewrite_module, "attn": adapter.attn_out_module}[point](layer)
+
+
+@torch.no_grad()
+def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Each point's output at the subject's last token of the plain prompt: (n x d)."""
+    acts = adapter.read_points(
+        batch.inputs,
+        block_outputs=[layer] if "block" in points else [],
+        rewrite_outputs=[layer] if "mlp" in points else [],
+    )
+    if "attn" in points:
+        with capture({"attn": adapter.attn_out_module(layer)}, stop_after="attn") as got:
+            run_until_stopped(adapter.base_forward, batch.inputs["input_ids"], batch.inputs["attention_mask"])
+        acts[f"attn.{layer}"] = got["attn"]
+    names = {"block": f"block.{layer}", "mlp": f"mlp.{layer}", "attn": f"attn.{layer}"}
+    rows, pos = batch.plain_rows, batch.lookup[batch.plain_rows]
+    return {p: acts[names[p]][rows, pos].float() for p in points}
+
+
+def _losses(
+    adapter: ModelAdapter, batch: _Batch, n: int, init_kl: torch.Tensor | None, settings: TargetSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-request NLL (mean per-token over prompts), KL log-probs, and the KL term."""
+    hidden = adapter.base_forward(batch.inputs["input_ids"], batch.inputs["attention_mask"])
+    logits = adapter.logits_at(hidden[batch.nll_row, batch.nll_pos]).float()
+    token_nll = -torch.log_softmax(logits, dim=-1).gather(1, batch.nll_tok[:, None]).squeeze(1)
+    nll = torch.zeros(n, device=logits.device).index_add(0, batch.rows[batch.nll_row], token_nll * batch.nll_weight)
+    kl_logits = adapter.logits_at(hidden[batch.kl_rows, batch.lookup[batch.kl_rows]]).float()
+    kl_logprobs = torch.log_softmax(kl_logits, dim=-1)
+    if init_kl is None:
+        kl = torch.zeros(n, device=logits.device)
+    else:
+        kl = settings.kl_factor * F.kl_div(init_kl, kl_logprobs, log_target=True, reduction="none").sum(-1)
+    return nll, kl_logprobs, kl
+
+
+def optimise_targets(
+    adapter: ModelAdapter,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    layer: int,
+    settings: TargetSettings,
+    points: Sequence[str] = ("block",),
+) -> TargetResult:
+    """Optimise one vector per request and point at ``layer``; see the module docstring.
+
+    ``templates`` is the flat list of context templates, "{}" first.
+    ``points`` are where vectors are added: "block" (MEMIT) or ("attn", "mlp") (PMET);
+    each point has its own norm clamp and decay relative to its own output norm.
+    """
+    n = len(requests)
+    batch = _build_batch(adapter, requests, templates)
+    h_init = _initial_states(adapter, batch, layer, points)
+    deltas = {p: torch.zeros_like(h_init[p], requires_grad=True) for p in points}
+    opt = torch.optim.Adam(list(deltas.values()), lr=settings.lr)
+    max_norm = {p: settings.clamp * h_init[p].norm(dim=1) for p in points}
+    active = torch.ones(n, dtype=torch.bool, device=adapter.device)
+    steps = torch.zeros(n, dtype=torch.long)
+    init_kl, loss_init, nll = None, None, None
+    for it in range(settings.steps):
+        with ExitStack() as stack:
+            for p in points:
+                module = _point_module(adapter, p, layer)
+                stack.enter_context(add_at_positions(module, deltas[p], batch.rows, batch.lookup))
+            nll, kl_logprobs, kl = _losses(adapter, batch, n, init_kl, settings)
+        if init_kl is None:
+            init_kl = kl_logprobs.detach()
+        decay = sum(settings.weight_decay * deltas[p].norm(dim=1) / h_init[p].norm(dim=1) ** 2 for p in points)
+        loss = nll + kl + decay
+        if loss_init is None:
+            loss_init = nll.detach().clone()
+        active &= loss.detach() >= settings.early_stop_loss
+        if not bool(active.any()) or it == settings.steps - 1:
+            break
+        frozen = {p: deltas[p].detach().clone() for p in points}
+        opt.zero_grad()
+        (loss * active).sum().backward()
+        opt.step()
+        steps += active.cpu().long()
+        with torch.no_grad():
+            for p in points:
+                keep = ~active
+                deltas[p][keep] = frozen[p][keep]
+                norms = deltas[p].norm(dim=1)
+                scale = torch.where(norms > max_norm[p], max_norm[p] / norms.clamp_min(1e-12), torch.ones_like(norms))
+                deltas[p].mul_(scale[:, None])
+    return TargetResult(
+        layer=layer,
+        points=tuple(points),
+        h_init={p: h.detach() for p, h in h_init.items()},
+        delta={p: d.detach().clone() for p, d in deltas.items()},
+        steps=steps.tolist(),
+        loss_init=loss_init.tolist(),
+        loss_final=nll.detach().tolist(),
+    )

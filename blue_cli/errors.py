@@ -1,0 +1,17 @@
+"""User-facing errors: one line naming the bad value and what would be valid."""
+
+
+class BlueError(Exception):
+    """A mistake in the user's input or environment; the CLI prints it as one red line."""
+
+
+class ConfigError(BlueError):
+    """A config choice or override that does not exist or does not validate."""
+
+
+class DataError(BlueError):
+    """A data file that is missing, unreadable or malformed."""
+
+
+class OfflineError(BlueError):
+    """Something had to be downloaded but the network could not be reached."""

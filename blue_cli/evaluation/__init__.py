@@ -1,0 +1,1 @@
+"""Metrics from (model, records); never imports the editing engine."""

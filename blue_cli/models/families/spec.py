@@ -1,0 +1,98 @@
+"""Module paths of each supported architecture family, recognised from the HF class.
+
+One table, so another GPT-2-like or Llama-like checkpoint works without new code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from blue_cli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Where the canonical points live in a family's HF module tree.
+
+    Paths under a block are relative to ``blocks.{l}``; ``transposed`` is True where
+    the rewrite matrix is a GPT-2 ``Conv1D`` storing its weight as (in x out).
+    """
+
+    name: str
+    blocks: str
+    rewrite: str
+    attn_out: str
+    final_norm: str
+    unembed: str
+    transposed: bool
+    classes: tuple[str, ...]
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    spec.name: spec
+    for spec in (
+        FamilySpec(
+            name="gpt2",
+            blocks="transformer.h",
+            rewrite="mlp.c_proj",
+            attn_out="attn.c_proj",
+            final_norm="transformer.ln_f",
+            unembed="lm_head",
+            transposed=True,
+            classes=("GPT2LMHeadModel",),
+        ),
+        FamilySpec(
+            name="gptj",
+            blocks="transformer.h",
+            rewrite="mlp.fc_out",
+            attn_out="attn.out_proj",
+            final_norm="transformer.ln_f",
+            unembed="lm_head",
+            transposed=False,
+            classes=("GPTJForCausalLM",),
+        ),
+        FamilySpec(
+            name="llama",
+            blocks="model.layers",
+            rewrite="mlp.down_proj",
+            attn_out="self_attn.o_proj",
+            final_norm="model.norm",
+            unembed="lm_head",
+            transposed=False,
+            classes=(
+                "LlamaForCausalLM",
+                "Qwen2ForCausalLM",
+                "Qwen3ForCausalLM",
+                "MistralForCausalLM",
+                "Gemma2ForCausalLM",
+                "GemmaForCausalLM",
+                "Phi3ForCausalLM",
+            ),
+        ),
+    )
+}
+
+
+def _has_path(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def family_for(model: nn.Module) -> FamilySpec:
+    """The family of ``model``: by HF class name, else by matching its module tree."""
+    cls = type(model).__name__
+    for spec in FAMILIES.values():
+        if cls in spec.classes:
+            return spec
+    for spec in FAMILIES.values():
+        if _has_path(model, f"{spec.blocks}.0.{spec.rewrite}") and _has_path(model, spec.final_norm):
+            return spec
+    raise ConfigError(
+        f"unsupported model class '{cls}' (supported families: {', '.join(sorted(FAMILIES))}; "
+        "GPT-2-, GPT-J- and Llama-like module trees are recognised)"
+    )

@@ -1,0 +1,91 @@
+"""Load a model and tokenizer by hub id, local path or tiny preset name."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from blue_cli.errors import ConfigError, OfflineError
+from blue_cli.models.adapter import ModelAdapter
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU; anything else must be a valid torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}' (choose: auto, cpu, cuda, cuda:N)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' asked for but CUDA is not available (choose: auto, cpu)")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float16 on CUDA (edit math stays float32/float64) and float32 on CPU."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype '{dtype}' (choose: auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def _source_dir(source: str) -> str:
+    """A loadable path for a tiny preset name, else the source unchanged (hub id or path)."""
+    from blue_cli.models.tiny import is_tiny, tiny_model_dir
+
+    if is_tiny(source):
+        return str(tiny_model_dir(source))
+    return source
+
+
+def load_model(
+    source: str,
+    *,
+    name: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    device_map: str | None = None,
+) -> ModelAdapter:
+    """Load ``source`` (tiny preset, local folder or hub id) and wrap it in an adapter.
+
+    ``device_map='auto'`` spreads a big model over several GPUs through accelerate;
+    it is ignored on CPU.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    path = _source_dir(source)
+    local = Path(path).exists()
+    kwargs = {"revision": revision} if (revision and not local) else {}
+    use_map = device_map if (device_map and dev.type == "cuda") else None
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=use_map, **kwargs)
+    except OSError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+        if not local and offline:
+            raise OfflineError(
+                f"model '{source}' is not in the local Hugging Face cache and the hub cannot be reached "
+                "(download it on a connected machine, or set model.source to a local folder)"
+            ) from None
+        raise ConfigError(f"cannot load model '{source}': {str(exc).splitlines()[0]}") from None
+    if use_map is None:
+        model.to(dev)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return ModelAdapter(model, tok, name=name or source)

@@ -1,0 +1,1 @@
+"""Run files (JSON first) and their rendering for the console."""

@@ -1,0 +1,81 @@
+"""Rich rendering: progress bars for long loops and tables of results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from blue_cli.reporting.results import HEADLINE
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+class RichProgress:
+    """The runner's progress sink: one bar per long step (stats, batches, evaluation)."""
+
+    def __init__(self, target: Console | None = None):
+        self.console = target or console
+
+    @contextmanager
+    def track(self, description: str, total: int) -> Iterator:
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=self.console, transient=False) as bar:
+            task = bar.add_task(description, total=total)
+
+            def update(done: int, new_total: int | None = None) -> None:
+                bar.update(task, completed=done, total=new_total or total)
+
+            yield update
+
+
+def summary_table(summary: dict, title: str = "summary") -> Table:
+    """Pre/post rates side by side, then the write diagnostics."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("pre", justify="right")
+    table.add_column("post", justify="right")
+    for key in HEADLINE:
+        table.add_row(key, _fmt(summary.get(f"pre_{key}")), _fmt(summary.get(key)))
+        table.add_row(f"  {key}_gap", _fmt(summary.get(f"pre_{key}_gap")), _fmt(summary.get(f"{key}_gap")))
+    for key in ("target_logprob_gain", "write_error", "target_gain", "edit_gain", "seconds_per_batch"):
+        if key in summary:
+            table.add_row(key, "", _fmt(summary.get(key)))
+    return table
+
+
+def batches_table(rows: list[dict]) -> Table:
+    table = Table(title="batches")
+    for col in ("batch", "edits", "seconds", "write_error", "target_gain", "edit_gain"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["batch"]), str(row["edits"]), _fmt(row["seconds"]),
+            _fmt(row["write_error"]), _fmt(row["target_gain"]), _fmt(row["edit_gain"]),
+        )
+    return table
+
+
+def show_run(run_dir: Path, summary: dict, batches: list[dict]) -> None:
+    if batches:
+        console.print(batches_table(batches))
+    console.print(summary_table(summary, title=f"{Path(run_dir).name}"))
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,108 @@
+"""Corpora for covariance statistics: bundled WikiText, local files, bad specs, offline Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from blue_cli.data import load_corpus
+from blue_cli.data.corpus import split_articles
+from blue_cli.errors import ConfigError, DataError, OfflineError
+
+WIKI = " = Alpha = \n Alpha text .\n = = History = = \n Old alpha .\n = Beta = \n Beta text .\n"
+
+
+def test_bundled_wikitext_splits_into_articles() -> None:
+    docs = load_corpus("wikitext-bundled")
+    assert len(docs) > 10
+    assert docs[0].startswith("Robert Boulter\n")
+    assert all(doc.strip() for doc in docs)
+    assert not any(doc.startswith("=") for doc in docs)  # sub-headings stay inside articles
+    assert load_corpus("wikitext-bundled") == docs
+    assert load_corpus("wikitext-bundled", max_docs=3) == docs[:3]
+
+
+def test_split_keeps_subheadings_inside_articles() -> None:
+    assert split_articles(WIKI) == [
+        "Alpha\nAlpha text .\n = = History = = \n Old alpha .",
+        "Beta\nBeta text .",
+    ]
+
+
+def test_local_txt_with_headings(tmp_path: Path) -> None:
+    path = tmp_path / "wiki.txt"
+    path.write_text(WIKI)
+    assert len(load_corpus(str(path))) == 2
+
+
+def test_local_txt_blank_lines_then_chunks(tmp_path: Path) -> None:
+    paragraphs = tmp_path / "paras.txt"
+    paragraphs.write_text("First para.\n\n  \nSecond para.\n\n\nThird.\n")
+    assert load_corpus(str(paragraphs)) == ["First para.", "Second para.", "Third."]
+    one_block = tmp_path / "block.txt"
+    one_block.write_text(" ".join(["word"] * 2000))  # ~10k chars, no structure
+    docs = load_corpus(str(one_block))
+    assert 4 <= len(docs) <= 10
+    assert all(len(doc) <= 2000 for doc in docs)
+    assert " ".join(docs).split() == ["word"] * 2000
+
+
+def test_local_json_and_jsonl(tmp_path: Path) -> None:
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"text": "one", "id": 1}\n\n{"text": "two"}\n{"text": "  "}\n')
+    assert load_corpus(str(jsonl)) == ["one", "two"]
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps([{"text": "a"}, {"text": "b"}, {"text": "c"}]))
+    assert load_corpus(str(js), max_docs=2) == ["a", "b"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl: line 2"):
+        load_corpus(str(bad))
+
+
+def test_unknown_spec_names_value_and_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_corpus("wikipedai")
+    message = str(info.value)
+    assert "'wikipedai'" in message
+    assert all(choice in message for choice in ("wikitext-bundled", "wikipedia", "wikitext"))
+
+
+def test_hub_connection_error_becomes_offline_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    for spec in ("wikipedia", "wikitext"):
+        with pytest.raises(OfflineError, match=r"stats\.corpus=/path/to/file\.txt"):
+            load_corpus(spec, max_docs=5)
+
+
+@pytest.mark.parametrize("spec", ["wikipedia", "wikitext"])
+def test_offline_env_gives_offline_error_quickly(tmp_path: Path, spec: str) -> None:
+    """A fresh process, because datasets reads HF_*_OFFLINE only when first imported."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    code = textwrap.dedent(
+        f"""
+        from blue_cli.data import load_corpus
+        from blue_cli.errors import OfflineError
+        try:
+            load_corpus({spec!r}, max_docs=10)
+        except OfflineError as err:
+            print("OFFLINE:", err)
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert "OFFLINE:" in result.stdout, result.stderr[-2000:]
+    assert "stats.corpus=" in result.stdout
