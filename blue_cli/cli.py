@@ -40,6 +40,16 @@ def _hydra_job(cfg) -> None:
 
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        from blue_cli.reporting.console import err_console
+
+        err_console.print(
+            f"[yellow]interrupted:[/yellow] finished batches are saved in {run_dir}; "
+            f"rerun with hydra.run.dir={run_dir} to resume",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(130) from None
     show_run(run_dir, summary, read_jsonl(run_dir / BATCHES))
 
 

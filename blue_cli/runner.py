@@ -151,13 +151,16 @@ def run_info(cfg: DictConfig) -> dict:
 
 
 class Checkpoint:
-    """Accumulated weight changes and method state after each finished batch."""
+    """The written layers' weights and the method state after each finished batch.
+
+    Whole matrices, not differences, so a resumed run continues bit-identically.
+    """
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
 
     def save(self, done: int, adapter: ModelAdapter, originals: dict[int, torch.Tensor], method, batch_rows: list[dict]) -> None:
-        tensors = {f"delta.{l}": (adapter.rewrite_weight(l).detach().float() - w.float()).cpu().contiguous() for l, w in originals.items()}
+        tensors = {f"weight.{l}": adapter.rewrite_weight(l).detach().cpu().contiguous() for l in originals}
         tensors.update({k: v.contiguous() for k, v in method.state_dict().items()})
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             save_file(tensors, str(tmp))
@@ -172,9 +175,9 @@ class Checkpoint:
 
         done = json.loads(info_path.read_text())["batches_done"]
         tensors = load_file(str(self.run_dir / CHECKPOINT))
-        for l, w in originals.items():
-            adapter.set_rewrite(l, w.float() + tensors[f"delta.{l}"].to(w.device))
-        method.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("delta.")})
+        for l in originals:
+            adapter.set_rewrite(l, tensors[f"weight.{l}"])
+        method.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("weight.")})
         rows = results.read_jsonl(self.run_dir / results.BATCHES)[:done]
         log.info("resuming after %d finished batches", done)
         return done, rows

@@ -1,0 +1,35 @@
+# blue: make is the front door; CI and README use these targets.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: help install install-cpu test test-all demo bench tiny-models clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install-cpu: ## install CPU-only torch (CI and machines without a GPU), then the package
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+
+install: ## install the package and its dependencies (torch as your platform provides it)
+	$(PIP) install -q -e ".[test]"
+
+test: ## unit, integration and end-to-end tests on the tiny models (< 10 min on 2 cores)
+	$(PYTHON) -m pytest -m "not slow and not gpu" -q
+
+test-all: ## everything, the slow tests included
+	$(PYTHON) -m pytest -q
+
+demo: ## the main job on the embedded default: tiny model, bundled CounterFact sample, offline
+	blue edit model=tiny-gpt2 strategy=blue num_edits=40 batch_size=10
+
+bench: ## speed and quality benchmark on the tiny models (minutes)
+	$(PYTHON) benchmarks/bench_methods.py
+
+tiny-models: ## rebuild the committed tiny models from scratch (minutes each)
+	$(PYTHON) scripts/build_tiny_models.py
+
+clean: ## remove run folders and caches of this checkout
+	rm -rf outputs/*/ .pytest_cache

@@ -1,0 +1,56 @@
+"""Shared fixtures: offline mode, a private cache, tiny models loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TINY = ("tiny-gpt2", "tiny-gptj", "tiny-llama", "tiny-qwen2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Statistics and builds go to a per-session cache unless BLUE_CACHE is set."""
+    if "BLUE_CACHE" not in os.environ:
+        os.environ["BLUE_CACHE"] = str(tmp_path_factory.mktemp("blue-cache"))
+    yield
+
+
+_ADAPTERS: dict = {}
+
+
+@pytest.fixture(scope="session")
+def load_tiny():
+    """Load a tiny model by name once per session (CPU, float32)."""
+    from blue_cli.models.loading import load_model
+
+    def load(name: str):
+        if name not in _ADAPTERS:
+            _ADAPTERS[name] = load_model(name, name=name, device="cpu", dtype="float32")
+        return _ADAPTERS[name]
+
+    return load
+
+
+@pytest.fixture()
+def fresh_tiny():
+    """A freshly loaded tiny model (tests that edit weights must not share one)."""
+    from blue_cli.models.loading import load_model
+
+    return lambda name: load_model(name, name=name, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def requests10():
+    from blue_cli.data.counterfact import load_counterfact
+
+    return load_counterfact("bundled", limit=10)

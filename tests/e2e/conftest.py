@@ -1,0 +1,45 @@
+"""Run the installed ``blue`` command in a subprocess, from a scratch folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def blue_exe() -> list[str]:
+    exe = shutil.which("blue")
+    return [exe] if exe else [sys.executable, "-m", "blue_cli.cli"]
+
+
+def run_blue(args: list[str], cwd: Path, timeout: int = 900, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+    env.update(env_extra or {})
+    return subprocess.run(blue_exe() + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def edit_runs(tmp_path_factory):
+    """The four acceptance runs of issue 2, run once: {(model, strategy): run_dir}."""
+    root = tmp_path_factory.mktemp("edit-runs")
+    runs = {}
+    for model in ("tiny-gpt2", "tiny-llama"):
+        for strategy in ("spread", "blue"):
+            run_dir = root / f"{model}-{strategy}"
+            proc = run_blue(
+                ["edit", f"model={model}", f"strategy={strategy}", "num_edits=40", "batch_size=10", f"hydra.run.dir={run_dir}"],
+                cwd=root,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[(model, strategy)] = run_dir
+    return runs

@@ -1,0 +1,107 @@
+"""The command line: errors, config printing, listing, sweeps, determinism, resume."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.conftest import blue_exe, run_blue, summary_of
+
+SMALL = ["model=tiny-gpt2", "num_edits=6", "batch_size=2", "method.target.steps=5", "stats.samples=40"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["method=memitt"], "unknown method 'memitt' (choose: memit"),
+        (["strategy=bleu"], "unknown strategy 'bleu' (choose: blue, spread)"),
+        (["model=gpt5"], "unknown model 'gpt5' (choose:"),
+        (["nonsense=1"], "unknown config key 'nonsense' (valid keys: model, dataset"),
+        (["method.target.lrr=1"], "unknown config key 'method.target.lrr'"),
+        (["num_edits=many"], "bad value in 'num_edits=many'"),
+        (["batch_size=0"], "batch_size must be >= 1, got 0"),
+        (["-m", "strategy=spread,bleu"], "unknown strategy 'bleu'"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback_or_files(tmp_path, args, needle):
+    proc = run_blue(["edit", *args], cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len([l for l in proc.stderr.splitlines() if l.strip()]) == 1, proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_missing_dataset_file_is_one_line(tmp_path):
+    proc = run_blue(["edit", *SMALL, "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    assert "/nonexistent/cf.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cfg_job_prints_config_without_running(tmp_path):
+    proc = run_blue(["edit", "--cfg", "job", "model=llama3", "strategy=spread"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "meta-llama/Meta-Llama-3-8B-Instruct" in proc.stdout
+    assert "lr: 0.1" in proc.stdout and "steps: 25" in proc.stdout  # llama3's published settings
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_list_shows_every_group(tmp_path):
+    proc = run_blue(["list"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0
+    for word in ("model", "tiny-gpt2", "llama3", "counterfact", "memit", "blue", "spread"):
+        assert word in proc.stdout
+
+
+def test_multirun_makes_one_folder_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_blue(["edit", "-m", "method=memit", "strategy=spread,blue", *SMALL, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "summary.json").exists())
+    assert len(runs) == 2
+    assert {summary_of(r)["strategy"] for r in runs} == {"spread", "blue"}
+    assert all("tiny-gpt2_memit" in r.name for r in runs)
+
+
+def test_default_run_folder_is_timestamped_and_named(tmp_path):
+    proc = run_blue(["edit", *SMALL, "num_edits=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 1
+    assert runs[0].name.endswith("_tiny-gpt2_memit_blue_counterfact")
+    assert (runs[0] / "summary.json").exists()
+
+
+def test_same_config_and_seed_give_identical_numbers(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        proc = run_blue(["edit", *SMALL, f"hydra.run.dir={d}"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    sa, sb = summary_of(a), summary_of(b)
+    for key in ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error", "edit_gain"):
+        assert sa[key] == sb[key], key
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    args = ["edit", *SMALL, "num_edits=8"]
+    full = tmp_path / "full"
+    assert run_blue([*args, f"hydra.run.dir={full}"], cwd=tmp_path).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(blue_exe() + [*args, f"hydra.run.dir={killed}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (killed / "checkpoint.json").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    done = json.loads((killed / "checkpoint.json").read_text())["batches_done"]
+    if (killed / "summary.json").exists():
+        pytest.skip("the run finished before it could be interrupted")
+    assert 1 <= done < 4
+    assert not list(killed.glob(".*.tmp"))
+    resumed = run_blue([*args, f"hydra.run.dir={killed}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    sa, sb = summary_of(full), summary_of(killed)
+    for key in ("efficacy", "generalization", "specificity", "target_logprob_gain"):
+        assert sa[key] == pytest.approx(sb[key], abs=1e-9), key

@@ -1,0 +1,78 @@
+"""Targets, keys and strategies on tiny models."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from blue_cli.editing.context import context_templates
+from blue_cli.editing.covariance import CovarianceStore, StatsSettings, collect_second_moments
+from blue_cli.editing.keys import collect_keys
+from blue_cli.editing.strategies.base import flat_templates
+from blue_cli.editing.targets import TargetSettings, optimise_targets
+from blue_cli.registry import method_class, strategy_class
+
+FAST = TargetSettings(lr=0.5, steps=6, clamp=4.0)
+
+
+def test_batched_targets_match_one_at_a_time(load_tiny, requests10):
+    adapter = load_tiny("tiny-gpt2")
+    templates = flat_templates(context_templates(adapter, n_prefixes=2, seed=0))
+    reqs = requests10[:4]
+    together = optimise_targets(adapter, reqs, templates, 3, FAST)
+    for i, req in enumerate(reqs):
+        alone = optimise_targets(adapter, [req], templates, 3, FAST)
+        assert torch.allclose(together.delta["block"][i], alone.delta["block"][0], atol=1e-4), i
+        assert together.steps[i] == alone.steps[0]
+
+
+def test_targets_lower_the_target_nll_and_respect_the_clamp(load_tiny, requests10):
+    adapter = load_tiny("tiny-llama")
+    templates = flat_templates(context_templates(adapter, n_prefixes=2, seed=0))
+    settings = TargetSettings(lr=0.5, steps=10, clamp=0.5)
+    res = optimise_targets(adapter, requests10[:5], templates, 3, settings)
+    assert sum(res.loss_final) < sum(res.loss_init)
+    ratio = res.delta["block"].norm(dim=1) / res.h_init["block"].norm(dim=1)
+    assert (ratio <= 0.5 + 1e-5).all()
+
+
+def test_keys_average_groups_then_templates(load_tiny, requests10):
+    adapter = load_tiny("tiny-gpt2")
+    groups = [["{}"], ["A cat sat. {}", "It rained. {}"]]
+    req = requests10[0]
+    K = collect_keys(adapter, [req], groups, [2])[2][:, 0]
+    singles = [collect_keys(adapter, [req], [[t]], [2])[2][:, 0] for t in ("{}", "A cat sat. {}", "It rained. {}")]
+    expected = 0.5 * singles[0] + 0.5 * (singles[1] + singles[2]) / 2
+    assert torch.allclose(K, expected, atol=1e-5)
+
+
+def test_one_pass_covariance_equals_per_layer(load_tiny):
+    adapter = load_tiny("tiny-qwen2")
+    docs = ["The quick brown fox jumps over the lazy dog. " * 5, "A second document about rivers and towns."]
+    s = StatsSettings(samples=10, max_length=32)
+    both, n = collect_second_moments(adapter, docs, [1, 3], s)
+    only3, n3 = collect_second_moments(adapter, docs, [3], s)
+    assert n == n3
+    assert torch.allclose(both[3], only3[3], atol=1e-10)
+    assert torch.allclose(both[1], both[1].T)
+
+
+def _method_cfg(**extra):
+    base = {"name": "memit", "cov_weight": 100.0, "sequential": True,
+            "target": {"lr": 0.5, "steps": 4, "clamp": 4.0, "kl_factor": 0.0625, "weight_decay": 0.5, "early_stop_loss": 0.05}}
+    base.update(extra)
+    return OmegaConf.create(base)
+
+
+@pytest.mark.parametrize("strategy,expected", [("blue", [1, 4]), ("spread", [1, 2, 3, 4])])
+def test_strategy_changes_exactly_its_layers(fresh_tiny, requests10, strategy, expected):
+    adapter = fresh_tiny("tiny-gpt2")
+    critical = [1, 2, 3, 4]
+    before = {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
+    strat = strategy_class(strategy)()
+    written = strat.written_layers(critical)
+    stats = CovarianceStore(adapter, StatsSettings(samples=20, max_length=64))
+    method = method_class("memit")(_method_cfg(), adapter, stats, written)
+    groups = context_templates(adapter, n_prefixes=2, seed=0)
+    strat.edit_batch(method, requests10[:3], groups, critical)
+    changed = {k for k, v in adapter.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {adapter.rewrite_param_name(l) for l in expected}

@@ -1,0 +1,112 @@
+"""Closed-form updates against exact algebra (tensors only, no model)."""
+
+import torch
+
+from blue_cli.editing.linalg import (
+    alphaedit_update,
+    compress_singular_values,
+    keep_top_relative_change,
+    memit_update,
+    nullspace_projector,
+    split_residual,
+)
+
+
+def _problem(d=12, dk=30, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    K = torch.randn(dk, n, generator=g, dtype=torch.float64)
+    R = torch.randn(d, n, generator=g, dtype=torch.float64)
+    X = torch.randn(dk, 200, generator=g, dtype=torch.float64)
+    C = X @ X.T / 200
+    return K, R, C
+
+
+def test_memit_update_reproduces_residual_as_cov_weight_vanishes():
+    K, R, C = _problem()
+    delta = memit_update(K, R, C, cov_weight=1e-10)
+    rel = (delta @ K - R).norm() / R.norm()
+    assert rel < 1e-6
+
+
+def test_memit_update_satisfies_normal_equations():
+    K, R, C = _problem()
+    C_prev = 0.3 * C
+    for lam in (0.5, 10.0, 15000.0):
+        delta = memit_update(K, R, C, cov_weight=lam, C_prev=C_prev)
+        A = lam * C + C_prev + K @ K.T
+        residual = delta @ A - R @ K.T
+        assert residual.norm() / (R @ K.T).norm() < 1e-8
+
+
+def test_memit_update_accepts_float32_inputs_and_returns_float64():
+    K, R, C = _problem()
+    delta = memit_update(K.float(), R.float(), C.float(), cov_weight=2.0)
+    assert delta.dtype == torch.float64
+    assert delta.shape == (R.shape[0], K.shape[0])
+
+
+def test_memit_falls_back_when_system_is_singular():
+    K, R, _ = _problem()
+    C = torch.zeros(K.shape[0], K.shape[0], dtype=torch.float64)
+    delta = memit_update(K, R, C, cov_weight=1.0)  # K K^T is rank n < d_k: not PD
+    assert torch.isfinite(delta).all()
+
+
+def test_nullspace_projector_is_symmetric_idempotent_and_kills_preserved_keys():
+    g = torch.Generator().manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64)).Q
+    evals = torch.cat([torch.full((8,), 5.0), torch.full((12,), 1e-4)]).double()
+    C = basis @ torch.diag(evals) @ basis.T
+    P = nullspace_projector(C, threshold=2e-2)
+    assert torch.allclose(P, P.T, atol=1e-10)
+    assert (P @ P - P).abs().max() < 1e-6
+    preserved = basis[:, :8]
+    assert (P @ preserved).norm() < 1e-8
+    assert torch.linalg.matrix_rank(P) == 12
+
+
+def test_alphaedit_update_leaves_preserved_keys_untouched():
+    g = torch.Generator().manual_seed(2)
+    basis = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64)).Q
+    C = basis @ torch.diag(torch.cat([torch.full((8,), 5.0), torch.full((12,), 1e-5)]).double()) @ basis.T
+    P = nullspace_projector(C, 2e-2)
+    K = torch.randn(20, 4, generator=g, dtype=torch.float64)
+    R = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    delta = alphaedit_update(K, R, P, l2=1.0)
+    k0 = basis[:, :8]
+    assert (delta @ k0).norm() / delta.norm() < 1e-8
+    # and it matches the closed form Delta = R K^T P (K K^T P + l2 I)^{-1}
+    direct = R @ K.T @ P @ torch.linalg.inv(K @ K.T @ P + torch.eye(20, dtype=torch.float64))
+    assert torch.allclose(delta, direct, atol=1e-8)
+
+
+def test_split_residual_rules():
+    R = torch.ones(3, 2) * 12
+    assert torch.allclose(split_residual(R, 4), R / 4)
+    assert torch.allclose(split_residual(R, 4, "sqrt"), R / 2)
+    assert torch.allclose(split_residual(R, 1), R)
+
+
+def test_keep_top_relative_change_keeps_stated_fraction():
+    g = torch.Generator().manual_seed(3)
+    delta = torch.randn(10, 20, generator=g)
+    W = torch.randn(10, 20, generator=g)
+    out = keep_top_relative_change(delta, W, 0.4)
+    assert int((out != 0).sum()) == 80
+    score = (delta.abs() / W.abs())
+    kept = score[out != 0]
+    dropped = score[out == 0]
+    assert kept.min() >= dropped.max()
+
+
+def test_compress_singular_values_bounds_the_spectrum():
+    g = torch.Generator().manual_seed(4)
+    delta = torch.randn(15, 15, generator=g, dtype=torch.float64) * 3
+    bound = 2.0
+    s_before = torch.linalg.svdvals(delta)
+    out = compress_singular_values(delta, bound)
+    s_after = torch.linalg.svdvals(out)
+    expected_max = bound + torch.log(s_before.max() / bound)
+    assert s_after.max() <= expected_max + 1e-9
+    small = s_before[s_before <= bound]
+    assert torch.allclose(torch.sort(s_after).values[: len(small)], torch.sort(small).values, atol=1e-9)

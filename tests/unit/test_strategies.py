@@ -1,0 +1,33 @@
+"""Layer plans of the strategies, and that every method composes with every strategy."""
+
+import pytest
+
+from blue_cli.errors import ConfigError
+from blue_cli.registry import METHODS, STRATEGIES, method_class, strategy_class
+
+
+def test_blue_writes_only_boundary_layers():
+    assert strategy_class("blue")().written_layers([4, 5, 6, 7, 8]) == [4, 8]
+
+
+def test_blue_with_one_critical_layer_writes_it_once():
+    assert strategy_class("blue")().written_layers([3]) == [3]
+
+
+def test_spread_writes_every_critical_layer():
+    assert strategy_class("spread")().written_layers([13, 14, 15, 16, 17]) == [13, 14, 15, 16, 17]
+
+
+def test_unknown_names_give_one_line_errors_listing_choices():
+    with pytest.raises(ConfigError, match=r"unknown strategy 'bleu' \(choose: blue, spread\)"):
+        strategy_class("bleu")
+    with pytest.raises(ConfigError, match="unknown method 'memitt'") as info:
+        method_class("memitt")
+    assert "\n" not in str(info.value)
+
+
+def test_registries_are_filled_by_decorators():
+    method_class("memit")
+    assert {"memit"} <= set(METHODS)
+    assert {"blue", "spread"} <= set(STRATEGIES)
+    assert all(cls.name == name for name, cls in {**METHODS, **STRATEGIES}.items())
