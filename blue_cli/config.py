@@ -66,6 +66,33 @@ class MemitConfig(MethodConfig):
 
 
 @dataclass
+class AlphaEditConfig(MethodConfig):
+    """``l2``: ridge term on the projected system; ``nullspace_threshold``: eigenvalue cut of C."""
+
+    name: str = "alphaedit"
+    l2: float = 10.0
+    nullspace_threshold: float = 2e-2
+
+
+@dataclass
+class PmetConfig(MethodConfig):
+    name: str = "pmet"
+
+
+@dataclass
+class RectConfig(MethodConfig):
+    """``keep_fraction``: share of entries of each update kept, by relative change."""
+
+    name: str = "rect"
+    keep_fraction: float = 0.4
+
+
+@dataclass
+class PruneConfig(MethodConfig):
+    name: str = "prune"
+
+
+@dataclass
 class StrategyConfig:
     name: str = MISSING
 
@@ -107,7 +134,13 @@ class RunConfig:
     resume: bool = True
 
 
-METHOD_SCHEMAS: dict[str, type] = {"memit": MemitConfig}
+METHOD_SCHEMAS: dict[str, type] = {
+    "memit": MemitConfig,
+    "alphaedit": AlphaEditConfig,
+    "pmet": PmetConfig,
+    "rect": RectConfig,
+    "prune": PruneConfig,
+}
 
 
 def register_configs() -> None:
