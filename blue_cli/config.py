@@ -89,7 +89,10 @@ class RectConfig(MethodConfig):
 
 @dataclass
 class PruneConfig(MethodConfig):
+    """``log_base``: base of the log that restrains singular values (e in PRUNE's code)."""
+
     name: str = "prune"
+    log_base: float = 2.718281828459045
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from blue_cli.cache import atomic_path, write_json_atomic
+from blue_cli.cache import atomic_path, content_key, write_json_atomic
 from blue_cli.config import check_run_config
 from blue_cli.data.counterfact import load_counterfact
 from blue_cli.data.records import EditRequest
@@ -156,15 +156,16 @@ class Checkpoint:
     Whole matrices, not differences, so a resumed run continues bit-identically.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, config_key: str):
         self.run_dir = Path(run_dir)
+        self.config_key = config_key
 
     def save(self, done: int, adapter: ModelAdapter, originals: dict[int, torch.Tensor], method, batch_rows: list[dict]) -> None:
         tensors = {f"weight.{l}": adapter.rewrite_weight(l).detach().cpu().contiguous() for l in originals}
         tensors.update({k: v.contiguous() for k, v in method.state_dict().items()})
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             save_file(tensors, str(tmp))
-        write_json_atomic(self.run_dir / CHECKPOINT_INFO, {"batches_done": done})
+        write_json_atomic(self.run_dir / CHECKPOINT_INFO, {"batches_done": done, "config_key": self.config_key})
         results.write_jsonl(self.run_dir, results.BATCHES, batch_rows)
 
     def load(self, adapter: ModelAdapter, originals: dict[int, torch.Tensor], method) -> tuple[int, list[dict]]:
@@ -173,7 +174,13 @@ class Checkpoint:
             return 0, []
         import json
 
-        done = json.loads(info_path.read_text())["batches_done"]
+        info = json.loads(info_path.read_text())
+        if info.get("config_key") != self.config_key:
+            raise ConfigError(
+                f"'{self.run_dir}' holds a checkpoint of a different config "
+                "(use a new hydra.run.dir, or resume=false to start this folder over)"
+            )
+        done = info["batches_done"]
         tensors = load_file(str(self.run_dir / CHECKPOINT))
         for l in originals:
             adapter.set_rewrite(l, tensors[f"weight.{l}"])
@@ -181,6 +188,13 @@ class Checkpoint:
         rows = results.read_jsonl(self.run_dir / results.BATCHES)[:done]
         log.info("resuming after %d finished batches", done)
         return done, rows
+
+
+def resume_key(cfg: DictConfig) -> str:
+    """What a checkpoint must match to be resumed: the whole config except ``resume``."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("resume", None)
+    return content_key(plain)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
@@ -216,7 +230,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     results.write_jsonl(run_dir, results.PRE_CASES, pre_cases)
 
     originals = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
-    checkpoint = Checkpoint(run_dir)
+    checkpoint = Checkpoint(run_dir, resume_key(cfg))
     batches = batches_of(requests, cfg.batch_size)
     done, rows = checkpoint.load(adapter, originals, method) if cfg.resume else (0, [])
     eval_rows = results.read_jsonl(run_dir / results.EVALS) if done else []

@@ -97,15 +97,18 @@ def keep_top_relative_change(delta: torch.Tensor, weight: torch.Tensor, keep_fra
     return delta * mask.view_as(delta)
 
 
-def compress_singular_values(delta: torch.Tensor, bound: float) -> torch.Tensor:
-    """PRUNE: singular values s of ``delta`` above ``bound`` become bound + ln(s / bound).
+def compress_singular_values(delta: torch.Tensor, bound: float, log_base: float = math.e) -> torch.Tensor:
+    """PRUNE: singular values s of ``delta`` above ``bound`` become bound + log_base(s / bound).
 
-    The PRUNE paper's restraint F(s) = ln(s) - ln(bound) + bound, with bound the
-    largest singular value of the original matrix: the accumulated change keeps its
-    directions but its large singular values grow only logarithmically.
+    The PRUNE paper's restraint F(s) = log_a(s) - log_a(bound) + bound, with bound the
+    largest singular value of the original matrix (a = e in its released code): the
+    accumulated change keeps its directions but its large singular values grow only
+    logarithmically.
     """
     if bound <= 0:
         raise ValueError(f"bound must be positive, got {bound}")
+    if log_base <= 1:
+        raise ValueError(f"log_base must be > 1, got {log_base}")
     U, S, Vh = torch.linalg.svd(_f64(delta), full_matrices=False)
-    S = torch.where(S > bound, bound + torch.log(S.clamp_min(bound) / bound), S)
+    S = torch.where(S > bound, bound + torch.log(S.clamp_min(bound) / bound) / math.log(log_base), S)
     return (U * S) @ Vh

@@ -110,3 +110,13 @@ def test_compress_singular_values_bounds_the_spectrum():
     assert s_after.max() <= expected_max + 1e-9
     small = s_before[s_before <= bound]
     assert torch.allclose(torch.sort(s_after).values[: len(small)], torch.sort(small).values, atol=1e-9)
+
+
+def test_compress_singular_values_with_other_log_base():
+    g = torch.Generator().manual_seed(5)
+    delta = torch.randn(8, 8, generator=g, dtype=torch.float64) * 5
+    bound = 1.5
+    s_max = torch.linalg.svdvals(delta).max()
+    out = compress_singular_values(delta, bound, log_base=1.2)
+    expected = bound + torch.log(s_max / bound) / torch.log(torch.tensor(1.2, dtype=torch.float64))
+    assert torch.isclose(torch.linalg.svdvals(out).max(), expected, atol=1e-9)

@@ -21,7 +21,7 @@ class Prune(Memit):
             W0_64 = W0.to(torch.float64)
             change = self.adapter.rewrite_weight(layer).detach().to(torch.float64) - W0_64
             bound = float(torch.linalg.svdvals(W0_64).max())
-            restrained = compress_singular_values(change, bound)
+            restrained = compress_singular_values(change, bound, float(self.cfg.log_base))
             self.adapter.set_rewrite(layer, W0_64 + restrained)
             info[f"prune_bound.{layer}"] = bound
             info[f"prune_max_sv_before.{layer}"] = float(torch.linalg.svdvals(change).max())
