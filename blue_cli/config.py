@@ -26,6 +26,7 @@ class TargetConfig:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     early_stop_loss: float = 0.05
+    batched: bool = True  # optimise all requests of a batch together (false: one at a time)
 
 
 @dataclass

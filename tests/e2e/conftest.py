@@ -28,12 +28,29 @@ def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+METHODS = ("memit", "alphaedit", "pmet", "rect", "prune")
+
+
 @pytest.fixture(scope="session")
-def edit_runs(tmp_path_factory):
-    """The four acceptance runs of issue 2, run once: {(model, strategy): run_dir}."""
+def sweep_runs(tmp_path_factory):
+    """One -m sweep over every method x strategy on tiny-gpt2 (40 edits, batches of 10)."""
+    root = tmp_path_factory.mktemp("sweep")
+    sweep = root / "sweep"
+    proc = run_blue(
+        ["edit", "-m", f"method={','.join(METHODS)}", "strategy=spread,blue", "model=tiny-gpt2",
+         "num_edits=40", "batch_size=10", f"hydra.sweep.dir={sweep}"],
+        cwd=root, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {(summary_of(p)["method"], summary_of(p)["strategy"]): p for p in sweep.iterdir() if (p / "summary.json").exists()}
+
+
+@pytest.fixture(scope="session")
+def edit_runs(tmp_path_factory, sweep_runs):
+    """The four acceptance runs of issue 2: {(model, strategy): run_dir}; tiny-gpt2's come from the sweep."""
     root = tmp_path_factory.mktemp("edit-runs")
-    runs = {}
-    for model in ("tiny-gpt2", "tiny-llama"):
+    runs = {("tiny-gpt2", s): sweep_runs[("memit", s)] for s in ("spread", "blue")}
+    for model in ("tiny-llama",):
         for strategy in ("spread", "blue"):
             run_dir = root / f"{model}-{strategy}"
             proc = run_blue(

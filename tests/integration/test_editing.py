@@ -56,23 +56,94 @@ def test_one_pass_covariance_equals_per_layer(load_tiny):
     assert torch.allclose(both[1], both[1].T)
 
 
-def _method_cfg(**extra):
-    base = {"name": "memit", "cov_weight": 100.0, "sequential": True,
+def _method_cfg(name="memit", **extra):
+    base = {"name": name, "cov_weight": 100.0, "sequential": True,
             "target": {"lr": 0.5, "steps": 4, "clamp": 4.0, "kl_factor": 0.0625, "weight_decay": 0.5, "early_stop_loss": 0.05}}
     base.update(extra)
     return OmegaConf.create(base)
 
 
+METHOD_EXTRA = {"memit": {}, "alphaedit": {"l2": 10.0, "nullspace_threshold": 0.02}, "pmet": {},
+                "rect": {"keep_fraction": 0.4}, "prune": {"log_base": 1.2}}
+
+
+@pytest.mark.parametrize("method_name", sorted(METHOD_EXTRA))
 @pytest.mark.parametrize("strategy,expected", [("blue", [1, 4]), ("spread", [1, 2, 3, 4])])
-def test_strategy_changes_exactly_its_layers(fresh_tiny, requests10, strategy, expected):
+def test_strategy_changes_exactly_its_layers(fresh_tiny, requests10, strategy, expected, method_name):
+    """Only the FFN output matrices of the written layers change, for every method."""
     adapter = fresh_tiny("tiny-gpt2")
     critical = [1, 2, 3, 4]
     before = {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
     strat = strategy_class(strategy)()
     written = strat.written_layers(critical)
     stats = CovarianceStore(adapter, StatsSettings(samples=20, max_length=64))
-    method = method_class("memit")(_method_cfg(), adapter, stats, written)
+    method = method_class(method_name)(_method_cfg(name=method_name, **METHOD_EXTRA[method_name]), adapter, stats, written)
+    method.prepare()
+    originals = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
     groups = context_templates(adapter, n_prefixes=2, seed=0)
     strat.edit_batch(method, requests10[:3], groups, critical)
+    method.finish(originals)
     changed = {k for k, v in adapter.model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {adapter.rewrite_param_name(l) for l in expected}
+
+
+def _one_batch(adapter, method_name, requests, layer=2, **extra):
+    stats = CovarianceStore(adapter, StatsSettings(samples=200, max_length=64))
+    method = method_class(method_name)(_method_cfg(name=method_name, **extra), adapter, stats, [layer])
+    method.prepare()
+    groups = context_templates(adapter, n_prefixes=2, seed=0)
+    K = collect_keys(adapter, requests, groups, [layer])[layer]
+    target = method.compute_targets(requests, flat_templates(groups), layer)
+    from blue_cli.editing.keys import values_at_subject
+
+    R = target.z(method.write_point).T - values_at_subject(adapter, requests, layer, method.write_point)
+    return method, stats, K, R
+
+
+def test_alphaedit_leaves_preserved_key_directions_alone(fresh_tiny, requests10):
+    adapter = fresh_tiny("tiny-llama")
+    method, stats, K, R = _one_batch(adapter, "alphaedit", requests10[:5], l2=10.0, nullspace_threshold=0.02)
+    delta = method.solve(2, K, R)
+    P = method.P[2]
+    assert torch.allclose(P, P.T, atol=1e-6)
+    assert (P @ P - P).abs().max() < 1e-6
+    evals, evecs = torch.linalg.eigh(stats.get(2).double())
+    preserved = evecs[:, evals >= 0.02]  # the covariance's top eigenvectors
+    assert preserved.shape[1] > 0
+    W = adapter.rewrite_weight(2).detach().double()
+    change = (delta @ preserved).norm(dim=0) / (W @ preserved).norm(dim=0)
+    assert change.max() < 1e-3
+    assert delta.norm() > 0
+
+
+def test_rect_keeps_the_stated_fraction(fresh_tiny, requests10):
+    adapter = fresh_tiny("tiny-gpt2")
+    method, _, K, R = _one_batch(adapter, "rect", requests10[:4], keep_fraction=0.4)
+    delta = method.solve(2, K, R)
+    assert abs(float((delta != 0).double().mean()) - 0.4) < 1e-3
+
+
+def test_prune_bounds_the_accumulated_change(fresh_tiny, requests10):
+    import math
+
+    adapter = fresh_tiny("tiny-gpt2")
+    method, _, K, R = _one_batch(adapter, "prune", requests10[:4], log_base=1.2)
+    W0 = adapter.rewrite_weight(2).detach().clone()
+    adapter.add_to_rewrite(2, method.solve(2, K, R) * 50)  # a change far past sigma_max(W0)
+    info = method.finish({2: W0})
+    bound, before, after = info["prune_bound.2"], info["prune_max_sv_before.2"], info["prune_max_sv_after.2"]
+    assert before > bound
+    assert after <= bound + math.log(before / bound) / math.log(1.2) + 1e-6
+    change = adapter.rewrite_weight(2).detach().double() - W0.double()
+    assert float(torch.linalg.svdvals(change).max()) == pytest.approx(after, rel=1e-4)
+
+
+def test_one_at_a_time_schedule_gives_the_batched_targets(load_tiny, requests10):
+    adapter = load_tiny("tiny-gpt2")
+    stats = CovarianceStore(adapter, StatsSettings(samples=20, max_length=64))
+    templates = flat_templates(context_templates(adapter, n_prefixes=1, seed=0))
+    batched = method_class("memit")(_method_cfg(), adapter, stats, [3])
+    single = method_class("memit")(_method_cfg(target={**_method_cfg().target, "batched": False}), adapter, stats, [3])
+    a = batched.compute_targets(requests10[:3], templates, 3)
+    b = single.compute_targets(requests10[:3], templates, 3)
+    assert torch.allclose(a.delta["block"], b.delta["block"], atol=1e-4)

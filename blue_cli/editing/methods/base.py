@@ -45,6 +45,7 @@ class EditMethod:
             early_stop_loss=cfg.target.early_stop_loss,
         )
         self.sequential = bool(cfg.get("sequential", True))
+        self.batched = bool(cfg.target.get("batched", True))
         self.C_prev = {
             l: torch.zeros(adapter.key_size(l), adapter.key_size(l), dtype=torch.float64, device=adapter.device)
             for l in self.layers
@@ -56,7 +57,20 @@ class EditMethod:
     def compute_targets(
         self, requests: Sequence[EditRequest], templates: Sequence[str], layer: int
     ) -> TargetResult:
-        return optimise_targets(self.adapter, requests, templates, layer, self.settings, self.points)
+        """Target vectors for every request at ``layer``: all at once, or one at a time
+        when ``target.batched`` is false (the reference's schedule, kept to measure speed-ups)."""
+        if self.batched:
+            return optimise_targets(self.adapter, requests, templates, layer, self.settings, self.points)
+        singles = [optimise_targets(self.adapter, [r], templates, layer, self.settings, self.points) for r in requests]
+        return TargetResult(
+            layer=layer,
+            points=self.points,
+            h_init={p: torch.cat([s.h_init[p] for s in singles]) for p in self.points},
+            delta={p: torch.cat([s.delta[p] for s in singles]) for p in self.points},
+            steps=[x for s in singles for x in s.steps],
+            loss_init=[x for s in singles for x in s.loss_init],
+            loss_final=[x for s in singles for x in s.loss_final],
+        )
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         """The update (d x d_k) that maps keys K (d_k x n) to residuals R (d x n) at ``layer``."""
