@@ -22,8 +22,36 @@ from pathlib import Path
 METHODS = ("memit", "alphaedit", "pmet", "rect", "prune")
 STRATEGIES = ("spread", "blue")
 RESULTS = Path(__file__).resolve().parent / "results"
-COLUMNS = ("model", "method", "strategy", "variant", "sec_per_batch", "cov_sec", "peak_mb",
+COLUMNS = ("model", "method", "strategy", "variant", "sec_per_batch", "gflop_per_batch", "cov_sec", "peak_mb",
            "efficacy", "generalization", "specificity", "target_logprob_gain", "write_error")
+VARIANTS = {
+    "batched": [],
+    "one-at-a-time": ["method.target.batched=false"],
+    "reference-schedule": ["method.target.batched=false", "method.target.reuse_prefix=false"],
+}
+
+
+def first_batch_flops(cfg) -> float:
+    """FLOPs of editing the first batch (targets, keys, solves), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from blue_cli.data.counterfact import load_counterfact
+    from blue_cli.editing.context import context_templates
+    from blue_cli.editing.covariance import CovarianceStore
+    from blue_cli.registry import method_class, strategy_class
+    from blue_cli.runner import load_adapter, stats_settings
+
+    adapter = load_adapter(cfg)
+    requests = load_counterfact(cfg.dataset.path, offset=cfg.dataset.offset, limit=cfg.batch_size)
+    strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
+    written = strategy.written_layers(list(cfg.model.layers))
+    method = method_class(cfg.method.name)(cfg.method, adapter, CovarianceStore(adapter, stats_settings(cfg)), written)
+    method.prepare()
+    groups = context_templates(adapter, seed=cfg.seed)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        strategy.edit_batch(method, requests, groups, list(cfg.model.layers))
+    return counter.get_total_flops()
 
 
 def run_one(overrides: list[str]) -> dict:
@@ -43,6 +71,7 @@ def run_one(overrides: list[str]) -> dict:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary["peak_mb"] = peak_mb
     summary["sec_per_batch"] = statistics.median(b["edit_seconds"] for b in batches)
+    summary["gflop_per_batch"] = first_batch_flops(cfg) / 1e9
     return summary
 
 
@@ -72,20 +101,29 @@ def main() -> None:
 
     rows = []
     plan = [(m, me, s, "batched") for m in args.models.split(",") for me in args.methods.split(",") for s in args.strategies.split(",")]
-    plan += [(args.models.split(",")[0], "memit", "blue", "one-at-a-time")]
+    first = args.models.split(",")[0]
+    plan += [(first, "memit", s, v) for s in ("spread", "blue") for v in ("one-at-a-time", "reference-schedule")]
     for model, method, strategy, variant in plan:
         overrides = [f"model={model}", f"method={method}", f"strategy={strategy}", f"num_edits={args.num_edits}",
-                     f"batch_size={args.batch_size}", "device=auto", f"method.target.batched={variant == 'batched'}"]
+                     f"batch_size={args.batch_size}", "device=auto", *VARIANTS[variant]]
         start = time.perf_counter()
         s = spawn(overrides)
         row = {"model": model, "method": method, "strategy": strategy, "variant": variant,
-               "sec_per_batch": s["sec_per_batch"], "cov_sec": s["covariance_seconds"], "peak_mb": s["peak_mb"],
+               "sec_per_batch": s["sec_per_batch"], "gflop_per_batch": s["gflop_per_batch"], "cov_sec": s["covariance_seconds"], "peak_mb": s["peak_mb"],
                **{k: s[k] for k in COLUMNS[7:]}, "wall_sec": time.perf_counter() - start}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    base = next(r for r in rows if r["method"] == "memit" and r["strategy"] == "blue" and r["variant"] == "batched")
-    single = rows[-1]
-    speedup = single["sec_per_batch"] / base["sec_per_batch"]
+    def pick(strategy, variant):
+        return next(r for r in rows if r["model"] == first and r["method"] == "memit" and r["strategy"] == strategy and r["variant"] == variant)
+
+    ratios = {
+        strategy: {
+            "batching_speedup": pick(strategy, "one-at-a-time")["sec_per_batch"] / pick(strategy, "batched")["sec_per_batch"],
+            "reference_over_ours_seconds": pick(strategy, "reference-schedule")["sec_per_batch"] / pick(strategy, "batched")["sec_per_batch"],
+            "reference_over_ours_flops": pick(strategy, "reference-schedule")["gflop_per_batch"] / pick(strategy, "batched")["gflop_per_batch"],
+        }
+        for strategy in ("spread", "blue")
+    }
 
     table = Table(title=f"{args.num_edits} CounterFact edits, batches of {args.batch_size}")
     for col in COLUMNS:
@@ -94,11 +132,15 @@ def main() -> None:
         table.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS])
     console = Console()
     console.print(table)
-    console.print(f"batched target optimisation speed-up (MEMIT+BLUE, {base['model']}): {speedup:.2f}x")
+    for strategy, r in ratios.items():
+        console.print(
+            f"MEMIT+{strategy} on {first}: batching speed-up {r['batching_speedup']:.2f}x; reference schedule costs "
+            f"{r['reference_over_ours_seconds']:.2f}x the seconds and {r['reference_over_ours_flops']:.2f}x the FLOPs"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"rows": rows, "batching_speedup": speedup, "num_edits": args.num_edits,
+    tmp.write_text(json.dumps({"rows": rows, "ratios": ratios, "num_edits": args.num_edits,
                                "batch_size": args.batch_size}, indent=2))
     os.replace(tmp, out)
     console.print(f"written {out}")

@@ -27,6 +27,7 @@ class TargetConfig:
     weight_decay: float = 0.5
     early_stop_loss: float = 0.05
     batched: bool = True  # optimise all requests of a batch together (false: one at a time)
+    reuse_prefix: bool = True  # run the blocks before the target layer once, not every step
 
 
 @dataclass

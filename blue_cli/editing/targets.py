@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from blue_cli.data.records import EditRequest
-from blue_cli.models.adapter import ModelAdapter
+from blue_cli.models.adapter import ModelAdapter, frozen_prefix
 from blue_cli.models.hooks import add_at_positions, capture, run_until_stopped
 from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index, target_ids
 
@@ -42,6 +42,7 @@ class TargetSettings:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5  # v_weight_decay
     early_stop_loss: float = 0.05
+    reuse_prefix: bool = True
 
 
 @dataclass
@@ -163,11 +164,29 @@ def optimise_targets(
     ``templates`` is the flat list of context templates, "{}" first.
     ``points`` are where vectors are added: "block" (MEMIT) or ("attn", "mlp") (PMET);
     each point has its own norm clamp and decay relative to its own output norm.
+    ``settings.reuse_prefix``: blocks before the first one a vector touches run once, not every
+    step (their activations cannot change); the result is the same.
     """
     n = len(requests)
     batch = _build_batch(adapter, requests, templates)
     h_init = _initial_states(adapter, batch, layer, points)
     deltas = {p: torch.zeros_like(h_init[p], requires_grad=True) for p in points}
+    frozen_upto = (layer if points == ("block",) else layer - 1) if settings.reuse_prefix else -1
+    with frozen_prefix(adapter, batch.inputs, frozen_upto):
+        steps, init_kl, loss_init, nll = _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n)
+    return TargetResult(
+        layer=layer,
+        points=tuple(points),
+        h_init={p: h.detach() for p, h in h_init.items()},
+        delta={p: d.detach().clone() for p, d in deltas.items()},
+        steps=steps.tolist(),
+        loss_init=loss_init.tolist(),
+        loss_final=nll.detach().tolist(),
+    )
+
+
+def _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n):
+    """The optimisation loop proper; returns (steps, init KL log-probs, initial NLL, last NLL)."""
     opt = torch.optim.Adam(list(deltas.values()), lr=settings.lr)
     max_norm = {p: settings.clamp * h_init[p].norm(dim=1) for p in points}
     active = torch.ones(n, dtype=torch.bool, device=adapter.device)
@@ -200,12 +219,4 @@ def optimise_targets(
                 norms = deltas[p].norm(dim=1)
                 scale = torch.where(norms > max_norm[p], max_norm[p] / norms.clamp_min(1e-12), torch.ones_like(norms))
                 deltas[p].mul_(scale[:, None])
-    return TargetResult(
-        layer=layer,
-        points=tuple(points),
-        h_init={p: h.detach() for p, h in h_init.items()},
-        delta={p: d.detach().clone() for p, d in deltas.items()},
-        steps=steps.tolist(),
-        loss_init=loss_init.tolist(),
-        loss_final=nll.detach().tolist(),
-    )
+    return steps, init_kl, loss_init, nll

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from blue_cli.models.families import FamilySpec, family_for
-from blue_cli.models.hooks import add_at_positions, capture, run_until_stopped
+from blue_cli.models.hooks import StopForward, add_at_positions, capture, run_until_stopped
 
 
 class ModelAdapter:
@@ -142,3 +142,63 @@ class ModelAdapter:
         results.update(got_in)
         results.update({k: v for k, v in got_out.items() if k != stop_name})
         return results
+
+
+class _Skip(nn.Module):
+    """Stands in for a block whose output is replayed later: passes the hidden state on."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden, *args, **kwargs):
+        return (hidden,) if self.as_tuple else hidden
+
+
+class _Replay(nn.Module):
+    """Stands in for the last frozen block: returns its recorded output (hooks still fire)."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+@contextmanager
+def frozen_prefix(adapter: ModelAdapter, batch: dict[str, torch.Tensor], upto: int):
+    """Run blocks 0..upto once on ``batch``, then replay their result in every forward.
+
+    Inside the block, forwards on the same batch skip the work of blocks that cannot
+    change (their inputs do not depend on what is optimised after them); embeddings,
+    masks and rotary tables are still built by the model as usual. Hooks registered on
+    ``adapter.block(upto)`` inside the block attach to the replaying stand-in.
+    """
+    if upto < 0:
+        yield
+        return
+    blocks = adapter._blocks
+    recorded: dict = {}
+
+    def keep(module, args, output):
+        recorded["out"] = output
+        raise StopForward
+
+    handle = blocks[upto].register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            run_until_stopped(adapter.base_forward, batch["input_ids"], batch["attention_mask"])
+    finally:
+        handle.remove()
+    output = recorded["out"]
+    as_tuple = isinstance(output, tuple)
+    originals = [blocks[i] for i in range(upto + 1)]
+    try:
+        for i in range(upto):
+            blocks[i] = _Skip(as_tuple)
+        blocks[upto] = _Replay(output)
+        yield
+    finally:
+        for i, module in enumerate(originals):
+            blocks[i] = module

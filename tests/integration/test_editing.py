@@ -1,5 +1,7 @@
 """Targets, keys and strategies on tiny models."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -147,3 +149,15 @@ def test_one_at_a_time_schedule_gives_the_batched_targets(load_tiny, requests10)
     a = batched.compute_targets(requests10[:3], templates, 3)
     b = single.compute_targets(requests10[:3], templates, 3)
     assert torch.allclose(a.delta["block"], b.delta["block"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name,points", [("tiny-gpt2", ("block",)), ("tiny-llama", ("attn", "mlp")), ("tiny-gptj", ("block",))])
+def test_replaying_frozen_blocks_gives_the_same_targets(load_tiny, requests10, name, points):
+    adapter = load_tiny(name)
+    templates = flat_templates(context_templates(adapter, n_prefixes=1, seed=0))
+    fast = optimise_targets(adapter, requests10[:3], templates, 2, FAST, points)
+    slow = optimise_targets(adapter, requests10[:3], templates, 2, replace(FAST, reuse_prefix=False), points)
+    for p in points:
+        assert torch.allclose(fast.delta[p], slow.delta[p], atol=1e-5), p
+    assert fast.loss_final == pytest.approx(slow.loss_final, abs=1e-5)
+    assert all(type(b).__name__ not in ("_Skip", "_Replay") for b in adapter.model.get_submodule(adapter.family.blocks))

@@ -43,6 +43,7 @@ class EditMethod:
             kl_factor=cfg.target.kl_factor,
             weight_decay=cfg.target.weight_decay,
             early_stop_loss=cfg.target.early_stop_loss,
+            reuse_prefix=bool(cfg.target.get("reuse_prefix", True)),
         )
         self.sequential = bool(cfg.get("sequential", True))
         self.batched = bool(cfg.target.get("batched", True))
