@@ -67,9 +67,25 @@ def batches_table(rows: list[dict]) -> Table:
     return table
 
 
+def bar_plot(rows: list[dict], key: str, width: int = 40) -> Table:
+    """A horizontal bar per batch: how ``key`` moves over the sequential edit stream."""
+    values = [float(r[key]) for r in rows if r.get(key) is not None]
+    top = max((abs(v) for v in values), default=0.0) or 1.0
+    table = Table(title=f"{key} per batch", show_header=False, box=None)
+    table.add_column("batch", justify="right")
+    table.add_column("bar")
+    table.add_column("value", justify="right")
+    for row, value in zip(rows, values):
+        bar = "█" * max(1, round(abs(value) / top * width)) if value else ""
+        table.add_row(str(row["batch"]), f"[{'green' if value >= 0 else 'red'}]{bar}[/]", f"{value:.3f}")
+    return table
+
+
 def show_run(run_dir: Path, summary: dict, batches: list[dict]) -> None:
     if batches:
         console.print(batches_table(batches))
+        console.print(bar_plot(batches, "write_error"))
+        console.print(bar_plot(batches, "edit_gain"))
     console.print(summary_table(summary, title=f"{Path(run_dir).name}"))
 
 

@@ -105,3 +105,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     sa, sb = summary_of(full), summary_of(killed)
     for key in ("efficacy", "generalization", "specificity", "target_logprob_gain"):
         assert sa[key] == pytest.approx(sb[key], abs=1e-9), key
+
+
+def test_offline_hub_model_is_one_line(tmp_path):
+    proc = run_blue(["edit", "model=gpt2-xl", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=300,
+                    env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode != 0
+    assert "model 'gpt2-xl' is not in the local Hugging Face cache" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_installed_cli_runs_from_outside_the_repo(tmp_path):
+    """The installed command finds conf/ wherever it is started."""
+    proc = run_blue(["edit", "--cfg", "job"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "tiny-gpt2" in proc.stdout

@@ -1,0 +1,628 @@
+"""Tiny offline language models (GPT-2, GPT-J, Llama, Qwen2) for tests and the offline demo.
+
+Each model has 6 layers of width 128 and is pre-trained here, on CPU, for a fixed number of
+steps on a WikiText-2 excerpt mixed with fact sentences built from the bundled CounterFact
+sample. Each fact is stated through its subject under many templates (the record's own
+prompt, the other prompts of the same relation, paraphrases and generation prompts), and
+the neighbourhood and attribute prompts state the same objects for other subjects. The
+object therefore has to be recalled from the subject, which is what locate-then-edit
+methods rely on.
+
+Measured on the committed weights (``build_info.json``): the true object beats the
+CounterFact new object for 99-100% of the first 100 records, but only for 51-58% once the
+subject is swapped for another record's (``subject_swapped``), so the facts are keyed on
+the subject. Paraphrase and generation prompts are part of the training text, so
+paraphrase scores are not held out. Because the models are this shallow, the subject's
+residual stream is read by the attention of layers up to about 4: a vector added at the
+subject's last token moves the prediction most at layers 0-2, less at 3, not at all at 5.
+
+The committed artefacts live in ``blue_cli/assets/tiny/<name>``; ``tiny_model_dir`` falls
+back to building into the cache when they are missing. ``scripts/build_tiny_models.py``
+rebuilds the committed copies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blue_cli.errors import ConfigError
+
+VOCAB_SIZE = 4096
+HIDDEN = 128
+LAYERS = 6
+HEADS = 4
+KV_HEADS = 2
+INTERMEDIATE = 512
+MAX_POSITIONS = 256
+SEQ_LEN = 64
+BATCH_SIZE = 16
+DEFAULT_STEPS = 800
+LEARNING_RATE = 3e-3
+WEIGHT_DECAY = 0.01
+WARMUP_FRACTION = 0.05
+HELDOUT_FRACTION = 0.1
+# CPU reductions differ with the thread count; builds pin it so they are reproducible.
+BUILD_THREADS = 1
+# Share of each corpus group per epoch: subject facts repeated, the rest subsampled.
+MIX = {"subject": 3.0, "neighborhood": 0.5, "attribute": 0.5, "wikitext": 0.3}
+
+EOS_TOKEN = "<|endoftext|>"
+BOS_TOKEN = "<|begin_of_text|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOS_TOKEN, BOS_TOKEN, PAD_TOKEN)  # ids 0, 1, 2
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DATA_DIR = ASSETS_DIR / "data"
+COMMITTED_DIR = ASSETS_DIR / "tiny"
+WIKITEXT_FILE = DATA_DIR / "wikitext_excerpt.txt"
+COUNTERFACT_FILE = DATA_DIR / "counterfact_sample.json"
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """One tiny architecture: its HF class name and whether its tokenizer prepends BOS."""
+
+    name: str
+    architecture: str
+    add_bos: bool
+
+
+TINY_MODELS: dict[str, TinySpec] = {
+    "tiny-gpt2": TinySpec("tiny-gpt2", "GPT2LMHeadModel", add_bos=False),
+    "tiny-gptj": TinySpec("tiny-gptj", "GPTJForCausalLM", add_bos=False),
+    "tiny-llama": TinySpec("tiny-llama", "LlamaForCausalLM", add_bos=True),
+    "tiny-qwen2": TinySpec("tiny-qwen2", "Qwen2ForCausalLM", add_bos=False),
+}
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+def is_tiny(name: str) -> bool:
+    """Whether ``name`` is one of the bundled tiny models."""
+    return name in TINY_MODELS
+
+
+def _spec(name: str) -> TinySpec:
+    try:
+        return TINY_MODELS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown tiny model {name!r}; valid names: {', '.join(TINY_MODELS)}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def load_counterfact_sample(path: Path = COUNTERFACT_FILE) -> list[dict[str, Any]]:
+    """The bundled CounterFact records (MEMIT multi_counterfact format)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def split_wikitext(text: str, heldout_fraction: float = HELDOUT_FRACTION) -> tuple[list[str], list[str]]:
+    """Split the excerpt into (train, held-out) paragraphs; the held-out slice is the tail."""
+    paragraphs = [line.strip() for line in text.splitlines() if line.strip()]
+    total = sum(len(p) for p in paragraphs)
+    cut, seen = len(paragraphs), 0
+    for i, p in enumerate(paragraphs):
+        if seen >= total * (1 - heldout_fraction):
+            cut = i
+            break
+        seen += len(p)
+    return paragraphs[:cut], paragraphs[cut:]
+
+
+def fact_corpus(records: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """True-fact sentences from CounterFact records, in three groups.
+
+    ``subject``: per record, the rewrite prompt and every other prompt template of the same
+    relation applied to the subject, the paraphrase prompts and the (deduplicated)
+    generation prompts, each followed by the true object. ``neighborhood``: the
+    neighbourhood prompts (other subjects with the same true object) with the true object.
+    ``attribute``: the attribute prompts (other subjects whose true object is the record's
+    new object) with the new object, so that both candidate objects are plausible answers
+    for the relation and only the subject decides between them.
+    """
+    templates: dict[str, list[str]] = {}
+    for r in records:
+        rw = r["requested_rewrite"]
+        bucket = templates.setdefault(rw["relation_id"], [])
+        if rw["prompt"] not in bucket:
+            bucket.append(rw["prompt"])
+    groups: dict[str, list[str]] = {"subject": [], "neighborhood": [], "attribute": []}
+    for r in records:
+        rw = r["requested_rewrite"]
+        subject, true, new = rw["subject"], rw["target_true"]["str"], rw["target_new"]["str"]
+        about_subject = [t.format(subject) for t in templates[rw["relation_id"]]]
+        about_subject += list(r.get("paraphrase_prompts", []))
+        about_subject += list(r.get("generation_prompts", []))
+        groups["subject"] += [f"{p} {true}" for p in dict.fromkeys(about_subject)]
+        neighbours = dict.fromkeys(r.get("neighborhood_prompts", []))
+        groups["neighborhood"] += [f"{p} {true}" for p in neighbours]
+        groups["attribute"] += [f"{p} {new}" for p in dict.fromkeys(r.get("attribute_prompts", []))]
+    return groups
+
+
+def fact_sentences(records: Sequence[dict[str, Any]]) -> list[str]:
+    """All fact sentences of ``fact_corpus``, subject group first."""
+    return [s for group in fact_corpus(records).values() for s in group]
+
+
+# ------------------------------------------------------------------------ tokenizer
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``texts`` (deterministic).
+
+    The normaliser and pre-tokeniser are those transformers' ``Qwen2Tokenizer`` installs
+    (NFC, then its split regex, then byte-level without a regex): ``AutoTokenizer`` always
+    rebuilds a qwen2 checkpoint's tokenizer with them, so using them everywhere keeps one
+    shared tokenizer that encodes identically for all four models.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import processors, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return tok
+
+
+def wrap_tokenizer(raw, *, add_bos: bool):
+    """Wrap a trained ``tokenizers.Tokenizer`` as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer.from_str(raw.to_str())  # a private copy
+    if add_bos:
+        bos_id = raw.token_to_id(BOS_TOKEN)
+        raw.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(
+                    single=f"{BOS_TOKEN} $A",
+                    pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B:1",
+                    special_tokens=[(BOS_TOKEN, bos_id)],
+                ),
+            ]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        padding_side="right",
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+def make_config(name: str, *, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
+    """The HF config of tiny model ``name`` (untrained; weights come from training)."""
+    import transformers
+
+    spec = _spec(name)
+    ids = dict(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    if spec.architecture == "GPT2LMHeadModel":
+        cfg = transformers.GPT2Config(
+            vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_embd=HIDDEN, n_layer=LAYERS,
+            n_head=HEADS, n_inner=INTERMEDIATE, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, tie_word_embeddings=True, **ids,
+        )
+    elif spec.architecture == "GPTJForCausalLM":
+        # Tied embeddings (real GPT-J unties them) keep the folder under 4 MB.
+        cfg = transformers.GPTJConfig(
+            vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_embd=HIDDEN, n_layer=LAYERS,
+            n_head=HEADS, rotary_dim=16, n_inner=INTERMEDIATE, resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, **ids,
+        )
+    elif spec.architecture == "LlamaForCausalLM":
+        cfg = transformers.LlamaConfig(
+            vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+            num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True, **ids,
+        )
+    elif spec.architecture == "Qwen2ForCausalLM":
+        cfg = transformers.Qwen2Config(
+            vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+            num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+            max_position_embeddings=MAX_POSITIONS, max_window_layers=LAYERS,
+            tie_word_embeddings=True, **ids,
+        )
+    else:  # pragma: no cover - guarded by TINY_MODELS
+        raise ConfigError(f"no config for architecture {spec.architecture!r}")
+    cfg.architectures = [spec.architecture]
+    return cfg
+
+
+def _model_class(name: str):
+    import transformers
+
+    return getattr(transformers, _spec(name).architecture)
+
+
+# ------------------------------------------------------------------------- training
+
+
+def _encode_units(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """Token ids of each text (no special tokens), long texts cut into ``max_len`` pieces."""
+    # The backend tokenizer, so long paragraphs raise no "longer than the maximum" warning.
+    encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    enc = [e.ids for e in encodings]
+    units: list[list[int]] = []
+    for ids in enc:
+        for start in range(0, len(ids), max_len):
+            piece = ids[start : start + max_len]
+            if piece:
+                units.append(piece)
+    return units
+
+
+def _pack(
+    units: Sequence[list[int]], *, seq_len: int, bos_id: int | None, eos_id: int, pad_id: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Greedily pack whole units into rows ``[bos] unit eos [bos] unit eos ... pad``.
+
+    Every row starts at a unit boundary, so the model sees facts both at position 0 (as
+    prompts are fed at evaluation) and after earlier text. Returns (input_ids, labels) with
+    labels -100 on padding and on BOS tokens.
+    """
+    rows: list[list[int]] = []
+    labels: list[list[int]] = []
+    cur: list[int] = []
+    for unit in units:
+        piece = ([bos_id] if bos_id is not None else []) + list(unit) + [eos_id]
+        piece = piece[:seq_len]
+        if len(cur) + len(piece) > seq_len:
+            rows.append(cur)
+            cur = []
+        cur = cur + piece
+    if cur:
+        rows.append(cur)
+    out_ids, out_labels = [], []
+    for row in rows:
+        lab = [(-100 if t == bos_id else t) for t in row]
+        pad = seq_len - len(row)
+        out_ids.append(row + [pad_id] * pad)
+        out_labels.append(lab + [-100] * pad)
+    return out_ids, out_labels
+
+
+def _epoch_units(pools: dict[str, list[list[int]]], rng: random.Random) -> list[list[int]]:
+    """One epoch's units: each pool repeated ``int(MIX)`` times plus a seeded random share."""
+    units: list[list[int]] = []
+    for key in sorted(pools):
+        whole, frac = divmod(MIX[key], 1.0)
+        units += pools[key] * int(whole)
+        if frac:
+            units += rng.sample(pools[key], round(frac * len(pools[key])))
+    rng.shuffle(units)
+    return units
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    warm = max(1, int(total * WARMUP_FRACTION))
+    if step < warm:
+        return peak * (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def heldout_loss(model, tokenizer, paragraphs: Sequence[str], *, batch_size: int = 64) -> float:
+    """Mean per-token NLL (nats) on ``paragraphs`` packed into rows like in training."""
+    import torch
+
+    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+    units = _encode_units(tokenizer, paragraphs, SEQ_LEN - 2)
+    ids, labels = _pack(units, seq_len=SEQ_LEN, bos_id=bos, eos_id=tokenizer.eos_token_id,
+                        pad_id=tokenizer.pad_token_id)
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(ids), batch_size):
+            x = torch.tensor(ids[i : i + batch_size])
+            y = torch.tensor(labels[i : i + batch_size])
+            logits = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id).long()).logits
+            lp = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(), y[:, 1:].reshape(-1),
+                ignore_index=-100, reduction="sum",
+            )
+            total += lp.item()
+            count += int((y[:, 1:] != -100).sum())
+    return total / max(1, count)
+
+
+def _adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+# ------------------------------------------------------------------- fact scoring
+
+
+def _target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 64):
+    """Mean per-token NLL of each target after its prompt, and the P of its first token."""
+    import torch
+
+    seqs, spans = [], []
+    for prompt, target in pairs:
+        p = tokenizer(prompt)["input_ids"]
+        t = tokenizer(target, add_special_tokens=False)["input_ids"]
+        seqs.append(p + t)
+        spans.append((len(p), len(t)))
+    nlls = [0.0] * len(seqs)
+    first_p = [0.0] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # batches of similar length
+    pad = tokenizer.pad_token_id
+    model.eval()
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            x = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(x)
+            for j, i in enumerate(idx):
+                x[j, : len(seqs[i])] = torch.tensor(seqs[i])
+                mask[j, : len(seqs[i])] = 1
+            logp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits.float(), -1)
+            for j, i in enumerate(idx):
+                start, n = spans[i]
+                pos = torch.arange(start - 1, start - 1 + n)
+                tok_lp = logp[j, pos, torch.tensor(seqs[i][start : start + n])]
+                nlls[i] = float(-tok_lp.mean())
+                first_p[i] = float(tok_lp[0].exp())
+    return nlls, first_p
+
+
+def fact_scores(
+    model, tokenizer, records: Sequence[dict[str, Any]], *, paraphrases: bool = True
+) -> dict[str, float]:
+    """How well the model knows the true objects of ``records`` (teacher forcing).
+
+    ``rewrite_rate``: fraction of records whose true object has a lower mean per-token NLL
+    than the new object after ``prompt.format(subject)``; ``paraphrase_rate``: the same over
+    all paraphrase prompts; ``median_p_true``: median probability of the true object's first
+    token after the rewrite prompt. ``paraphrases=False`` skips the paraphrase prompts (the
+    rate is then NaN).
+    """
+    import statistics
+
+    rw_pairs, para_pairs = [], []
+    for r in records:
+        rw = r["requested_rewrite"]
+        prompt = rw["prompt"].format(rw["subject"])
+        true, new = " " + rw["target_true"]["str"], " " + rw["target_new"]["str"]
+        rw_pairs += [(prompt, true), (prompt, new)]
+        for p in r.get("paraphrase_prompts", []) if paraphrases else []:
+            para_pairs += [(p, true), (p, new)]
+    nll, first = _target_nll(model, tokenizer, rw_pairs + para_pairs)
+    n_rw = len(rw_pairs)
+    rw_wins = [nll[i] < nll[i + 1] for i in range(0, n_rw, 2)]
+    para_wins = [nll[i] < nll[i + 1] for i in range(n_rw, len(nll), 2)]
+    return {
+        "rewrite_rate": sum(rw_wins) / max(1, len(rw_wins)),
+        "paraphrase_rate": sum(para_wins) / len(para_wins) if para_wins else float("nan"),
+        "median_p_true": statistics.median(first[0:n_rw:2]) if n_rw else float("nan"),
+    }
+
+
+def subject_swapped(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Control records: each rewrite prompt gets the next record's subject, no paraphrases.
+
+    A model that recalls objects from the subject should do much worse on these with
+    ``fact_scores`` than on the real records; one that only learnt relation priors won't.
+    """
+    out = []
+    for r, other in zip(records, list(records[1:]) + list(records[:1])):
+        rw = dict(r["requested_rewrite"], subject=other["requested_rewrite"]["subject"])
+        out.append({"requested_rewrite": rw, "paraphrase_prompts": []})
+    return out
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def build_tiny_model(
+    name: str,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train tiny model ``name`` from scratch and save it to ``out_dir``; return its build info.
+
+    Deterministic for a given seed, step count and torch version: the tokenizer, corpus,
+    batch order and initialisation are fixed and training runs on ``BUILD_THREADS`` torch
+    threads. ``progress(step, total, loss)`` is called after every optimiser step. Weights
+    are saved in float16 (``config.json`` says float32, so a plain ``from_pretrained``
+    upcasts them) and the reported losses and fact scores are measured on those weights.
+    """
+    import torch
+
+    spec = _spec(name)
+    steps = DEFAULT_STEPS if steps is None else int(steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        return _build(spec, Path(out_dir), seed=seed, steps=steps, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(spec: TinySpec, out_dir: Path, *, seed: int, steps: int, progress: ProgressFn | None):
+    import torch
+
+    name = spec.name
+    started = time.perf_counter()
+
+    records = load_counterfact_sample()
+    train_pars, held_pars = split_wikitext(WIKITEXT_FILE.read_text(encoding="utf-8"))
+    groups = fact_corpus(records)
+    facts = [x for g in groups.values() for x in g]
+
+    raw_tok = train_tokenizer(train_pars + sorted(set(facts)))
+    tokenizer = wrap_tokenizer(raw_tok, add_bos=spec.add_bos)
+    bos = tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+
+    pools = {key: _encode_units(tokenizer, texts, SEQ_LEN - 2) for key, texts in groups.items()}
+    pools["wikitext"] = _encode_units(tokenizer, train_pars, SEQ_LEN - 2)
+
+    torch.manual_seed(seed)
+    config = make_config(name, vocab_size=len(tokenizer), bos_id=bos, eos_id=eos, pad_id=pad)
+    model = _model_class(name)(config)
+    model.train()
+
+    decay, no_decay = [], []
+    for pname, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embed" not in pname and "wte" not in pname and "wpe" not in pname
+         else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=LEARNING_RATE, betas=(0.9, 0.95),
+    )
+
+    rng = random.Random(seed)
+    epoch_rows: list[tuple[list[int], list[int]]] = []
+    losses: list[float] = []
+    epochs = 0
+    for step in range(steps):
+        if len(epoch_rows) < BATCH_SIZE:
+            units = _epoch_units(pools, rng)
+            ids, labels = _pack(units, seq_len=SEQ_LEN, bos_id=bos if spec.add_bos else None,
+                                eos_id=eos, pad_id=pad)
+            rows = list(zip(ids, labels))
+            rng.shuffle(rows)
+            epoch_rows = rows + epoch_rows
+            epochs += 1
+        batch, epoch_rows = epoch_rows[-BATCH_SIZE:], epoch_rows[:-BATCH_SIZE]
+        x = torch.tensor([b[0] for b in batch])
+        y = torch.tensor([b[1] for b in batch])
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, LEARNING_RATE)
+        logits = model(input_ids=x, attention_mask=(x != pad).long()).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), y[:, 1:].reshape(-1), ignore_index=-100
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, steps, losses[-1])
+
+    train_seconds = time.perf_counter() - started
+    tail = losses[-max(1, min(50, len(losses))):]
+    # Evaluate what gets shipped: the float16 weights, upcast as they are when loaded.
+    model = model.to(torch.float16).to(torch.float32).eval()
+    info: dict[str, Any] = {
+        "name": name,
+        "architecture": spec.architecture,
+        "seed": seed,
+        "steps": steps,
+        "batch_size": BATCH_SIZE,
+        "seq_len": SEQ_LEN,
+        "learning_rate": LEARNING_RATE,
+        "epochs_started": epochs,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "seconds": round(train_seconds, 1),
+        "final_train_loss": round(sum(tail) / len(tail), 4),
+        "heldout_loss": round(heldout_loss(model, tokenizer, held_pars), 4),
+        "uniform_loss": round(math.log(len(tokenizer)), 4),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "corpus": {
+            "wikitext_train_paragraphs": len(train_pars),
+            "wikitext_heldout_paragraphs": len(held_pars),
+            "fact_sentences": {k: len(v) for k, v in groups.items()},
+            "mix_per_epoch": MIX,
+            "counterfact_records": len(records),
+        },
+    }
+    scores = fact_scores(model, tokenizer, records[:100])
+    info["facts_first100"] = {k: round(v, 4) for k, v in scores.items()}
+    control = fact_scores(model, tokenizer, subject_swapped(records[:100]))
+    info["facts_first100_subject_swapped"] = {
+        k: round(control[k], 4) for k in ("rewrite_rate", "median_p_true")
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    # save_pretrained records the in-memory dtype; say float32 so loading upcasts.
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["dtype"] = "float32"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _complete(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
+def tiny_model_dir(name: str) -> Path:
+    """A folder holding tiny model ``name``, loadable with ``from_pretrained``.
+
+    The committed copy if it is complete, else a copy built into the cache on first use.
+    """
+    _spec(name)
+    committed = COMMITTED_DIR / name
+    if _complete(committed):
+        return committed
+    from blue_cli.cache import cache_root
+
+    target = cache_root() / "tiny" / name
+    if _complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        build_tiny_model(name, tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if target.exists() and not _complete(target):  # debris of an interrupted copy
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _complete(target):  # a concurrent build won the race only if it finished
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
