@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--num-edits", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--variant-edits", type=int, default=20, help="records for the one-at-a-time variants (slow)")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
@@ -104,7 +105,8 @@ def main() -> None:
     first = args.models.split(",")[0]
     plan += [(first, "memit", s, v) for s in ("spread", "blue") for v in ("one-at-a-time", "reference-schedule")]
     for model, method, strategy, variant in plan:
-        overrides = [f"model={model}", f"method={method}", f"strategy={strategy}", f"num_edits={args.num_edits}",
+        edits = args.num_edits if variant == "batched" else args.variant_edits
+        overrides = [f"model={model}", f"method={method}", f"strategy={strategy}", f"num_edits={edits}",
                      f"batch_size={args.batch_size}", "device=auto", *VARIANTS[variant]]
         start = time.perf_counter()
         s = spawn(overrides)

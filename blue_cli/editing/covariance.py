@@ -72,7 +72,7 @@ def collect_second_moments(
         acts = adapter.read_points(batch, rewrite_inputs=layers)
         mask = batch["attention_mask"].bool()
         for l in layers:
-            x = acts[f"key.{l}"][mask].float()
+            x = acts[f"key.{l}"].to(adapter.device)[mask].float()
             acc[l] += (x.T @ x).double()
         n_tokens += int(mask.sum())
         if progress:

@@ -53,7 +53,7 @@ def collect_keys(
         req = torch.tensor([o[0] for o in owners[start:stop]], device=adapter.device)
         grp = torch.tensor([o[1] for o in owners[start:stop]], device=adapter.device)
         for l in layers:
-            vecs = acts[f"key.{l}"][rows, pos].float()
+            vecs = acts[f"key.{l}"].to(adapter.device)[rows, pos].float()
             sums[l].index_put_((req, grp), vecs, accumulate=True)
         counts.index_put_((req, grp), torch.ones_like(req, dtype=counts.dtype), accumulate=True)
     per_group = counts.clamp_min(1).unsqueeze(-1)
@@ -79,4 +79,4 @@ def values_at_subject(
         acts = adapter.read_points(batch, rewrite_outputs=[layer])[f"mlp.{layer}"]
     else:
         raise ValueError(f"unknown point {point!r} (choose: block, mlp)")
-    return acts[torch.arange(len(requests), device=adapter.device), pos].float().T.contiguous()
+    return acts.to(adapter.device)[torch.arange(len(requests), device=adapter.device), pos].float().T.contiguous()

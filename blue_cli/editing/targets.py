@@ -131,7 +131,7 @@ def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Se
         acts[f"attn.{layer}"] = got["attn"]
     names = {"block": f"block.{layer}", "mlp": f"mlp.{layer}", "attn": f"attn.{layer}"}
     rows, pos = batch.plain_rows, batch.lookup[batch.plain_rows]
-    return {p: acts[names[p]][rows, pos].float() for p in points}
+    return {p: acts[names[p]].to(adapter.device)[rows, pos].float() for p in points}
 
 
 def _losses(

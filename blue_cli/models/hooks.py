@@ -84,7 +84,7 @@ def add_at_positions(
         hidden = hidden_of(output)
         batch = torch.arange(hidden.shape[0], device=hidden.device)
         add = torch.zeros_like(hidden)
-        add[batch, pos_t.to(hidden.device)] = delta[rows_t.to(delta.device)].to(hidden.dtype)
+        add[batch, pos_t.to(hidden.device)] = delta[rows_t.to(delta.device)].to(hidden.device, hidden.dtype)
         return replace_hidden(output, hidden + add)
 
     handle = module.register_forward_hook(hook)

@@ -72,6 +72,8 @@ def load_model(
     try:
         tok = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=use_map, **kwargs)
+    except ImportError as exc:
+        raise ConfigError(f"cannot load model '{source}': {str(exc).splitlines()[0]}") from None
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
         if not local and offline:
