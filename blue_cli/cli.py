@@ -122,7 +122,7 @@ def stats(ctx: typer.Context) -> None:
     except BlueError as exc:
         _fail(exc)
     for layer in layers:
-        console.print(f"layer {layer}: {store.path(layer)}")
+        console.print(f"layer {layer}: {store.path(layer)}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -103,12 +103,15 @@ def compress_singular_values(delta: torch.Tensor, bound: float, log_base: float 
     The PRUNE paper's restraint F(s) = log_a(s) - log_a(bound) + bound, with bound the
     largest singular value of the original matrix (a = e in its released code): the
     accumulated change keeps its directions but its large singular values grow only
-    logarithmically.
+    logarithmically. Differs from reference: the result is min(s, F(s)), so a
+    singular value is never enlarged (F(s) > s happens for a bound below 1, or a
+    base below e, when s is close to the bound).
     """
     if bound <= 0:
         raise ValueError(f"bound must be positive, got {bound}")
     if log_base <= 1:
         raise ValueError(f"log_base must be > 1, got {log_base}")
     U, S, Vh = torch.linalg.svd(_f64(delta), full_matrices=False)
-    S = torch.where(S > bound, bound + torch.log(S.clamp_min(bound) / bound) / math.log(log_base), S)
+    F = bound + torch.log(S.clamp_min(bound) / bound) / math.log(log_base)
+    S = torch.where(S > bound, torch.minimum(S, F), S)
     return (U * S) @ Vh

@@ -119,3 +119,22 @@ def test_installed_cli_runs_from_outside_the_repo(tmp_path):
     """The installed command finds conf/ wherever it is started."""
     proc = run_blue(["edit", "--cfg", "job"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "tiny-gpt2" in proc.stdout
+
+
+def test_eval_every_writes_intermediate_evaluations(tmp_path):
+    run = tmp_path / "run"
+    proc = run_blue(["edit", *SMALL, "eval_every=1", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    assert [r["batches"] for r in rows] == [1, 2, 3]
+    assert [r["edits"] for r in rows] == [2, 4, 6]
+    assert rows[-1]["efficacy"] == summary_of(run)["efficacy"]
+
+
+def test_stats_command_precomputes_and_caches(tmp_path):
+    env = {"BLUE_CACHE": str(tmp_path / "cache")}
+    proc = run_blue(["stats", "model=tiny-llama", "strategy=spread", "stats.samples=20"], cwd=tmp_path, timeout=300, env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted((tmp_path / "cache" / "stats").rglob("layer*_mom2_20.safetensors"))
+    assert [f.name.split("_")[0] for f in files] == ["layer1", "layer2", "layer3"]
+    assert all(str(f) in proc.stdout.replace("\n", "") for f in files)

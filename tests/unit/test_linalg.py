@@ -120,3 +120,12 @@ def test_compress_singular_values_with_other_log_base():
     out = compress_singular_values(delta, bound, log_base=1.2)
     expected = bound + torch.log(s_max / bound) / torch.log(torch.tensor(1.2, dtype=torch.float64))
     assert torch.isclose(torch.linalg.svdvals(out).max(), expected, atol=1e-9)
+
+
+def test_compress_singular_values_never_enlarges():
+    g = torch.Generator().manual_seed(6)
+    delta = torch.randn(10, 10, generator=g, dtype=torch.float64)
+    s = torch.linalg.svdvals(delta)
+    bound = float(s[-3])  # most singular values just above the bound, where F(s) > s for base 1.1
+    out = torch.linalg.svdvals(compress_singular_values(delta, bound, log_base=1.1))
+    assert (out <= s + 1e-9).all()
