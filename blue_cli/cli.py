@@ -127,13 +127,17 @@ def stats(ctx: typer.Context) -> None:
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run folder written by blue edit")) -> None:
-    """Show a finished run's tables again, from its JSON files."""
-    from blue_cli.reporting.console import show_run
+    """Show a finished run's tables again from its JSON files; a sweep folder gives one row per run."""
+    from blue_cli.reporting.console import console, show_run, sweep_table
     from blue_cli.reporting.results import BATCHES, SUMMARY, read_jsonl, read_summary
 
-    if not (run_dir / SUMMARY).is_file():
-        _fail(BlueError(f"no {SUMMARY} in '{run_dir}' (give a run folder under outputs/ that finished)"))
-    show_run(run_dir, read_summary(run_dir), read_jsonl(run_dir / BATCHES))
+    if (run_dir / SUMMARY).is_file():
+        show_run(run_dir, read_summary(run_dir), read_jsonl(run_dir / BATCHES))
+        return
+    runs = sorted(p for p in run_dir.glob("*") if (p / SUMMARY).is_file()) if run_dir.is_dir() else []
+    if not runs:
+        _fail(BlueError(f"no {SUMMARY} in '{run_dir}' or its subfolders (give a finished run or sweep folder under outputs/)"))
+    console.print(sweep_table([(p.name, read_summary(p)) for p in runs]))
 
 
 def main() -> None:

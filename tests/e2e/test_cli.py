@@ -63,6 +63,10 @@ def test_multirun_makes_one_folder_per_job(tmp_path):
     assert len(runs) == 2
     assert {summary_of(r)["strategy"] for r in runs} == {"spread", "blue"}
     assert all("tiny-gpt2_memit" in r.name for r in runs)
+    table = run_blue(["report", str(sweep)], cwd=tmp_path, timeout=120)
+    assert table.returncode == 0 and "spread" in table.stdout and "blue" in table.stdout
+    missing = run_blue(["report", str(tmp_path / "nothing")], cwd=tmp_path, timeout=120)
+    assert missing.returncode != 0 and "no summary.json" in missing.stderr
 
 
 def test_default_run_folder_is_timestamped_and_named(tmp_path):
