@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from blue_cli.cache import atomic_path, content_key, write_json_atomic
+from blue_cli.cache import atomic_path, content_key, write_json_atomic, write_text_atomic
 from blue_cli.config import check_run_config
 from blue_cli.data.counterfact import load_counterfact
 from blue_cli.data.records import EditRequest
@@ -204,7 +204,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    (run_dir / results.CONFIG).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+    write_text_atomic(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg))
     results.write_json(run_dir, results.RUN_INFO, run_info(cfg))
 
     adapter = load_adapter(cfg)
