@@ -132,7 +132,7 @@ def main() -> None:
         table.add_column(col, justify="right" if col not in ("model", "method", "strategy", "variant") else "left")
     for r in rows:
         table.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS])
-    console = Console()
+    console = Console(width=220)
     console.print(table)
     for strategy, r in ratios.items():
         console.print(
