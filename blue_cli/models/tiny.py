@@ -36,6 +36,22 @@ from pathlib import Path
 from typing import Any
 
 from blue_cli.errors import ConfigError
+from blue_cli.models.tiny_corpus import (  # noqa: F401  (re-exported: the build and its tests use them)
+    COUNTERFACT_FILE,
+    HELDOUT_FRACTION,
+    MIX,
+    SEQ_LEN,
+    WIKITEXT_FILE,
+    fact_corpus,
+    fact_sentences,
+    load_counterfact_sample,
+    pack_units,
+    encode_units,
+    epoch_units,
+    split_wikitext,
+    subject_swapped,
+)
+from blue_cli.models.tiny_quality import fact_scores, heldout_loss  # noqa: F401
 
 VOCAB_SIZE = 4096
 HIDDEN = 128
@@ -44,17 +60,14 @@ HEADS = 4
 KV_HEADS = 2
 INTERMEDIATE = 512
 MAX_POSITIONS = 256
-SEQ_LEN = 64
 BATCH_SIZE = 16
 DEFAULT_STEPS = 800
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 0.01
 WARMUP_FRACTION = 0.05
-HELDOUT_FRACTION = 0.1
 # CPU reductions differ with the thread count; builds pin it so they are reproducible.
 BUILD_THREADS = 1
 # Share of each corpus group per epoch: subject facts repeated, the rest subsampled.
-MIX = {"subject": 3.0, "neighborhood": 0.5, "attribute": 0.5, "wikitext": 0.3}
 
 EOS_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|begin_of_text|>"
@@ -64,8 +77,6 @@ SPECIAL_TOKENS = (EOS_TOKEN, BOS_TOKEN, PAD_TOKEN)  # ids 0, 1, 2
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 DATA_DIR = ASSETS_DIR / "data"
 COMMITTED_DIR = ASSETS_DIR / "tiny"
-WIKITEXT_FILE = DATA_DIR / "wikitext_excerpt.txt"
-COUNTERFACT_FILE = DATA_DIR / "counterfact_sample.json"
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -101,63 +112,6 @@ def _spec(name: str) -> TinySpec:
         raise ConfigError(
             f"unknown tiny model {name!r}; valid names: {', '.join(TINY_MODELS)}"
         ) from None
-
-
-# --------------------------------------------------------------------------- corpus
-
-
-def load_counterfact_sample(path: Path = COUNTERFACT_FILE) -> list[dict[str, Any]]:
-    """The bundled CounterFact records (MEMIT multi_counterfact format)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def split_wikitext(text: str, heldout_fraction: float = HELDOUT_FRACTION) -> tuple[list[str], list[str]]:
-    """Split the excerpt into (train, held-out) paragraphs; the held-out slice is the tail."""
-    paragraphs = [line.strip() for line in text.splitlines() if line.strip()]
-    total = sum(len(p) for p in paragraphs)
-    cut, seen = len(paragraphs), 0
-    for i, p in enumerate(paragraphs):
-        if seen >= total * (1 - heldout_fraction):
-            cut = i
-            break
-        seen += len(p)
-    return paragraphs[:cut], paragraphs[cut:]
-
-
-def fact_corpus(records: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """True-fact sentences from CounterFact records, in three groups.
-
-    ``subject``: per record, the rewrite prompt and every other prompt template of the same
-    relation applied to the subject, the paraphrase prompts and the (deduplicated)
-    generation prompts, each followed by the true object. ``neighborhood``: the
-    neighbourhood prompts (other subjects with the same true object) with the true object.
-    ``attribute``: the attribute prompts (other subjects whose true object is the record's
-    new object) with the new object, so that both candidate objects are plausible answers
-    for the relation and only the subject decides between them.
-    """
-    templates: dict[str, list[str]] = {}
-    for r in records:
-        rw = r["requested_rewrite"]
-        bucket = templates.setdefault(rw["relation_id"], [])
-        if rw["prompt"] not in bucket:
-            bucket.append(rw["prompt"])
-    groups: dict[str, list[str]] = {"subject": [], "neighborhood": [], "attribute": []}
-    for r in records:
-        rw = r["requested_rewrite"]
-        subject, true, new = rw["subject"], rw["target_true"]["str"], rw["target_new"]["str"]
-        about_subject = [t.format(subject) for t in templates[rw["relation_id"]]]
-        about_subject += list(r.get("paraphrase_prompts", []))
-        about_subject += list(r.get("generation_prompts", []))
-        groups["subject"] += [f"{p} {true}" for p in dict.fromkeys(about_subject)]
-        neighbours = dict.fromkeys(r.get("neighborhood_prompts", []))
-        groups["neighborhood"] += [f"{p} {true}" for p in neighbours]
-        groups["attribute"] += [f"{p} {new}" for p in dict.fromkeys(r.get("attribute_prompts", []))]
-    return groups
-
-
-def fact_sentences(records: Sequence[dict[str, Any]]) -> list[str]:
-    """All fact sentences of ``fact_corpus``, subject group first."""
-    return [s for group in fact_corpus(records).values() for s in group]
 
 
 # ------------------------------------------------------------------------ tokenizer
@@ -275,179 +229,12 @@ def _model_class(name: str):
 # ------------------------------------------------------------------------- training
 
 
-def _encode_units(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
-    """Token ids of each text (no special tokens), long texts cut into ``max_len`` pieces."""
-    # The backend tokenizer, so long paragraphs raise no "longer than the maximum" warning.
-    encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    enc = [e.ids for e in encodings]
-    units: list[list[int]] = []
-    for ids in enc:
-        for start in range(0, len(ids), max_len):
-            piece = ids[start : start + max_len]
-            if piece:
-                units.append(piece)
-    return units
-
-
-def _pack(
-    units: Sequence[list[int]], *, seq_len: int, bos_id: int | None, eos_id: int, pad_id: int
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Greedily pack whole units into rows ``[bos] unit eos [bos] unit eos ... pad``.
-
-    Every row starts at a unit boundary, so the model sees facts both at position 0 (as
-    prompts are fed at evaluation) and after earlier text. Returns (input_ids, labels) with
-    labels -100 on padding and on BOS tokens.
-    """
-    rows: list[list[int]] = []
-    labels: list[list[int]] = []
-    cur: list[int] = []
-    for unit in units:
-        piece = ([bos_id] if bos_id is not None else []) + list(unit) + [eos_id]
-        piece = piece[:seq_len]
-        if len(cur) + len(piece) > seq_len:
-            rows.append(cur)
-            cur = []
-        cur = cur + piece
-    if cur:
-        rows.append(cur)
-    out_ids, out_labels = [], []
-    for row in rows:
-        lab = [(-100 if t == bos_id else t) for t in row]
-        pad = seq_len - len(row)
-        out_ids.append(row + [pad_id] * pad)
-        out_labels.append(lab + [-100] * pad)
-    return out_ids, out_labels
-
-
-def _epoch_units(pools: dict[str, list[list[int]]], rng: random.Random) -> list[list[int]]:
-    """One epoch's units: each pool repeated ``int(MIX)`` times plus a seeded random share."""
-    units: list[list[int]] = []
-    for key in sorted(pools):
-        whole, frac = divmod(MIX[key], 1.0)
-        units += pools[key] * int(whole)
-        if frac:
-            units += rng.sample(pools[key], round(frac * len(pools[key])))
-    rng.shuffle(units)
-    return units
-
-
 def _lr_at(step: int, total: int, peak: float) -> float:
     warm = max(1, int(total * WARMUP_FRACTION))
     if step < warm:
         return peak * (step + 1) / warm
     frac = (step - warm) / max(1, total - warm)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def heldout_loss(model, tokenizer, paragraphs: Sequence[str], *, batch_size: int = 64) -> float:
-    """Mean per-token NLL (nats) on ``paragraphs`` packed into rows like in training."""
-    import torch
-
-    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
-    units = _encode_units(tokenizer, paragraphs, SEQ_LEN - 2)
-    ids, labels = _pack(units, seq_len=SEQ_LEN, bos_id=bos, eos_id=tokenizer.eos_token_id,
-                        pad_id=tokenizer.pad_token_id)
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(ids), batch_size):
-            x = torch.tensor(ids[i : i + batch_size])
-            y = torch.tensor(labels[i : i + batch_size])
-            logits = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id).long()).logits
-            lp = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(), y[:, 1:].reshape(-1),
-                ignore_index=-100, reduction="sum",
-            )
-            total += lp.item()
-            count += int((y[:, 1:] != -100).sum())
-    return total / max(1, count)
-
-
-def _adds_bos(tokenizer) -> bool:
-    ids = tokenizer("a")["input_ids"]
-    return bool(ids) and ids[0] == tokenizer.bos_token_id
-
-
-# ------------------------------------------------------------------- fact scoring
-
-
-def _target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 64):
-    """Mean per-token NLL of each target after its prompt, and the P of its first token."""
-    import torch
-
-    seqs, spans = [], []
-    for prompt, target in pairs:
-        p = tokenizer(prompt)["input_ids"]
-        t = tokenizer(target, add_special_tokens=False)["input_ids"]
-        seqs.append(p + t)
-        spans.append((len(p), len(t)))
-    nlls = [0.0] * len(seqs)
-    first_p = [0.0] * len(seqs)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # batches of similar length
-    pad = tokenizer.pad_token_id
-    model.eval()
-    with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            x = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(x)
-            for j, i in enumerate(idx):
-                x[j, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[j, : len(seqs[i])] = 1
-            logp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits.float(), -1)
-            for j, i in enumerate(idx):
-                start, n = spans[i]
-                pos = torch.arange(start - 1, start - 1 + n)
-                tok_lp = logp[j, pos, torch.tensor(seqs[i][start : start + n])]
-                nlls[i] = float(-tok_lp.mean())
-                first_p[i] = float(tok_lp[0].exp())
-    return nlls, first_p
-
-
-def fact_scores(
-    model, tokenizer, records: Sequence[dict[str, Any]], *, paraphrases: bool = True
-) -> dict[str, float]:
-    """How well the model knows the true objects of ``records`` (teacher forcing).
-
-    ``rewrite_rate``: fraction of records whose true object has a lower mean per-token NLL
-    than the new object after ``prompt.format(subject)``; ``paraphrase_rate``: the same over
-    all paraphrase prompts; ``median_p_true``: median probability of the true object's first
-    token after the rewrite prompt. ``paraphrases=False`` skips the paraphrase prompts (the
-    rate is then NaN).
-    """
-    import statistics
-
-    rw_pairs, para_pairs = [], []
-    for r in records:
-        rw = r["requested_rewrite"]
-        prompt = rw["prompt"].format(rw["subject"])
-        true, new = " " + rw["target_true"]["str"], " " + rw["target_new"]["str"]
-        rw_pairs += [(prompt, true), (prompt, new)]
-        for p in r.get("paraphrase_prompts", []) if paraphrases else []:
-            para_pairs += [(p, true), (p, new)]
-    nll, first = _target_nll(model, tokenizer, rw_pairs + para_pairs)
-    n_rw = len(rw_pairs)
-    rw_wins = [nll[i] < nll[i + 1] for i in range(0, n_rw, 2)]
-    para_wins = [nll[i] < nll[i + 1] for i in range(n_rw, len(nll), 2)]
-    return {
-        "rewrite_rate": sum(rw_wins) / max(1, len(rw_wins)),
-        "paraphrase_rate": sum(para_wins) / len(para_wins) if para_wins else float("nan"),
-        "median_p_true": statistics.median(first[0:n_rw:2]) if n_rw else float("nan"),
-    }
-
-
-def subject_swapped(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Control records: each rewrite prompt gets the next record's subject, no paraphrases.
-
-    A model that recalls objects from the subject should do much worse on these with
-    ``fact_scores`` than on the real records; one that only learnt relation priors won't.
-    """
-    out = []
-    for r, other in zip(records, list(records[1:]) + list(records[:1])):
-        rw = dict(r["requested_rewrite"], subject=other["requested_rewrite"]["subject"])
-        out.append({"requested_rewrite": rw, "paraphrase_prompts": []})
-    return out
 
 
 # ---------------------------------------------------------------------------- build
@@ -498,8 +285,8 @@ def _build(spec: TinySpec, out_dir: Path, *, seed: int, steps: int, progress: Pr
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id
 
-    pools = {key: _encode_units(tokenizer, texts, SEQ_LEN - 2) for key, texts in groups.items()}
-    pools["wikitext"] = _encode_units(tokenizer, train_pars, SEQ_LEN - 2)
+    pools = {key: encode_units(tokenizer, texts, SEQ_LEN - 2) for key, texts in groups.items()}
+    pools["wikitext"] = encode_units(tokenizer, train_pars, SEQ_LEN - 2)
 
     torch.manual_seed(seed)
     config = make_config(name, vocab_size=len(tokenizer), bos_id=bos, eos_id=eos, pad_id=pad)
@@ -521,8 +308,8 @@ def _build(spec: TinySpec, out_dir: Path, *, seed: int, steps: int, progress: Pr
     epochs = 0
     for step in range(steps):
         if len(epoch_rows) < BATCH_SIZE:
-            units = _epoch_units(pools, rng)
-            ids, labels = _pack(units, seq_len=SEQ_LEN, bos_id=bos if spec.add_bos else None,
+            units = epoch_units(pools, rng)
+            ids, labels = pack_units(units, seq_len=SEQ_LEN, bos_id=bos if spec.add_bos else None,
                                 eos_id=eos, pad_id=pad)
             rows = list(zip(ids, labels))
             rng.shuffle(rows)

@@ -201,7 +201,7 @@ def test_build_is_deterministic(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     tok_a, tok_b = (tmp_path / d / "tokenizer.json" for d in "ab")
     assert tok_a.read_bytes() == tok_b.read_bytes()
-    c = tiny.build_tiny_model("tiny-gpt2", tmp_path / "c", steps=3, seed=1)
+    tiny.build_tiny_model("tiny-gpt2", tmp_path / "c", steps=3, seed=1)
     wc = load_file(str(tmp_path / "c" / "model.safetensors"))
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
