@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from blue_cli.data.records import EditRequest
 from blue_cli.models.adapter import ModelAdapter, frozen_prefix
-from blue_cli.models.hooks import add_at_positions, capture, run_until_stopped
+from blue_cli.models.hooks import add_at_positions
 from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index, target_ids
 
 KL_PROMPT = "{} is a"
@@ -113,10 +113,6 @@ def _build_batch(adapter: ModelAdapter, requests: Sequence[EditRequest], templat
     )
 
 
-def _point_module(adapter: ModelAdapter, point: str, layer: int):
-    return {"block": adapter.block, "mlp": adapter.rewrite_module, "attn": adapter.attn_out_module}[point](layer)
-
-
 @torch.no_grad()
 def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Sequence[str]) -> dict[str, torch.Tensor]:
     """Each point's output at the subject's last token of the plain prompt: (n x d)."""
@@ -124,14 +120,10 @@ def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Se
         batch.inputs,
         block_outputs=[layer] if "block" in points else [],
         rewrite_outputs=[layer] if "mlp" in points else [],
+        attn_outputs=[layer] if "attn" in points else [],
     )
-    if "attn" in points:
-        with capture({"attn": adapter.attn_out_module(layer)}, stop_after="attn") as got:
-            run_until_stopped(adapter.base_forward, batch.inputs["input_ids"], batch.inputs["attention_mask"])
-        acts[f"attn.{layer}"] = got["attn"]
-    names = {"block": f"block.{layer}", "mlp": f"mlp.{layer}", "attn": f"attn.{layer}"}
     rows, pos = batch.plain_rows, batch.lookup[batch.plain_rows]
-    return {p: acts[names[p]].to(adapter.device)[rows, pos].float() for p in points}
+    return {p: acts[f"{p}.{layer}"].to(adapter.device)[rows, pos].float() for p in points}
 
 
 def _losses(
@@ -195,8 +187,7 @@ def _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n):
     for it in range(settings.steps):
         with ExitStack() as stack:
             for p in points:
-                module = _point_module(adapter, p, layer)
-                stack.enter_context(add_at_positions(module, deltas[p], batch.rows, batch.lookup))
+                stack.enter_context(add_at_positions(adapter.point_module(p, layer), deltas[p], batch.rows, batch.lookup))
             nll, kl_logprobs, kl = _losses(adapter, batch, n, init_kl, settings)
         if init_kl is None:
             init_kl = kl_logprobs.detach()

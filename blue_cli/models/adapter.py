@@ -56,6 +56,18 @@ class ModelAdapter:
     def attn_out_module(self, layer: int) -> nn.Module:
         return self._blocks[layer].get_submodule(self.family.attn_out)
 
+    POINTS = ("block", "mlp", "attn")
+
+    def point_module(self, point: str, layer: int) -> nn.Module:
+        """The module whose output is the named point: block output, FFN output or attention output."""
+        if point == "block":
+            return self.block(layer)
+        if point == "mlp":
+            return self.rewrite_module(layer)
+        if point == "attn":
+            return self.attn_out_module(layer)
+        raise ValueError(f"unknown point {point!r} (choose: {', '.join(self.POINTS)})")
+
     @property
     def final_norm(self) -> nn.Module:
         return self.model.get_submodule(self.family.final_norm)
@@ -108,8 +120,7 @@ class ModelAdapter:
     @contextmanager
     def inject(self, layer: int, delta: torch.Tensor, rows, positions, point: str = "block"):
         """Add per-request vectors to a point's output at given positions during forwards."""
-        module = self.block(layer) if point == "block" else self.rewrite_module(layer)
-        with add_at_positions(module, delta, rows, positions):
+        with add_at_positions(self.point_module(point, layer), delta, rows, positions):
             yield
 
     @torch.no_grad()
@@ -120,15 +131,17 @@ class ModelAdapter:
         rewrite_inputs: Sequence[int] = (),
         block_outputs: Sequence[int] = (),
         rewrite_outputs: Sequence[int] = (),
+        attn_outputs: Sequence[int] = (),
     ) -> dict[str, torch.Tensor]:
         """One forward pass (stopped after the deepest point) reading several points.
 
-        Returns ``{"key.{l}": (B,T,d_k), "block.{l}": (B,T,d), "mlp.{l}": (B,T,d)}``.
+        Returns ``{"key.{l}": (B,T,d_k), "block.{l}", "mlp.{l}", "attn.{l}": (B,T,d)}``.
         """
         wanted: list[tuple[str, nn.Module, str, int]] = []
         wanted += [(f"key.{l}", self.rewrite_module(l), "input", l) for l in rewrite_inputs]
         wanted += [(f"mlp.{l}", self.rewrite_module(l), "output", l) for l in rewrite_outputs]
         wanted += [(f"block.{l}", self.block(l), "output", l) for l in block_outputs]
+        wanted += [(f"attn.{l}", self.attn_out_module(l), "output", l) for l in attn_outputs]
         if not wanted:
             return {}
         deepest = max(w[3] for w in wanted)
