@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from blue_cli.errors import ConfigError
+from blue_cli.registry import method_schemas
 
 
 @dataclass
@@ -54,47 +55,29 @@ class DatasetConfig:
 
 @dataclass
 class MethodConfig:
-    """Settings every method shares: target optimisation, covariance weight, sequential C_prev."""
+    """Settings every method shares: target optimisation and whether C_prev is kept.
+
+    ``sequential``: keep the keys of earlier batches (C_prev) in every later solve, as
+    the reference's ``*_seq`` variants and AlphaEdit do; each method's YAML sets the
+    default of the reference variant of the same name. Method-specific schemas live
+    beside their method (``editing/methods/<name>.py``).
+    """
 
     name: str = MISSING
-    cov_weight: float = 15000.0
-    sequential: bool = True
+    sequential: bool = False
     target: TargetConfig = field(default_factory=TargetConfig)
 
 
 @dataclass
-class MemitConfig(MethodConfig):
-    name: str = "memit"
+class ModelHparamsConfig:
+    """Per-model hyper-parameters that several methods read (set by ``hparams/model/<model>``).
 
+    ``cov_weight``: lambda, the weight of C in MEMIT-style solves (``mom2_update_weight``);
+    ``prune_log_base``: the base of PRUNE's log restraint.
+    """
 
-@dataclass
-class AlphaEditConfig(MethodConfig):
-    """``l2``: ridge term on the projected system; ``nullspace_threshold``: eigenvalue cut of C."""
-
-    name: str = "alphaedit"
-    l2: float = 10.0
-    nullspace_threshold: float = 2e-2
-
-
-@dataclass
-class PmetConfig(MethodConfig):
-    name: str = "pmet"
-
-
-@dataclass
-class RectConfig(MethodConfig):
-    """``keep_fraction``: share of entries of each update kept, by relative change."""
-
-    name: str = "rect"
-    keep_fraction: float = 0.4
-
-
-@dataclass
-class PruneConfig(MethodConfig):
-    """``log_base``: base of the log that restrains singular values (e in PRUNE's code)."""
-
-    name: str = "prune"
-    log_base: float = 2.718281828459045
+    cov_weight: float = 15000.0
+    prune_log_base: float = 2.718281828459045
 
 
 @dataclass
@@ -129,6 +112,7 @@ class RunConfig:
     dataset: Any = MISSING
     method: Any = MISSING
     strategy: Any = MISSING
+    model_hparams: ModelHparamsConfig = field(default_factory=ModelHparamsConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     num_edits: int = 40
@@ -139,15 +123,6 @@ class RunConfig:
     resume: bool = True
 
 
-METHOD_SCHEMAS: dict[str, type] = {
-    "memit": MemitConfig,
-    "alphaedit": AlphaEditConfig,
-    "pmet": PmetConfig,
-    "rect": RectConfig,
-    "prune": PruneConfig,
-}
-
-
 def register_configs() -> None:
     """Store the schemas; group YAMLs name them in their defaults list (``<choice>_schema``)."""
     cs = ConfigStore.instance()
@@ -155,7 +130,7 @@ def register_configs() -> None:
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
     cs.store(group="schema/strategy", name="strategy", node=StrategyConfig)
-    for name, node in METHOD_SCHEMAS.items():
+    for name, node in method_schemas().items():
         cs.store(group="schema/method", name=name, node=node)
 
 

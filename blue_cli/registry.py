@@ -1,7 +1,14 @@
-"""Name -> class tables for methods and strategies, filled by decorators in each class's file."""
+"""Name -> class tables for methods and strategies, filled by decorators in each class's file.
+
+Adding a method or strategy is one module plus one YAML: every module of the
+``editing/methods`` and ``editing/strategies`` packages is imported on first lookup,
+and a method's decorator also names its config schema.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -10,28 +17,37 @@ from blue_cli.errors import ConfigError
 T = TypeVar("T")
 
 METHODS: dict[str, type] = {}
+METHOD_SCHEMAS: dict[str, type] = {}
 STRATEGIES: dict[str, type] = {}
 
+_PACKAGES = ("blue_cli.editing.methods", "blue_cli.editing.strategies")
 
-def _register(table: dict[str, type], name: str) -> Callable[[type[T]], type[T]]:
+
+def register_method(name: str, *, config: type, variants: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]:
+    """Register a method class under ``name`` (and ``variants``, e.g. ``memit_seq``),
+    each validated by the dataclass schema ``config``; a variant's YAML sets what differs."""
+
     def decorator(cls: type[T]) -> type[T]:
-        table[name] = cls
+        cls.name = name  # type: ignore[attr-defined]
+        for key in (name, *variants):
+            METHODS[key] = cls
+            METHOD_SCHEMAS[key] = config
+        return cls
+
+    return decorator
+
+
+def register_strategy(name: str) -> Callable[[type[T]], type[T]]:
+    def decorator(cls: type[T]) -> type[T]:
+        STRATEGIES[name] = cls
         cls.name = name  # type: ignore[attr-defined]
         return cls
 
     return decorator
 
 
-def register_method(name: str):
-    return _register(METHODS, name)
-
-
-def register_strategy(name: str):
-    return _register(STRATEGIES, name)
-
-
 def _lookup(table: dict[str, type], kind: str, name: str) -> type:
-    _load_builtins()
+    load_builtins()
     if name not in table:
         raise ConfigError(f"unknown {kind} '{name}' (choose: {', '.join(sorted(table))})")
     return table[name]
@@ -45,7 +61,15 @@ def strategy_class(name: str) -> type:
     return _lookup(STRATEGIES, "strategy", name)
 
 
-def _load_builtins() -> None:
-    """Import the built-in method and strategy modules so their decorators run."""
-    import blue_cli.editing.methods  # noqa: F401
-    import blue_cli.editing.strategies  # noqa: F401
+def method_schemas() -> dict[str, type]:
+    """Method name -> config dataclass, for Hydra's ConfigStore."""
+    load_builtins()
+    return dict(METHOD_SCHEMAS)
+
+
+def load_builtins() -> None:
+    """Import every module of the method and strategy packages so their decorators run."""
+    for package_name in _PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package_name}.{info.name}")

@@ -69,7 +69,7 @@ def collect_second_moments(
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start : start + per_batch]
         batch = pad_right(chunk, pad, adapter.device)
-        acts = adapter.read_points(batch, rewrite_inputs=layers)
+        acts = adapter.read_points(batch, [f"key.{l}" for l in layers])
         mask = batch["attention_mask"].bool()
         for l in layers:
             x = acts[f"key.{l}"].to(adapter.device)[mask].float()

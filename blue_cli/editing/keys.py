@@ -47,7 +47,7 @@ def collect_keys(
     for start in range(0, len(seqs), CHUNK):
         stop = min(start + CHUNK, len(seqs))
         batch = pad_right(seqs[start:stop], pad_id(adapter.tok), adapter.device)
-        acts = adapter.read_points(batch, rewrite_inputs=layers)
+        acts = adapter.read_points(batch, [f"key.{l}" for l in layers])
         rows = torch.arange(stop - start, device=adapter.device)
         pos = torch.tensor(positions[start:stop], device=adapter.device)
         req = torch.tensor([o[0] for o in owners[start:stop]], device=adapter.device)
@@ -73,10 +73,6 @@ def values_at_subject(
     seqs = [tok(fill(req.prompt, req.subject))["input_ids"] for req in requests]
     pos = torch.tensor([subject_last_index(tok, req.prompt, req.subject) for req in requests], device=adapter.device)
     batch = pad_right(seqs, pad_id(tok), adapter.device)
-    if point == "block":
-        acts = adapter.read_points(batch, block_outputs=[layer])[f"block.{layer}"]
-    elif point == "mlp":
-        acts = adapter.read_points(batch, rewrite_outputs=[layer])[f"mlp.{layer}"]
-    else:
-        raise ValueError(f"unknown point {point!r} (choose: block, mlp)")
+    name = f"{point}.{layer}"
+    acts = adapter.read_points(batch, [name])[name]
     return acts.to(adapter.device)[torch.arange(len(requests), device=adapter.device), pos].float().T.contiguous()

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from blue_cli.data.records import EditRequest
 from blue_cli.models.adapter import ModelAdapter, frozen_prefix
-from blue_cli.models.hooks import add_at_positions
 from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index, target_ids
 
 KL_PROMPT = "{} is a"
@@ -116,12 +115,7 @@ def _build_batch(adapter: ModelAdapter, requests: Sequence[EditRequest], templat
 @torch.no_grad()
 def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Sequence[str]) -> dict[str, torch.Tensor]:
     """Each point's output at the subject's last token of the plain prompt: (n x d)."""
-    acts = adapter.read_points(
-        batch.inputs,
-        block_outputs=[layer] if "block" in points else [],
-        rewrite_outputs=[layer] if "mlp" in points else [],
-        attn_outputs=[layer] if "attn" in points else [],
-    )
+    acts = adapter.read_points(batch.inputs, [f"{p}.{layer}" for p in points])
     rows, pos = batch.plain_rows, batch.lookup[batch.plain_rows]
     return {p: acts[f"{p}.{layer}"].to(adapter.device)[rows, pos].float() for p in points}
 
@@ -187,7 +181,7 @@ def _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n):
     for it in range(settings.steps):
         with ExitStack() as stack:
             for p in points:
-                stack.enter_context(add_at_positions(adapter.point_module(p, layer), deltas[p], batch.rows, batch.lookup))
+                stack.enter_context(adapter.inject(f"{p}.{layer}", deltas[p], batch.rows, batch.lookup))
             nll, kl_logprobs, kl = _losses(adapter, batch, n, init_kl, settings)
         if init_kl is None:
             init_kl = kl_logprobs.detach()

@@ -15,7 +15,7 @@ SMALL = ["model=tiny-gpt2", "num_edits=6", "batch_size=2", "method.target.steps=
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["method=memitt"], "unknown method 'memitt' (choose: alphaedit, memit, pmet, prune, rect)"),
+        (["method=memitt"], "unknown method 'memitt' (choose: alphaedit, memit, memit_seq, pmet, pmet_seq, prune, rect)"),
         (["strategy=bleu"], "unknown strategy 'bleu' (choose: blue, spread)"),
         (["model=gpt5"], "unknown model 'gpt5' (choose:"),
         (["nonsense=1"], "unknown config key 'nonsense' (valid keys: model, dataset"),

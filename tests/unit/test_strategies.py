@@ -21,7 +21,7 @@ def test_spread_writes_every_critical_layer():
 def test_unknown_names_give_one_line_errors_listing_choices():
     with pytest.raises(ConfigError, match=r"unknown strategy 'bleu' \(choose: blue, spread\)"):
         strategy_class("bleu")
-    with pytest.raises(ConfigError, match="unknown method 'memitt'") as info:
+    with pytest.raises(ConfigError, match="unknown method 'memitt' \\(choose: alphaedit, memit, memit_seq, pmet, pmet_seq, prune, rect\\)") as info:
         method_class("memitt")
     assert "\n" not in str(info.value)
 
@@ -30,4 +30,6 @@ def test_registries_are_filled_by_decorators():
     method_class("memit")
     assert {"memit"} <= set(METHODS)
     assert {"blue", "spread"} <= set(STRATEGIES)
-    assert all(cls.name == name for name, cls in {**METHODS, **STRATEGIES}.items())
+    assert all(cls.name == name for name, cls in STRATEGIES.items())
+    assert all(cls.name == name or name.startswith(cls.name + "_") for name, cls in METHODS.items())
+    assert METHODS["memit_seq"] is METHODS["memit"] and METHODS["pmet_seq"] is METHODS["pmet"]

@@ -1,3 +1,1 @@
-"""Built-in methods; importing this package registers them."""
-
-from blue_cli.editing.methods import alphaedit, memit, pmet, prune, rect  # noqa: F401
+"""Built-in methods: every module here registers itself (see blue_cli.registry)."""

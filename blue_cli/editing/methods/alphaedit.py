@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from blue_cli.config import MethodConfig
+from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.linalg import alphaedit_update, nullspace_projector
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.registry import register_method
 
 
-@register_method("alphaedit")
+@dataclass
+class AlphaEditConfig(MethodConfig):
+    """``l2``: ridge term on the projected system; ``nullspace_threshold``: eigenvalue cut of C.
+
+    AlphaEdit keeps C_prev (``sequential: true``) as the reference does."""
+
+    name: str = "alphaedit"
+    sequential: bool = True
+    l2: float = 10.0
+    nullspace_threshold: float = 2e-2
+
+
+@register_method("alphaedit", config=AlphaEditConfig)
 class AlphaEdit(EditMethod):
     """Delta^T = solve(P (K K^T + C_prev) + l2 I, P K R^T), P = U0 U0^T over the
     eigenvectors of C with eigenvalue < ``nullspace_threshold``.
@@ -19,14 +35,14 @@ class AlphaEdit(EditMethod):
     and kept on the compute device.
     """
 
-    def prepare(self) -> None:
+    def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
+        super().prepare(stats, device)
         threshold = float(self.cfg.nullspace_threshold)
         self.P = {
-            l: self.stats.cached_tensor(l, f"nullspace_{threshold:g}", lambda C: nullspace_projector(C, threshold).float())
-            .to(self.adapter.device, torch.float64)
+            l: stats.cached_tensor(l, f"nullspace_{threshold:g}", lambda C: nullspace_projector(C, threshold).float())
+            .to(device, torch.float64)
             for l in self.layers
         }
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        C_prev = self.C_prev[layer] if self.sequential else None
-        return alphaedit_update(K, R, self.P[layer], self.cfg.l2, C_prev)
+        return alphaedit_update(K, R, self.P[layer], self.cfg.l2, self.previous_keys(layer))

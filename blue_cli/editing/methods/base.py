@@ -1,8 +1,8 @@
-"""What every locate-then-edit method provides to a strategy.
+"""What every locate-then-edit method is: a closed-form solve, declared properties, state.
 
-A method turns a residual at a layer into a weight update and keeps its own
-state across batches (covariance, C_prev, projectors). It never knows which
-strategy drives it; the strategy reads ``points`` and ``residual_split`` from it.
+A method turns a residual at a layer into a weight update and keeps its own state
+across batches (covariance, C_prev, projectors). It never touches the model and
+never knows which strategy drives it; strategies read its declared properties.
 """
 
 from __future__ import annotations
@@ -11,85 +11,72 @@ from collections.abc import Sequence
 
 import torch
 
-from blue_cli.data.records import EditRequest
 from blue_cli.editing.covariance import CovarianceStore
-from blue_cli.editing.targets import TargetResult, TargetSettings, optimise_targets
-from blue_cli.models.adapter import ModelAdapter
 
 
 class EditMethod:
-    """Base: MEMIT-style targets on the residual stream, subclass decides the solve.
+    """Base: MEMIT-style targets on the residual stream; subclasses define :meth:`solve`.
 
-    points: where target vectors are added; ``write_point`` is the one whose residual
-    is written (the rewrite matrix's output adds into it).
-    residual_split: how ``spread`` shares a residual over layers ("linear" or "sqrt").
+    Declared properties, read by strategies:
+    ``points``: where target vectors are optimised (kinds of the adapter's hook points);
+    ``write_point``: the point whose residual is written (the rewrite matrix adds into it);
+    ``residual_split``: how ``spread`` shares a residual over layers ("linear" or "sqrt").
     """
 
     name = "base"
     points: tuple[str, ...] = ("block",)
     write_point = "block"
     residual_split = "linear"
-    uses_covariance = True
 
-    def __init__(self, cfg, adapter: ModelAdapter, stats: CovarianceStore, layers: Sequence[int]):
+    def __init__(self, cfg, layers: Sequence[int]):
         self.cfg = cfg
-        self.adapter = adapter
-        self.stats = stats
         self.layers = list(layers)
-        self.settings = TargetSettings(
-            lr=cfg.target.lr,
-            steps=cfg.target.steps,
-            clamp=cfg.target.clamp,
-            kl_factor=cfg.target.kl_factor,
-            weight_decay=cfg.target.weight_decay,
-            early_stop_loss=cfg.target.early_stop_loss,
-            reuse_prefix=bool(cfg.target.get("reuse_prefix", True)),
-        )
-        self.sequential = bool(cfg.get("sequential", True))
-        self.batched = bool(cfg.target.get("batched", True))
-        self.C_prev = {
-            l: torch.zeros(adapter.key_size(l), adapter.key_size(l), dtype=torch.float64, device=adapter.device)
-            for l in self.layers
-        }
+        self.sequential = bool(cfg.sequential)
+        self.C_prev: dict[int, torch.Tensor] = {}
 
-    def prepare(self) -> None:
-        """One-off work before the first batch (e.g. projectors); statistics are ready."""
-
-    def compute_targets(
-        self, requests: Sequence[EditRequest], templates: Sequence[str], layer: int
-    ) -> TargetResult:
-        """Target vectors for every request at ``layer``: all at once, or one at a time
-        when ``target.batched`` is false (the reference's schedule, kept to measure speed-ups)."""
-        if self.batched:
-            return optimise_targets(self.adapter, requests, templates, layer, self.settings, self.points)
-        singles = [optimise_targets(self.adapter, [r], templates, layer, self.settings, self.points) for r in requests]
-        return TargetResult(
-            layer=layer,
-            points=self.points,
-            h_init={p: torch.cat([s.h_init[p] for s in singles]) for p in self.points},
-            delta={p: torch.cat([s.delta[p] for s in singles]) for p in self.points},
-            steps=[x for s in singles for x in s.steps],
-            loss_init=[x for s in singles for x in s.loss_init],
-            loss_final=[x for s in singles for x in s.loss_final],
-        )
+    def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
+        """One-off work before the first batch (load C, build projectors) on ``device``."""
+        self.device = device
+        self.key_sizes = {l: stats.get(l).shape[0] for l in self.layers}
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         """The update (d x d_k) that maps keys K (d_k x n) to residuals R (d x n) at ``layer``."""
         raise NotImplementedError
 
-    def record_keys(self, layer: int, K: torch.Tensor) -> None:
-        """Sequential editing: remember this batch's keys so later batches preserve them."""
-        if self.sequential:
-            K64 = K.to(torch.float64)
-            self.C_prev[layer] += K64 @ K64.T
+    def previous_keys(self, layer: int) -> torch.Tensor | None:
+        """C_prev for ``layer`` (float64), or None for a method without a key cache."""
+        if not self.sequential:
+            return None
+        if layer not in self.C_prev:
+            size = self.key_sizes[layer]
+            self.C_prev[layer] = torch.zeros(size, size, dtype=torch.float64, device=self.device)
+        return self.C_prev[layer]
 
-    def finish(self, originals: dict[int, torch.Tensor]) -> dict[str, float]:
-        """After the last batch; may rewrite the accumulated change. Returns diagnostics."""
-        return {}
+    def record_keys(self, layer: int, K: torch.Tensor) -> None:
+        """Sequential editing: add this batch's K K^T so later batches preserve these keys."""
+        C_prev = self.previous_keys(layer)
+        if C_prev is not None:
+            K64 = K.to(device=C_prev.device, dtype=torch.float64)
+            C_prev += K64 @ K64.T
+
+    def revise_batch(self, changes: dict[int, torch.Tensor], before: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """After every layer of a batch is written: the changes (d x d_k) to keep, per layer.
+
+        ``before`` holds the rewrite matrices as the batch found them. Default: keep all.
+        """
+        return changes
+
+    def final_weights(
+        self, current: dict[int, torch.Tensor], originals: dict[int, torch.Tensor]
+    ) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
+        """The weights as the method leaves them after the stream, and diagnostics.
+
+        Evaluation points, the final checkpoint and exports all see these. Default: as edited.
+        """
+        return current, {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"C_prev.{l}": c.cpu() for l, c in self.C_prev.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for l in self.layers:
-            self.C_prev[l] = state[f"C_prev.{l}"].to(self.adapter.device)
+        self.C_prev = {int(k.split(".")[1]): v.to(self.device) for k, v in state.items() if k.startswith("C_prev.")}

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from blue_cli.config import MethodConfig
+from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.linalg import memit_update
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.registry import register_method
 
 
-@register_method("memit")
+@dataclass
+class MemitConfig(MethodConfig):
+    """``cov_weight``: lambda, the reference's ``mom2_update_weight`` (per model, from
+    ``model_hparams.cov_weight``). ``memit`` has no key cache; ``memit_seq`` keeps C_prev."""
+
+    name: str = "memit"
+    cov_weight: float = 15000.0
+
+
+@register_method("memit", config=MemitConfig, variants=("memit_seq",))
 class Memit(EditMethod):
     """Least-squares write of the residual onto the keys, regularised by the key covariance.
 
-    ``cov_weight`` is the reference's ``mom2_update_weight`` (lambda); ``sequential``
-    adds C_prev (the keys of earlier batches), as MEMIT_seq and BLUE do.
+    As the reference, ``memit`` (plain MEMIT, the paper's baseline rows) solves with
+    lambda C + K K^T only; ``memit_seq`` adds C_prev, the keys of earlier batches.
     """
 
-    def __init__(self, cfg, adapter, stats, layers):
-        super().__init__(cfg, adapter, stats, layers)
-        self._C: dict[int, torch.Tensor] = {}
-
-    def covariance(self, layer: int) -> torch.Tensor:
-        """C on the compute device, float64, kept resident across batches."""
-        if layer not in self._C:
-            self._C[layer] = self.stats.get(layer).to(self.adapter.device, torch.float64)
-        return self._C[layer]
+    def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
+        super().prepare(stats, device)
+        # C on the compute device, float64, kept resident across batches.
+        self.C = {l: stats.get(l).to(device, torch.float64) for l in self.layers}
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        C_prev = self.C_prev[layer] if self.sequential else None
-        return memit_update(K, R, self.covariance(layer), self.cfg.cov_weight, C_prev)
+        return memit_update(K, R, self.C[layer], self.cfg.cov_weight, self.previous_keys(layer))

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from blue_cli.editing.methods.memit import Memit
+from dataclasses import dataclass
+
+from blue_cli.editing.methods.memit import Memit, MemitConfig
 from blue_cli.registry import register_method
 
 
-@register_method("pmet")
+@dataclass
+class PmetConfig(MemitConfig):
+    """``pmet`` has no key cache; ``pmet_seq`` keeps C_prev, as the reference's PMET_seq."""
+
+    name: str = "pmet"
+
+
+@register_method("pmet", config=PmetConfig, variants=("pmet_seq",))
 class Pmet(Memit):
     """Targets: one vector on the attention output and one on the FFN output of the
     target layer, one Adam over both, each clamped and decayed relative to its own

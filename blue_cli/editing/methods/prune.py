@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from blue_cli.editing.linalg import compress_singular_values
-from blue_cli.editing.methods.memit import Memit
+from blue_cli.editing.methods.memit import Memit, MemitConfig
 from blue_cli.registry import register_method
 
 
-@register_method("prune")
-class Prune(Memit):
-    """MEMIT sequential editing; after the last batch the accumulated change of each
-    edited matrix has its singular values above sigma_max(W0) log-compressed, which
-    bounds how far sequential edits can perturb the matrix's condition."""
+@dataclass
+class PruneConfig(MemitConfig):
+    """``log_base``: base of the log that restrains singular values (e in PRUNE's code;
+    per model from ``model_hparams.prune_log_base``)."""
 
-    def finish(self, originals: dict[int, torch.Tensor]) -> dict[str, float]:
+    name: str = "prune"
+    log_base: float = 2.718281828459045
+
+
+@register_method("prune", config=PruneConfig)
+class Prune(Memit):
+    """MEMIT editing; the accumulated change of each edited matrix has its singular
+    values above sigma_max(W0) log-compressed, which bounds how far sequential edits
+    can perturb the matrix's condition. The restraint is a view of the edited weights:
+    editing goes on from the unrestrained ones, and every evaluation point, the final
+    checkpoint and exports see the restrained ones."""
+
+    def final_weights(self, current, originals):
+        weights: dict[int, torch.Tensor] = {}
         info: dict[str, float] = {}
         for layer, W0 in originals.items():
             W0_64 = W0.to(torch.float64)
-            change = self.adapter.rewrite_weight(layer).detach().to(torch.float64) - W0_64
+            change = current[layer].to(torch.float64) - W0_64
             bound = float(torch.linalg.svdvals(W0_64).max())
             restrained = compress_singular_values(change, bound, float(self.cfg.log_base))
-            self.adapter.set_rewrite(layer, W0_64 + restrained)
+            weights[layer] = W0_64 + restrained
             info[f"prune_bound.{layer}"] = bound
             info[f"prune_max_sv_before.{layer}"] = float(torch.linalg.svdvals(change).max())
             info[f"prune_max_sv_after.{layer}"] = float(torch.linalg.svdvals(restrained).max())
-        return info
+        return weights, info

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from blue_cli.editing.linalg import keep_top_relative_change
-from blue_cli.editing.methods.memit import Memit
+from blue_cli.editing.methods.memit import Memit, MemitConfig
 from blue_cli.registry import register_method
 
 
-@register_method("rect")
+@dataclass
+class RectConfig(MemitConfig):
+    """``keep_fraction``: share of entries of each layer's batch update kept, by |Delta| / |W|."""
+
+    name: str = "rect"
+    keep_fraction: float = 0.4
+
+
+@register_method("rect", config=RectConfig)
 class Rect(Memit):
     """Keep only the top ``keep_fraction`` entries of |Delta| / |W| per edited matrix
     (default 40%), so the edit disturbs the weights less and general abilities survive
-    sequential editing."""
+    sequential editing.
 
-    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        delta = super().solve(layer, K, R)
-        weight = self.adapter.rewrite_weight(layer).detach().to(delta.dtype)
-        return keep_top_relative_change(delta, weight, float(self.cfg.keep_fraction))
+    As the reference, every layer of the batch is first solved and written densely
+    (later layers see the dense earlier writes); then each layer's whole batch update
+    is sparsified against the matrix as the batch found it.
+    """
+
+    def revise_batch(self, changes: dict[int, torch.Tensor], before: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        fraction = float(self.cfg.keep_fraction)
+        return {l: keep_top_relative_change(change, before[l].to(change.dtype), fraction) for l, change in changes.items()}

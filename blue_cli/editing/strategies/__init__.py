@@ -1,3 +1,1 @@
-"""Built-in strategies; importing this package registers them."""
-
-from blue_cli.editing.strategies import blue, spread  # noqa: F401
+"""Built-in strategies: every module here registers itself (see blue_cli.registry)."""

@@ -1,6 +1,7 @@
-"""What a strategy decides: which critical layers are written, where targets are
-taken, and how the residual is shared. It drives any method through the method's
-interface and never branches on which method it is."""
+"""What a strategy decides: which critical layers are written, where and when targets
+are optimised, and how the residual is shared. It owns the model access of a batch
+and drives any method through the method's declared properties, never branching on
+which method it is."""
 
 from __future__ import annotations
 
@@ -12,7 +13,26 @@ import torch
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.methods.base import EditMethod
-from blue_cli.editing.targets import TargetResult
+from blue_cli.editing.targets import TargetResult, TargetSettings, optimise_targets
+from blue_cli.models.adapter import ModelAdapter
+
+
+@dataclass
+class EditContext:
+    """What a strategy needs besides the method: the model, the context templates
+    (groups, "{}" first) and how targets are optimised.
+
+    ``batched``: all requests of a batch together (false: one at a time, the
+    reference's schedule, kept to measure speed-ups)."""
+
+    adapter: ModelAdapter
+    groups: Sequence[Sequence[str]]
+    targets: TargetSettings
+    batched: bool = True
+
+    @property
+    def templates(self) -> list[str]:
+        return [t for group in self.groups for t in group]
 
 
 @dataclass
@@ -38,7 +58,7 @@ class BatchTrace:
 
 
 class Strategy:
-    """Base class; subclasses implement :meth:`written_layers` and :meth:`edit_batch`."""
+    """Base class; subclasses implement :meth:`written_layers` and :meth:`write_batch`."""
 
     name = "base"
 
@@ -48,27 +68,55 @@ class Strategy:
     def written_layers(self, critical: Sequence[int]) -> list[int]:
         raise NotImplementedError
 
-    def edit_batch(
-        self,
-        method: EditMethod,
-        requests: Sequence[EditRequest],
-        groups: Sequence[Sequence[str]],
-        critical: Sequence[int],
+    def write_batch(
+        self, method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], critical: Sequence[int]
     ) -> BatchTrace:
+        """Optimise targets and write every layer of :meth:`written_layers` for one batch."""
         raise NotImplementedError
+
+    def edit_batch(
+        self, method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], critical: Sequence[int]
+    ) -> BatchTrace:
+        """One batch: the strategy's writes, the method's revision of them (RECT), then
+        the keys on the edited model into C_prev (sequential methods)."""
+        written = self.written_layers(critical)
+        adapter = ctx.adapter
+        before = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
+        trace = self.write_batch(method, ctx, requests, critical)
+        changes = {l: adapter.rewrite_weight(l).detach() - before[l] for l in written}
+        kept = method.revise_batch(changes, before)
+        if kept is not changes:
+            for l in written:
+                adapter.set_rewrite(l, before[l] + kept[l].to(before[l].dtype))
+        if method.sequential:
+            for layer, K in collect_keys(adapter, requests, ctx.groups, written).items():
+                method.record_keys(layer, K)
+        return trace
+
+    @staticmethod
+    def compute_targets(method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int) -> TargetResult:
+        """Target vectors at the method's points of ``layer`` for every request, on the current model."""
+        if ctx.batched:
+            return optimise_targets(ctx.adapter, requests, ctx.templates, layer, ctx.targets, method.points)
+        singles = [optimise_targets(ctx.adapter, [r], ctx.templates, layer, ctx.targets, method.points) for r in requests]
+        return TargetResult(
+            layer=layer,
+            points=method.points,
+            h_init={p: torch.cat([s.h_init[p] for s in singles]) for p in method.points},
+            delta={p: torch.cat([s.delta[p] for s in singles]) for p in method.points},
+            steps=[x for s in singles for x in s.steps],
+            loss_init=[x for s in singles for x in s.loss_init],
+            loss_final=[x for s in singles for x in s.loss_final],
+        )
 
     @staticmethod
     def write_layer(
-        method: EditMethod,
-        requests: Sequence[EditRequest],
-        groups: Sequence[Sequence[str]],
-        layer: int,
-        residual: torch.Tensor,
+        method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int, residual: torch.Tensor
     ) -> LayerWrite:
         """Solve for the update that maps this layer's current keys to ``residual`` and apply it."""
-        K = collect_keys(method.adapter, requests, groups, [layer])[layer]
+        K = collect_keys(ctx.adapter, requests, ctx.groups, [layer])[layer]
         delta = method.solve(layer, K, residual)
-        method.adapter.add_to_rewrite(layer, delta)
+        ctx.adapter.add_to_rewrite(layer, delta)
         fit = delta @ K.to(delta.dtype) - residual.to(delta.dtype)
         return LayerWrite(
             layer=layer,
@@ -78,18 +126,6 @@ class Strategy:
         )
 
     @staticmethod
-    def current_values(method: EditMethod, requests: Sequence[EditRequest], layer: int) -> torch.Tensor:
+    def current_values(method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int) -> torch.Tensor:
         """H: the write point's value at ``layer`` on the current weights (d x n)."""
-        return values_at_subject(method.adapter, requests, layer, method.write_point)
-
-    @staticmethod
-    def remember_keys(
-        method: EditMethod, requests: Sequence[EditRequest], groups: Sequence[Sequence[str]], layers: Sequence[int]
-    ) -> None:
-        """After the batch: keys on the edited model, one pass for all written layers, into C_prev."""
-        for layer, K in collect_keys(method.adapter, requests, groups, layers).items():
-            method.record_keys(layer, K)
-
-
-def flat_templates(groups: Sequence[Sequence[str]]) -> list[str]:
-    return [t for group in groups for t in group]
+        return values_at_subject(ctx.adapter, requests, layer, method.write_point)

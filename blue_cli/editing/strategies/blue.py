@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blue_cli.editing.strategies.base import BatchTrace, Strategy, flat_templates
+from blue_cli.editing.strategies.base import BatchTrace, Strategy
 from blue_cli.registry import register_strategy
 
 
@@ -15,14 +15,12 @@ class BlueStrategy(Strategy):
     def written_layers(self, critical):
         return sorted({critical[0], critical[-1]})
 
-    def edit_batch(self, method, requests, groups, critical):
+    def write_batch(self, method, ctx, requests, critical):
         trace = BatchTrace()
-        layers = self.written_layers(critical)
-        for layer in layers:
-            target = method.compute_targets(requests, flat_templates(groups), layer)
+        for layer in self.written_layers(critical):
+            target = self.compute_targets(method, ctx, requests, layer)
             trace.targets.append(target)
             Z = target.z(method.write_point).T
-            H = self.current_values(method, requests, layer)
-            trace.writes.append(self.write_layer(method, requests, groups, layer, Z - H))
-        self.remember_keys(method, requests, groups, layers)
+            H = self.current_values(method, ctx, requests, layer)
+            trace.writes.append(self.write_layer(method, ctx, requests, layer, Z - H))
         return trace

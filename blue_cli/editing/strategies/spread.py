@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from blue_cli.editing.linalg import split_residual
-from blue_cli.editing.strategies.base import BatchTrace, Strategy, flat_templates
+from blue_cli.editing.strategies.base import BatchTrace, Strategy
 from blue_cli.registry import register_strategy
 
 
@@ -16,15 +16,14 @@ class SpreadStrategy(Strategy):
     def written_layers(self, critical):
         return list(critical)
 
-    def edit_batch(self, method, requests, groups, critical):
+    def write_batch(self, method, ctx, requests, critical):
         trace = BatchTrace()
         z_layer = critical[-1]
-        target = method.compute_targets(requests, flat_templates(groups), z_layer)
+        target = self.compute_targets(method, ctx, requests, z_layer)
         trace.targets.append(target)
         Z = target.z(method.write_point).T
         for i, layer in enumerate(critical):
-            H = self.current_values(method, requests, z_layer)
+            H = self.current_values(method, ctx, requests, z_layer)
             R = split_residual(Z - H, len(critical) - i, method.residual_split)
-            trace.writes.append(self.write_layer(method, requests, groups, layer, R))
-        self.remember_keys(method, requests, groups, critical)
+            trace.writes.append(self.write_layer(method, ctx, requests, layer, R))
         return trace

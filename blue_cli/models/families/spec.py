@@ -1,6 +1,6 @@
 """Module paths of each supported architecture family, recognised from the HF class.
 
-One table, so another GPT-2-like or Llama-like checkpoint works without new code.
+One table, so another checkpoint of a listed class works without new code.
 """
 
 from __future__ import annotations
@@ -61,38 +61,24 @@ FAMILIES: dict[str, FamilySpec] = {
             final_norm="model.norm",
             unembed="lm_head",
             transposed=False,
-            classes=(
-                "LlamaForCausalLM",
-                "Qwen2ForCausalLM",
-                "Qwen3ForCausalLM",
-                "MistralForCausalLM",
-                "Gemma2ForCausalLM",
-                "GemmaForCausalLM",
-                "Phi3ForCausalLM",
-            ),
+            # Only classes with a tiny model in the tests: Gemma2's post-FFN norm breaks
+            # the linear write into the residual stream, so look-alikes are not assumed.
+            classes=("LlamaForCausalLM", "Qwen2ForCausalLM"),
         ),
     )
 }
 
 
-def _has_path(model: nn.Module, path: str) -> bool:
-    try:
-        model.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
 def family_for(model: nn.Module) -> FamilySpec:
-    """The family of ``model``: by HF class name, else by matching its module tree."""
+    """The family of ``model``, by its HF class name.
+
+    Only classes that the tests exercise (a tiny model of each) are listed; a module
+    tree that merely looks alike is not enough, since a different norm placement
+    (Gemma2) would make edits silently wrong.
+    """
     cls = type(model).__name__
     for spec in FAMILIES.values():
         if cls in spec.classes:
             return spec
-    for spec in FAMILIES.values():
-        if _has_path(model, f"{spec.blocks}.0.{spec.rewrite}") and _has_path(model, spec.final_norm):
-            return spec
-    raise ConfigError(
-        f"unsupported model class '{cls}' (supported families: {', '.join(sorted(FAMILIES))}; "
-        "GPT-2-, GPT-J- and Llama-like module trees are recognised)"
-    )
+    supported = ", ".join(c for spec in FAMILIES.values() for c in spec.classes)
+    raise ConfigError(f"unsupported model class '{cls}' (supported: {supported})")
