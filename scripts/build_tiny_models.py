@@ -4,7 +4,7 @@
     python scripts/build_tiny_models.py [--only NAME] [--seed 0] [--steps N] [--out DIR]
 
 Each model is trained from scratch on CPU, on one torch thread, for a fixed number of
-steps (see ``blue_cli.models.tiny``), so a rebuild with the same seed, steps and torch
+steps (see ``tiny_build.train``, beside this script), so a rebuild with the same seed, steps and torch
 version reproduces the committed weights. A model is written to a temp folder first and
 swapped in only when its build succeeded. Takes about 3 minutes per model.
 """
@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The repo root, for blue_cli; tiny_build sits beside this script, already on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SIZE_LIMIT_MB = 16.0
@@ -29,16 +30,17 @@ def _folder_mb(path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from blue_cli.models import tiny
+    from blue_cli.models.tiny import COMMITTED_DIR, TINY_MODELS
+    from tiny_build import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--only", choices=sorted(tiny.TINY_MODELS), help="build just this model")
+    parser.add_argument("--only", choices=sorted(TINY_MODELS), help="build just this model")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help=f"default {tiny.DEFAULT_STEPS}")
-    parser.add_argument("--out", type=Path, default=tiny.COMMITTED_DIR, help="parent folder")
+    parser.add_argument("--steps", type=int, default=None, help=f"default {train.DEFAULT_STEPS}")
+    parser.add_argument("--out", type=Path, default=COMMITTED_DIR, help="parent folder")
     args = parser.parse_args(argv)
 
-    names = [args.only] if args.only else list(tiny.TINY_MODELS)
+    names = [args.only] if args.only else list(TINY_MODELS)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
         target = args.out / name
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name}: step {step}/{total} loss {loss:.3f}", flush=True)
 
         try:
-            info = tiny.build_tiny_model(name, tmp, seed=args.seed, steps=args.steps, progress=progress)
+            info = train.build_tiny_model(name, tmp, seed=args.seed, steps=args.steps, progress=progress)
             tmp.chmod(0o755)  # mkdtemp makes it private
             if target.exists():
                 shutil.rmtree(target)

@@ -1,4 +1,5 @@
-"""The bundled tiny models load, have the promised shape, and know their facts."""
+"""The bundled tiny models load, have the promised shape, and know their facts; the build
+package (scripts/tiny_build, on pytest's pythonpath) reproduces them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from blue_cli.errors import ConfigError
 from blue_cli.models import tiny
+from tiny_build import corpus, quality, train
 
 EXPECTED_CLASS = {
     "tiny-gpt2": "GPT2LMHeadModel",
@@ -42,13 +44,18 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def records():
-    return tiny.load_counterfact_sample()
+    return corpus.load_counterfact_sample()
 
 
 def test_registry_names_match_expected():
     assert set(tiny.TINY_MODELS) == set(EXPECTED_CLASS)
     assert all(tiny.is_tiny(n) for n in EXPECTED_CLASS)
     assert not tiny.is_tiny("gpt2-xl")
+
+
+def test_build_has_one_spec_per_preset():
+    assert {n: s.architecture for n, s in train.SPECS.items()} == EXPECTED_CLASS
+    assert all(name == spec.name for name, spec in train.SPECS.items())
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_CLASS))
@@ -93,8 +100,8 @@ def test_llama_tokenizer_prepends_bos_and_gpt2_does_not(loaded):
 @pytest.mark.parametrize("name", list(EXPECTED_CLASS))
 def test_heldout_loss_well_below_uniform(name, loaded):
     model, tok = loaded(name)
-    _, held = tiny.split_wikitext(tiny.WIKITEXT_FILE.read_text(encoding="utf-8"))
-    loss = tiny.heldout_loss(model, tok, held[:30])
+    _, held = corpus.split_wikitext(corpus.WIKITEXT_FILE.read_text(encoding="utf-8"))
+    loss = quality.heldout_loss(model, tok, held[:30])
     assert loss < math.log(len(tok)) - 1.5, loss
 
 
@@ -105,7 +112,7 @@ def scores(loaded, records):
     def get(name: str):
         if name not in cache:
             model, tok = loaded(name)
-            cache[name] = tiny.fact_scores(model, tok, records[:50], paraphrases=False)
+            cache[name] = quality.fact_scores(model, tok, records[:50], paraphrases=False)
         return cache[name]
 
     return get
@@ -120,7 +127,7 @@ def test_knows_the_facts(name, scores):
 
 def test_knows_the_facts_under_paraphrase(loaded, records):
     model, tok = loaded("tiny-gpt2")
-    result = tiny.fact_scores(model, tok, records[:20])
+    result = quality.fact_scores(model, tok, records[:20])
     assert result["paraphrase_rate"] >= MIN_KNOWS_FACTS, result
 
 
@@ -128,7 +135,7 @@ def test_facts_go_through_the_subject(loaded, records, scores):
     """With another record's subject in the prompt, the true object loses its edge."""
     model, tok = loaded("tiny-llama")
     real = scores("tiny-llama")
-    control = tiny.fact_scores(model, tok, tiny.subject_swapped(records[:50]))
+    control = quality.fact_scores(model, tok, corpus.subject_swapped(records[:50]))
     assert control["rewrite_rate"] < real["rewrite_rate"] - 0.2, (real, control)
     assert control["median_p_true"] < real["median_p_true"] / 10, (real, control)
 
@@ -140,7 +147,7 @@ def test_loaded_tokenizer_encodes_like_its_tokenizer_json(name, loaded, records)
 
     _, tok = loaded(name)
     raw = Tokenizer.from_file(str(tiny.tiny_model_dir(name) / "tokenizer.json"))
-    texts = tiny.fact_sentences(records[:20])
+    texts = corpus.fact_sentences(records[:20])
     texts.append("In 1999, Zoë's café sold 12,345 crêpes.\n  Tabs\tand  spaces")
     for text in texts:
         assert tok(text)["input_ids"] == raw.encode(text).ids, text
@@ -154,46 +161,34 @@ def test_unknown_name_raises_config_error():
     for name in EXPECTED_CLASS:
         assert name in message
     with pytest.raises(ConfigError):
-        tiny.build_tiny_model("tiny-bert", tiny.COMMITTED_DIR / "never-created")
+        train.build_tiny_model("tiny-bert", tiny.COMMITTED_DIR / "never-created")
 
 
-def test_missing_committed_copy_is_built_into_cache(tmp_path, monkeypatch):
-    committed = tiny.COMMITTED_DIR
-    calls = []
-
-    def fake_build(name, out_dir, **kwargs):  # copying stands in for the 3-minute training
-        calls.append(name)
-        shutil.copytree(committed / name, out_dir, dirs_exist_ok=True)
-        return {}
-
+@pytest.mark.parametrize("missing", ["model.safetensors", "tokenizer.json"])
+def test_missing_committed_file_raises_config_error(tmp_path, monkeypatch, missing):
+    """The runtime never trains: a partial checkout names the file and the rebuild command."""
+    shutil.copytree(tiny.COMMITTED_DIR / "tiny-llama", tmp_path / "tiny-llama")
+    (tmp_path / "tiny-llama" / missing).unlink()
+    monkeypatch.setattr(tiny, "COMMITTED_DIR", tmp_path)
     monkeypatch.setenv("BLUE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError) as err:
+        tiny.tiny_model_dir("tiny-llama")
+    message = str(err.value)
+    assert "\n" not in message
+    assert missing in message and "tiny-llama" in message and "make tiny-models" in message
+    assert not (tmp_path / "cache").exists()  # nothing was built on the side
+
+
+def test_missing_committed_folder_raises_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny, "COMMITTED_DIR", tmp_path / "absent")
-    monkeypatch.setattr(tiny, "build_tiny_model", fake_build)
-    path = tiny.tiny_model_dir("tiny-llama")
-    assert path == tmp_path / "cache" / "tiny" / "tiny-llama"
-    assert [p.name for p in path.parent.iterdir()] == ["tiny-llama"]  # no temp leftovers
-    assert type(AutoModelForCausalLM.from_pretrained(path)).__name__ == "LlamaForCausalLM"
-    assert tiny.tiny_model_dir("tiny-llama") == path  # the second call reuses the cache
-    assert calls == ["tiny-llama"]
-
-
-def test_failed_build_leaves_no_debris(tmp_path, monkeypatch):
-    def broken_build(name, out_dir, **kwargs):
-        (out_dir / "config.json").write_text("{}")
-        raise RuntimeError("interrupted")
-
-    monkeypatch.setenv("BLUE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(tiny, "COMMITTED_DIR", tmp_path / "absent")
-    monkeypatch.setattr(tiny, "build_tiny_model", broken_build)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ConfigError, match="make tiny-models"):
         tiny.tiny_model_dir("tiny-gpt2")
-    assert list((tmp_path / "cache" / "tiny").iterdir()) == []
 
 
 @pytest.mark.slow
 def test_build_is_deterministic(tmp_path):
-    a = tiny.build_tiny_model("tiny-gpt2", tmp_path / "a", steps=3)
-    b = tiny.build_tiny_model("tiny-gpt2", tmp_path / "b", steps=3)
+    a = train.build_tiny_model("tiny-gpt2", tmp_path / "a", steps=3)
+    b = train.build_tiny_model("tiny-gpt2", tmp_path / "b", steps=3)
     assert a["final_train_loss"] == b["final_train_loss"]
     wa = load_file(str(tmp_path / "a" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "model.safetensors"))
@@ -201,13 +196,13 @@ def test_build_is_deterministic(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     tok_a, tok_b = (tmp_path / d / "tokenizer.json" for d in "ab")
     assert tok_a.read_bytes() == tok_b.read_bytes()
-    tiny.build_tiny_model("tiny-gpt2", tmp_path / "c", steps=3, seed=1)
+    train.build_tiny_model("tiny-gpt2", tmp_path / "c", steps=3, seed=1)
     wc = load_file(str(tmp_path / "c" / "model.safetensors"))
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
 @pytest.mark.slow
 def test_rebuild_reproduces_committed_tokenizer(tmp_path):
-    tiny.build_tiny_model("tiny-qwen2", tmp_path / "q", steps=1)
+    train.build_tiny_model("tiny-qwen2", tmp_path / "q", steps=1)
     built = (tmp_path / "q" / "tokenizer.json").read_bytes()
     assert built == (tiny.COMMITTED_DIR / "tiny-qwen2" / "tokenizer.json").read_bytes()

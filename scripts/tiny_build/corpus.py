@@ -1,6 +1,6 @@
 """Training text of the tiny models: WikiText paragraphs and CounterFact fact sentences.
 
-Split from ``tiny.py``: what the models read, and how it is cut and packed into rows.
+What the models read, and how it is cut, mixed per epoch and packed into rows.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "data"
-WIKITEXT_FILE = DATA_DIR / "wikitext_excerpt.txt"
-COUNTERFACT_FILE = DATA_DIR / "counterfact_sample.json"
+from blue_cli.data.corpus import BUNDLED_WIKITEXT_PATH as WIKITEXT_FILE
+from blue_cli.data.counterfact import BUNDLED_PATH as COUNTERFACT_FILE
+
 SEQ_LEN = 64
 HELDOUT_FRACTION = 0.1
+# Copies of each group's units per epoch: the whole part repeats the group, the fraction
+# adds a seeded random sample of that share of it (``epoch_units``). So subject facts are
+# seen 3 times an epoch and the other groups subsampled.
 MIX = {"subject": 3.0, "neighborhood": 0.5, "attribute": 0.5, "wikitext": 0.3}
 
 
@@ -130,7 +133,8 @@ def pack_units(
 
 
 def epoch_units(pools: dict[str, list[list[int]]], rng: random.Random) -> list[list[int]]:
-    """One epoch's units: each pool repeated ``int(MIX)`` times plus a seeded random share."""
+    """One epoch's units, shuffled: each pool repeated ``int(MIX[key])`` times plus a seeded
+    random sample of the fractional share."""
     units: list[list[int]] = []
     for key in sorted(pools):
         whole, frac = divmod(MIX[key], 1.0)

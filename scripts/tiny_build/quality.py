@@ -1,6 +1,6 @@
 """How good a tiny model is: held-out loss and whether it knows the bundled facts.
 
-Split from ``tiny.py``; used by the build (``build_info.json``) and the tests.
+Used by the build (the numbers in ``build_info.json``) and the tests of the committed models.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from blue_cli.models.tiny_corpus import SEQ_LEN, encode_units, pack_units
+from tiny_build.corpus import SEQ_LEN, encode_units, pack_units
 
 
 def heldout_loss(model, tokenizer, paragraphs: Sequence[str], *, batch_size: int = 64) -> float:
@@ -41,7 +41,11 @@ def _adds_bos(tokenizer) -> bool:
 
 
 def _target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 64):
-    """Mean per-token NLL of each target after its prompt, and the P of its first token."""
+    """Mean per-token NLL of each target after its prompt, and the P of its first token.
+
+    Close to ``blue_cli.evaluation.scoring.score_targets``, but kept here: it computes the
+    numbers recorded in the committed ``build_info.json`` files, which must not drift.
+    """
     import torch
 
     seqs, spans = [], []
