@@ -2,7 +2,7 @@
 
 Each combination runs in its own process (so peak memory is its own): 100
 CounterFact records in batches of 10 by default. Prints a table and writes
-benchmarks/results/bench-<timestamp>.json. A last pair of runs repeats MEMIT+BLUE
+benchmarks/results/bench-<timestamp>.json. Last runs repeat MEMIT_seq under both strategies
 with one-request-at-a-time target optimisation, to print the batching speed-up.
 """
 
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("memit", "alphaedit", "pmet", "rect", "prune")
+METHODS = ("memit", "memit_seq", "alphaedit", "pmet", "pmet_seq", "rect", "prune")
 STRATEGIES = ("spread", "blue")
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ("model", "method", "strategy", "variant", "sec_per_batch", "gflop_per_batch", "cov_sec", "peak_mb",
@@ -38,19 +38,20 @@ def first_batch_flops(cfg) -> float:
     from blue_cli.data.counterfact import load_counterfact
     from blue_cli.editing.context import context_templates
     from blue_cli.editing.covariance import CovarianceStore
+    from blue_cli.editing.strategies.base import EditContext
     from blue_cli.registry import method_class, strategy_class
-    from blue_cli.runner import load_adapter, stats_settings
+    from blue_cli.runner import load_adapter, stats_settings, target_settings
 
     adapter = load_adapter(cfg)
     requests = load_counterfact(cfg.dataset.path, offset=cfg.dataset.offset, limit=cfg.batch_size)
     strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
     written = strategy.written_layers(list(cfg.model.layers))
-    method = method_class(cfg.method.name)(cfg.method, adapter, CovarianceStore(adapter, stats_settings(cfg)), written)
-    method.prepare()
-    groups = context_templates(adapter, seed=cfg.seed)
+    method = method_class(cfg.method.name)(cfg.method, written)
+    method.prepare(CovarianceStore(adapter, stats_settings(cfg)), adapter.device)
+    ctx = EditContext(adapter, context_templates(adapter, seed=cfg.seed), target_settings(cfg.method.target), cfg.method.target.batched)
     counter = FlopCounterMode(display=False)
     with counter:
-        strategy.edit_batch(method, requests, groups, list(cfg.model.layers))
+        strategy.edit_batch(method, ctx, requests, list(cfg.model.layers))
     return counter.get_total_flops()
 
 
@@ -103,7 +104,7 @@ def main() -> None:
     rows = []
     plan = [(m, me, s, "batched") for m in args.models.split(",") for me in args.methods.split(",") for s in args.strategies.split(",")]
     first = args.models.split(",")[0]
-    plan += [(first, "memit", s, v) for s in ("spread", "blue") for v in ("one-at-a-time", "reference-schedule")]
+    plan += [(first, "memit_seq", s, v) for s in ("spread", "blue") for v in ("one-at-a-time", "reference-schedule")]
     for model, method, strategy, variant in plan:
         edits = args.num_edits if variant == "batched" else args.variant_edits
         overrides = [f"model={model}", f"method={method}", f"strategy={strategy}", f"num_edits={edits}",
@@ -116,7 +117,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     def pick(strategy, variant):
-        return next(r for r in rows if r["model"] == first and r["method"] == "memit" and r["strategy"] == strategy and r["variant"] == variant)
+        return next(r for r in rows if r["model"] == first and r["method"] == "memit_seq" and r["strategy"] == strategy and r["variant"] == variant)
 
     ratios = {
         strategy: {
@@ -136,7 +137,7 @@ def main() -> None:
     console.print(table)
     for strategy, r in ratios.items():
         console.print(
-            f"MEMIT+{strategy} on {first}: batching speed-up {r['batching_speedup']:.2f}x; reference schedule costs "
+            f"MEMIT_seq+{strategy} on {first}: batching speed-up {r['batching_speedup']:.2f}x; reference schedule costs "
             f"{r['reference_over_ours_seconds']:.2f}x the seconds and {r['reference_over_ours_flops']:.2f}x the FLOPs"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)

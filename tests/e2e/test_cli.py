@@ -95,11 +95,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(blue_exe() + [*args, f"hydra.run.dir={killed}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while time.time() < deadline and not (killed / "checkpoint.json").exists():
+    while time.time() < deadline and not (killed / "checkpoint.safetensors").exists():
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
-    done = json.loads((killed / "checkpoint.json").read_text())["batches_done"]
+    from safetensors import safe_open
+
+    with safe_open(str(killed / "checkpoint.safetensors"), framework="pt") as f:
+        done = int(f.metadata()["batches_done"])
     if (killed / "summary.json").exists():
         pytest.skip("the run finished before it could be interrupted")
     assert 1 <= done < 4
