@@ -1,15 +1,25 @@
-"""Atomic, content-keyed cache files: a crash never leaves a half-written file."""
+"""Atomic, content-keyed cache files: a crash never leaves a half-written file.
+
+Parallel jobs (a Hydra joblib sweep) share the cache, so a writer takes a per-entry
+file lock and a reader that finds a damaged entry moves it aside instead of using it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -36,10 +46,64 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file 0600; a cache shared by several users or jobs wants
+        # the mode an ordinary open() would give (0644 under umask 022).
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the only portable read is set-and-restore
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def entry_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on cache entry ``path`` (file ``<path>.lock``) across processes.
+
+    Logs one info line when another job holds it, then waits: the caller should look
+    for a valid entry again once inside, since the other job has usually written it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock", mode=0o666 & ~current_umask())
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("pid %d waiting for %s lock held by another job", os.getpid(), path.name)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def move_aside(path: Path, reason: str) -> Path:
+    """Rename a bad cache entry to ``<name>.corrupt-<timestamp>`` and log why, in one line.
+
+    Kept rather than deleted so the damage can be inspected; nothing reads these again.
+    """
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    os.replace(path, target)
+    log.warning("cache entry %s is bad (%s): moved aside to %s and rebuilding", path, reason, target.name)
+    return target
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -4,25 +4,39 @@ C = (1/N) sum_t k_t k_t^T over all non-pad tokens t (uncentred, as the reference
 ``layer_stats`` mom2). Differs from reference: all layers are collected in one
 forward pass that stops after the deepest layer, accumulated in float64.
 Cached on disk, keyed by model fingerprint, layer, corpus, sample count and length.
+
+Differs from reference: a cache entry carries its metadata and a sha256 of its
+tensors, checked on every load; a bad entry is moved aside and rebuilt instead of
+silently giving wrong statistics, and a per-entry file lock makes parallel jobs
+compute an entry once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from blue_cli.cache import atomic_path, cache_root, content_key
+from blue_cli.cache import atomic_path, cache_root, content_key, entry_lock, move_aside
+from blue_cli.errors import ConfigError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import pad_right
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+Entry = tuple[dict[str, torch.Tensor], dict[str, str]]
+
+# Bump when the layout or meaning of a cache entry changes: older entries then fail
+# the metadata check and are rebuilt.
+FORMAT_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,23 @@ class StatsSettings:
     samples: int = 100000
     max_length: int = 1024
     batch_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class SampleCounts:
+    """How much text the statistics of a layer rest on: windows asked for and got, tokens."""
+
+    requested: int
+    windows: int
+    tokens: int
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.requested - self.windows)
+
+
+class BadEntry(Exception):
+    """A cache entry that must not be used; the message is the reason, for the log line."""
 
 
 def model_fingerprint(adapter: ModelAdapter) -> str:
@@ -59,15 +90,26 @@ def collect_second_moments(
     progress: Progress | None = None,
 ) -> tuple[dict[int, torch.Tensor], int]:
     """One pass over ``docs``: {layer: C (d_k x d_k) float64 on CPU}, and the token count N."""
+    windows = token_windows(adapter.tok, docs, window_length(adapter, settings), settings.samples)
+    return accumulate_second_moments(adapter, windows, layers, settings, progress)
+
+
+@torch.no_grad()
+def accumulate_second_moments(
+    adapter: ModelAdapter,
+    windows: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    settings: StatsSettings,
+    progress: Progress | None = None,
+) -> tuple[dict[int, torch.Tensor], int]:
+    """{layer: C (d_k x d_k) float64 on CPU} over token ``windows``, and the token count N."""
     tok = adapter.tok
-    max_len = min(settings.max_length, getattr(adapter.model.config, "max_position_embeddings", None) or settings.max_length)
-    encoded = token_windows(tok, docs, max_len, settings.samples)
-    per_batch = max(1, settings.batch_tokens // max_len)
+    per_batch = max(1, settings.batch_tokens // window_length(adapter, settings))
     acc = {l: torch.zeros(adapter.key_size(l), adapter.key_size(l), dtype=torch.float64, device=adapter.device) for l in layers}
     n_tokens = 0
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for start in range(0, len(encoded), per_batch):
-        chunk = encoded[start : start + per_batch]
+    for start in range(0, len(windows), per_batch):
+        chunk = [list(w) for w in windows[start : start + per_batch]]
         batch = pad_right(chunk, pad, adapter.device)
         acts = adapter.read_points(batch, [f"key.{l}" for l in layers])
         mask = batch["attention_mask"].bool()
@@ -76,10 +118,16 @@ def collect_second_moments(
             acc[l] += (x.T @ x).double()
         n_tokens += int(mask.sum())
         if progress:
-            progress(min(start + per_batch, len(encoded)), len(encoded))
+            progress(min(start + per_batch, len(windows)), len(windows))
     if n_tokens == 0:
         raise ValueError("the statistics corpus produced no tokens")
     return {l: (a / n_tokens).cpu() for l, a in acc.items()}, n_tokens
+
+
+def window_length(adapter: ModelAdapter, settings: StatsSettings) -> int:
+    """``settings.max_length``, capped at the model's context length."""
+    limit = getattr(adapter.model.config, "max_position_embeddings", None) or settings.max_length
+    return min(settings.max_length, limit)
 
 
 def token_windows(tok, docs: Sequence[str], max_len: int, limit: int) -> list[list[int]]:
@@ -97,54 +145,218 @@ def token_windows(tok, docs: Sequence[str], max_len: int, limit: int) -> list[li
     return windows[:limit]
 
 
+def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and raw bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """Write ``tensors`` with ``metadata`` and their sha256 atomically; returns the sha256.
+
+    The caller holds ``entry_lock(path)``.
+    """
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    sha = tensor_checksum(tensors)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={**metadata, "sha256": sha})
+    return sha
+
+
+def read_entry(path: Path, expected: Mapping[str, str]) -> Entry:
+    """(tensors, metadata) of the entry at ``path``; raises ``BadEntry`` saying why it is unusable.
+
+    Unusable: unreadable (missing, empty, truncated), metadata other than ``expected``,
+    a checksum that does not match the bytes, or non-finite values.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            names = f.keys()
+            tensors = {k: f.get_tensor(k) for k in names}
+    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise BadEntry(f"unreadable: {lines[0]}") from None
+    if not meta:
+        raise BadEntry("no metadata (written by an older version)")
+    for key, want in expected.items():
+        if meta.get(key) != want:
+            raise BadEntry(f"metadata {key}={meta.get(key)!r}, expected {want!r}")
+    if tensor_checksum(tensors) != meta.get("sha256"):
+        raise BadEntry("sha256 of the tensors does not match the one recorded")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise BadEntry(f"non-finite values in '{name}'")
+    return tensors, meta
+
+
+def read_valid_entry(path: Path, expected: Mapping[str, str], locked: bool = False) -> Entry | None:
+    """The entry at ``path`` if it is valid, else None (a bad one is moved aside first).
+
+    Moving aside happens only under the entry's lock (taken here unless ``locked``), and
+    after a second look: another job may have replaced the bad file with a good one.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return read_entry(path, expected)
+    except BadEntry as bad:
+        if locked:
+            move_aside(path, str(bad))
+            return None
+    with entry_lock(path):
+        return read_valid_entry(path, expected, locked=True)
+
+
+def corpus_signature(corpus: str) -> str:
+    """Size and mtime of a local corpus file, so editing the file invalidates its statistics."""
+    path = Path(corpus).expanduser()
+    if not path.is_file():
+        return ""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 class CovarianceStore:
-    """Second moments per layer, computed once per (model, corpus, samples) and cached on disk."""
+    """Second moments per layer, computed once per (model, corpus, samples) and cached on disk.
+
+    ``counts`` gives, per layer loaded or computed, how many windows and tokens its
+    statistics rest on; ``summary()`` condenses them for a run's summary.json.
+    """
 
     def __init__(self, adapter: ModelAdapter, settings: StatsSettings, root: Path | None = None):
         self.adapter = adapter
         self.settings = settings
-        self.root = (root or cache_root() / "stats") / f"{_safe(adapter.name)}-{model_fingerprint(adapter)}"
+        self.fingerprint = model_fingerprint(adapter)
+        self.root = (root or cache_root() / "stats") / f"{_safe(adapter.name)}-{self.fingerprint}"
+        self.counts: dict[int, SampleCounts] = {}
         self._memory: dict[int, torch.Tensor] = {}
+        self._sha: dict[int, str] = {}
+        self._warned_shortfall = False
 
     def path(self, layer: int) -> Path:
         s = self.settings
         key = content_key({"corpus": s.corpus, "samples": s.samples, "max_length": s.max_length})
         return self.root / f"{_safe(s.corpus)}-{key}" / f"layer{layer}_mom2_{s.samples}.safetensors"
 
+    def metadata(self, layer: int) -> dict[str, str]:
+        """What a valid entry for ``layer`` must record (besides its counts and checksum)."""
+        s = self.settings
+        return {
+            "format": FORMAT_VERSION,
+            "kind": "mom2",
+            "model": self.adapter.name,
+            "fingerprint": self.fingerprint,
+            "model_dtype": str(self.adapter.dtype).removeprefix("torch."),
+            "layer": str(layer),
+            "corpus": s.corpus,
+            "corpus_file": corpus_signature(s.corpus),
+            "samples": str(s.samples),
+            "max_length": str(s.max_length),
+            "dtype": "float32",
+        }
+
     def missing(self, layers: Sequence[int]) -> list[int]:
-        return [l for l in layers if l not in self._memory and not self.path(l).exists()]
+        """Layers without a valid cached entry (valid ones are loaded, bad ones moved aside)."""
+        return [l for l in layers if not self._load(l)]
 
     def ensure(self, layers: Sequence[int], progress: Progress | None = None) -> None:
-        """Compute (one corpus pass) and cache every layer in ``layers`` not cached yet."""
+        """Compute (one corpus pass) and cache every layer in ``layers`` not cached yet.
+
+        Locks are taken in layer order, so jobs wanting overlapping layers cannot deadlock;
+        a job that waited finds the other's entries valid and computes only the rest.
+        """
         todo = self.missing(layers)
         if not todo:
             return
-        from blue_cli.data.corpus import load_corpus
-
-        docs = load_corpus(self.settings.corpus, max_docs=self.settings.samples)
-        log.info("collecting second moments for layers %s over %d documents", todo, len(docs))
-        moments, n_tokens = collect_second_moments(self.adapter, docs, todo, self.settings, progress)
-        for layer, C in moments.items():
-            with atomic_path(self.path(layer)) as tmp:
-                save_file({"mom2": C.float().contiguous(), "count": torch.tensor([n_tokens])}, str(tmp))
-            self._memory[layer] = C.float()
+        with ExitStack() as stack:
+            for layer in sorted(set(todo)):
+                stack.enter_context(entry_lock(self.path(layer)))
+            todo = [l for l in todo if not self._load(l, locked=True)]
+            if todo:
+                self._compute(todo, progress)
 
     def get(self, layer: int) -> torch.Tensor:
         """C for ``layer`` (float32, CPU); computes it if needed."""
         if layer not in self._memory:
             self.ensure([layer])
-            self._memory.setdefault(layer, load_file(str(self.path(layer)))["mom2"])
         return self._memory[layer]
 
     def cached_tensor(self, layer: int, name: str, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """A tensor derived from C (e.g. AlphaEdit's projector), cached next to it."""
-        path = self.path(layer).with_name(f"layer{layer}_{name}.safetensors")
-        if path.exists():
-            return load_file(str(path))["value"]
-        value = compute(self.get(layer)).contiguous()
-        with atomic_path(path) as tmp:
-            save_file({"value": value}, str(tmp))
-        return value
+        """A tensor derived from C (e.g. AlphaEdit's projector), cached next to it.
+
+        Its entry records the sha256 of the C it came from, so a rebuilt C rebuilds it too.
+        """
+        C = self.get(layer)
+        path = self.path(layer).with_name(f"layer{layer}_{_safe(name)}.safetensors")
+        expected = {"format": FORMAT_VERSION, "kind": "derived", "name": name, "layer": str(layer), "source_sha256": self._sha[layer]}
+        entry = read_valid_entry(path, expected)
+        if entry is None:
+            with entry_lock(path):
+                entry = read_valid_entry(path, expected, locked=True)
+                if entry is None:
+                    value = compute(C).contiguous()
+                    write_entry(path, {"value": value}, expected)
+                    return value
+        return entry[0]["value"]
+
+    @property
+    def shortfall(self) -> int:
+        """Windows asked for (``stats.samples``) but not found in the corpus; 0 if none short."""
+        return max((c.shortfall for c in self.counts.values()), default=0)
+
+    def summary(self) -> dict[str, int]:
+        """The corpus counts behind the statistics in use (the smallest, if layers differ)."""
+        if not self.counts:
+            return {}
+        c = min(self.counts.values(), key=lambda c: (c.windows, c.tokens))
+        return {"samples_requested": c.requested, "windows": c.windows, "tokens": c.tokens, "shortfall": c.shortfall}
+
+    def _load(self, layer: int, locked: bool = False) -> bool:
+        if layer in self._memory:
+            return True
+        entry = read_valid_entry(self.path(layer), self.metadata(layer), locked)
+        if entry is None:
+            return False
+        tensors, meta = entry
+        counts = SampleCounts(self.settings.samples, int(meta.get("windows", 0)), int(meta.get("tokens", 0)))
+        self._remember(layer, tensors["mom2"], meta["sha256"], counts)
+        return True
+
+    def _compute(self, layers: list[int], progress: Progress | None) -> None:
+        from blue_cli.data.corpus import load_corpus
+
+        s = self.settings
+        docs = load_corpus(s.corpus, max_docs=s.samples)
+        windows = token_windows(self.adapter.tok, docs, window_length(self.adapter, s), s.samples)
+        log.info("collecting second moments for layers %s over %d windows of %d documents", layers, len(windows), len(docs))
+        moments, n_tokens = accumulate_second_moments(self.adapter, windows, layers, s, progress)
+        counts = SampleCounts(s.samples, len(windows), n_tokens)
+        for layer, C in moments.items():
+            C = C.float().contiguous()
+            if not bool(torch.isfinite(C).all()):
+                raise ConfigError(
+                    f"statistics for layer {layer} of '{self.adapter.name}' are not finite "
+                    f"(model dtype {self.metadata(layer)['model_dtype']} overflowed? try model.dtype=float32)"
+                )
+            meta = {**self.metadata(layer), "windows": str(counts.windows), "tokens": str(counts.tokens)}
+            sha = write_entry(self.path(layer), {"mom2": C}, meta)
+            self._remember(layer, C, sha, counts)
+
+    def _remember(self, layer: int, C: torch.Tensor, sha: str, counts: SampleCounts) -> None:
+        self._memory[layer], self._sha[layer], self.counts[layer] = C, sha, counts
+        if counts.shortfall and not self._warned_shortfall:
+            self._warned_shortfall = True
+            log.warning(
+                "statistics corpus '%s' gave %d token windows but stats.samples asks for %d: "
+                "the statistics rest on fewer samples than configured",
+                self.settings.corpus, counts.windows, counts.requested,
+            )
 
 
 def _safe(text: str) -> str:
