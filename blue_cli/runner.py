@@ -170,6 +170,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     post_cases = _evaluate(adapter, requests, progress, "post-edit evaluation")
     results.write_jsonl(run_dir, results.CASES, [{**post, **{f"pre_{k}": v for k, v in pre.items() if k != "case_id"}} for pre, post in zip(pre_cases, post_cases)])
     summary = build_summary(pre_cases, post_cases, rows, cov_seconds, finish_info)
+    summary["stats_counts"] = stats.summary()
     summary.update(model=cfg.model.name, method=cfg.method.name, strategy=cfg.strategy.name, dataset=cfg.dataset.name, num_edits=len(requests), batch_size=cfg.batch_size, written_layers=written)
     results.write_json(run_dir, results.SUMMARY, summary)
     if cfg.eval_every:
