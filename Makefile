@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-all demo bench tiny-models clean
+.PHONY: help install install-cpu test test-all demo bench readme-results tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,13 @@ demo: ## the main job on the embedded default: tiny model, bundled CounterFact s
 
 bench: ## speed and quality benchmark on the tiny models (minutes)
 	$(PYTHON) benchmarks/bench_methods.py
+
+README_RUNS := outputs/readme
+readme-results: ## rerun the tiny-model sweeps behind the README's tables and rewrite them (minutes)
+	rm -rf $(README_RUNS)
+	blue edit -m model=tiny-gpt2 method=memit,memit_seq,alphaedit,pmet,pmet_seq,rect,prune strategy=spread,blue num_edits=40 batch_size=10 hydra.sweep.dir=$(README_RUNS)/tiny-gpt2
+	blue edit -m model=tiny-llama method=memit,memit_seq,alphaedit strategy=spread,blue num_edits=40 batch_size=10 hydra.sweep.dir=$(README_RUNS)/tiny-llama
+	$(PYTHON) scripts/readme_results.py $(README_RUNS)/tiny-gpt2 $(README_RUNS)/tiny-llama
 
 tiny-models: ## rebuild the committed tiny models from scratch (minutes each)
 	$(PYTHON) scripts/build_tiny_models.py

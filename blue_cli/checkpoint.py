@@ -62,18 +62,29 @@ class Checkpoint:
             save_file(tensors, str(tmp), metadata=metadata)
         results.write_jsonl(self.run_dir, results.BATCHES, batch_rows)
 
-    def load(self, adapter: ModelAdapter, originals: dict[int, torch.Tensor], method) -> tuple[int, list[dict], bool]:
-        """(batches done, their rows, finished); weights and method state are restored."""
+    def _read_meta(self) -> dict[str, str] | None:
         if not self.path.exists():
-            return 0, [], False
+            return None
         with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta.get("config_key") != self.config_key:
+            return f.metadata() or {}
+
+    def check(self) -> None:
+        """Refuse, before anything is written, to resume a checkpoint of another config."""
+        meta = self._read_meta()
+        if meta is not None and meta.get("config_key") != self.config_key:
             raise ConfigError(
                 f"'{self.run_dir}' holds a checkpoint of a different config "
                 "(use a new hydra.run.dir, or resume=false to start this folder over)"
             )
+
+    def load(self, adapter: ModelAdapter, originals: dict[int, torch.Tensor], method) -> tuple[int, list[dict], bool]:
+        """(batches done, their rows, finished); weights and method state are restored."""
+        if not self.path.exists():
+            return 0, [], False
+        self.check()
+        with safe_open(str(self.path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
         done = int(meta["batches_done"])
         for l in originals:
             adapter.set_rewrite(l, tensors[f"weight.{l}"])

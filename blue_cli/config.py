@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from blue_cli.errors import ConfigError
-from blue_cli.registry import method_schemas
+from blue_cli.registry import dataset_schemas, method_schemas
 
 
 @dataclass
@@ -45,12 +45,39 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    """Edit records: ``path`` is a file or folder, ``bundled`` (the shipped sample) or null (download)."""
+    """Edit records: ``path`` is a file or folder, ``bundled`` (the shipped sample) or null
+    (download ``url``). Dataset-specific schemas live beside their dataset
+    (``blue_cli/datasets/<name>.py``). ``allow_fewer``: run with what the dataset has
+    when ``num_edits`` asks for more (else that is an error)."""
 
-    name: str = "counterfact"
+    name: str = MISSING
     path: Optional[str] = "bundled"
     offset: int = 0
-    url: str = "https://rome.baulab.info/data/dsets/multi_counterfact.json"
+    url: str = MISSING
+    allow_fewer: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """What is measured besides the dataset's rates.
+
+    ``generation``: generate on CounterFact's generation prompts (fluency, consistency),
+    for every ``generation_every_n_cases``-th case, ``generation_length`` tokens in all
+    (prompt included, as the reference's max_out_len), top-k ``generation_top_k``.
+    ``general``: general-capability tasks (sst2, mrpc, cola, rte, mmlu, nli), measured
+    before the first batch, every ``general_every`` batches and after the last, on
+    ``general_items`` test items each (``general_path``: a folder of full task sets).
+    """
+
+    generation: bool = True
+    generation_every_n_cases: int = 1
+    generation_length: int = 100
+    generation_top_k: int = 5
+    general: list[str] = field(default_factory=list)
+    general_every: Optional[int] = None
+    general_items: int = 100
+    general_shots: int = 0
+    general_path: Optional[str] = None
 
 
 @dataclass
@@ -112,6 +139,7 @@ class RunConfig:
     dataset: Any = MISSING
     method: Any = MISSING
     strategy: Any = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
     model_hparams: ModelHparamsConfig = field(default_factory=ModelHparamsConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -128,10 +156,11 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=RunConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
-    cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
     cs.store(group="schema/strategy", name="strategy", node=StrategyConfig)
     for name, node in method_schemas().items():
         cs.store(group="schema/method", name=name, node=node)
+    for name, node in dataset_schemas().items():
+        cs.store(group="schema/dataset", name=name, node=node)
 
 
 def conf_dir() -> Path:
@@ -159,6 +188,12 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.dataset.offset < 0:
         raise ConfigError(f"dataset.offset must be >= 0, got {cfg.dataset.offset}")
+    ev = cfg.eval
+    for key in ("generation_every_n_cases", "generation_length", "generation_top_k", "general_items"):
+        if ev[key] < 1:
+            raise ConfigError(f"eval.{key} must be >= 1, got {ev[key]}")
+    if ev.general_every is not None and ev.general_every < 1:
+        raise ConfigError(f"eval.general_every must be >= 1 or null, got {ev.general_every}")
     if cfg.eval_every is not None and cfg.eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1 or null, got {cfg.eval_every}")
     if not cfg.model.layers:

@@ -1,8 +1,8 @@
-"""Name -> class tables for methods and strategies, filled by decorators in each class's file.
+"""Name -> class tables for methods, strategies and datasets, filled by decorators in each class's file.
 
-Adding a method or strategy is one module plus one YAML: every module of the
-``editing/methods`` and ``editing/strategies`` packages is imported on first lookup,
-and a method's decorator also names its config schema.
+Adding a method, strategy or dataset is one module plus one YAML: every module of the
+``editing/methods``, ``editing/strategies`` and ``datasets`` packages is imported on first
+lookup, and a method's or dataset's decorator also names its config schema.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ T = TypeVar("T")
 METHODS: dict[str, type] = {}
 METHOD_SCHEMAS: dict[str, type] = {}
 STRATEGIES: dict[str, type] = {}
+DATASETS: dict[str, type] = {}
+DATASET_SCHEMAS: dict[str, type] = {}
 
-_PACKAGES = ("blue_cli.editing.methods", "blue_cli.editing.strategies")
+_PACKAGES = ("blue_cli.editing.methods", "blue_cli.editing.strategies", "blue_cli.datasets")
 
 
 def register_method(name: str, *, config: type, variants: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]:
@@ -46,6 +48,18 @@ def register_strategy(name: str) -> Callable[[type[T]], type[T]]:
     return decorator
 
 
+def register_dataset(name: str, *, config: type) -> Callable[[type[T]], type[T]]:
+    """Register a dataset (its loader and evaluator) under ``name``, validated by ``config``."""
+
+    def decorator(cls: type[T]) -> type[T]:
+        cls.name = name  # type: ignore[attr-defined]
+        DATASETS[name] = cls
+        DATASET_SCHEMAS[name] = config
+        return cls
+
+    return decorator
+
+
 def _lookup(table: dict[str, type], kind: str, name: str) -> type:
     load_builtins()
     if name not in table:
@@ -61,10 +75,20 @@ def strategy_class(name: str) -> type:
     return _lookup(STRATEGIES, "strategy", name)
 
 
+def dataset_class(name: str) -> type:
+    return _lookup(DATASETS, "dataset", name)
+
+
 def method_schemas() -> dict[str, type]:
     """Method name -> config dataclass, for Hydra's ConfigStore."""
     load_builtins()
     return dict(METHOD_SCHEMAS)
+
+
+def dataset_schemas() -> dict[str, type]:
+    """Dataset name -> config dataclass, for Hydra's ConfigStore."""
+    load_builtins()
+    return dict(DATASET_SCHEMAS)
 
 
 def load_builtins() -> None:

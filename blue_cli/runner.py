@@ -1,7 +1,9 @@
 """The sequential batch-editing loop: one place that composes everything.
 
-load model -> statistics -> pre-edit evaluation -> for each batch: targets, writes,
-diagnostics, checkpoint -> method finish -> post-edit evaluation -> summary.
+checks -> load model -> statistics -> pre-edit evaluation -> for each batch: the
+strategy's writes, diagnostics, checkpoint, evaluation points -> the method's final
+weights -> post-edit evaluation -> summary. The runner names no dataset, method or
+strategy: each comes from its registry.
 Every file is written through a temp file and a rename, and a checkpoint after
 each batch lets a killed run resume (``resume=true``, same ``hydra.run.dir``).
 """
@@ -23,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from blue_cli.cache import content_key, write_text_atomic
 from blue_cli.checkpoint import Checkpoint
 from blue_cli.config import check_run_config
-from blue_cli.data.counterfact import load_counterfact
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore, StatsSettings
@@ -31,10 +32,11 @@ from blue_cli.editing.diagnostics import batch_diagnostics, observe_before, swap
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings
 from blue_cli.errors import ConfigError
-from blue_cli.evaluation.counterfact import evaluate_counterfact, summarise
+from blue_cli.evaluation.summary import summarise
+from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.loading import load_model
-from blue_cli.registry import method_class, strategy_class
+from blue_cli.registry import dataset_class, method_class, strategy_class
 from blue_cli.reporting import results
 
 log = logging.getLogger(__name__)
@@ -109,17 +111,28 @@ def resume_key(cfg: DictConfig) -> str:
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
-    """Run the whole experiment described by ``cfg`` into ``run_dir``; returns the summary."""
+    """Run the whole experiment described by ``cfg`` into ``run_dir``; returns the summary.
+
+    Everything that can be checked without the model (config values, the dataset and
+    its size, general-capability tasks, a checkpoint of another config) is checked
+    before the first file of the run folder is written.
+    """
     check_run_config(cfg)
     progress = progress or NullProgress()
     run_dir = Path(run_dir)
+    dataset = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed)
+    requests = dataset.load(cfg.num_edits)
+    check_general_tasks(cfg.eval)
+    checkpoint = Checkpoint(run_dir, resume_key(cfg))
+    if cfg.resume:
+        checkpoint.check()
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     write_text_atomic(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg))
     results.write_json(run_dir, results.RUN_INFO, run_info(cfg))
+    notes = dataset.prepare()
 
     adapter = load_adapter(cfg)
-    requests = load_counterfact(cfg.dataset.path, offset=cfg.dataset.offset, limit=cfg.num_edits, url=cfg.dataset.url)
     strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
     critical = list(cfg.model.layers)
     written = strategy.written_layers(critical)
@@ -139,25 +152,25 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     results.write_json(run_dir, "context_templates.json", groups)
     ctx = EditContext(adapter, groups, target_settings(cfg.method.target), batched=cfg.method.target.batched)
 
-    pre_cases = _evaluate(adapter, requests, progress, "pre-edit evaluation")
-    results.write_jsonl(run_dir, results.PRE_CASES, pre_cases)
-
     originals = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
-    checkpoint = Checkpoint(run_dir, resume_key(cfg))
     batches = batches_of(requests, cfg.batch_size)
     done, rows, finished = checkpoint.load(adapter, originals, method) if cfg.resume else (0, [], False)
-    eval_rows = results.read_jsonl(run_dir / results.EVALS) if done else []
+    pre_cases = results.read_jsonl(run_dir / results.PRE_CASES) if done else []
+    if len(pre_cases) != len(requests):
+        pre_cases = _evaluate(dataset, adapter, requests, progress, "pre-edit evaluation")
+        results.write_jsonl(run_dir, results.PRE_CASES, pre_cases)
+    points = EvaluationPoints(cfg, dataset, batches, run_dir, progress)
+    if done == 0:
+        points.reset()
+        points.record(adapter, 0)
     with progress.track("editing batches", len(batches)) as update:
         update(done)
         for b in range(done, len(batches)):
             rows.append(_edit_batch(adapter, method, strategy, ctx, batches[b], critical, written, b))
             checkpoint.save(b + 1, adapter, originals, method, rows)
-            if cfg.eval_every and (b + 1) % cfg.eval_every == 0 and b + 1 < len(batches):
-                edited = [r for batch in batches[: b + 1] for r in batch]
+            if b + 1 < len(batches) and points.due(b + 1):
                 with swapped_weights(adapter, _final_weights(adapter, method, originals)[0]):
-                    cases = _evaluate(adapter, edited, progress, "evaluation")
-                eval_rows.append({"batches": b + 1, "edits": len(edited), **summarise(cases)})
-                results.write_jsonl(run_dir, results.EVALS, eval_rows)
+                    points.record(adapter, b + 1)
             update(b + 1)
     if finished:
         finish_info = checkpoint.finish_info
@@ -167,21 +180,21 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
             adapter.set_rewrite(layer, weight)
         checkpoint.save(len(batches), adapter, originals, method, rows, finished=True, info=finish_info)
 
-    post_cases = _evaluate(adapter, requests, progress, "post-edit evaluation")
+    post_cases = _evaluate(dataset, adapter, requests, progress, "post-edit evaluation")
     results.write_jsonl(run_dir, results.CASES, [{**post, **{f"pre_{k}": v for k, v in pre.items() if k != "case_id"}} for pre, post in zip(pre_cases, post_cases)])
+    final_row = points.record(adapter, len(batches), post_cases=post_cases)
     summary = build_summary(pre_cases, post_cases, rows, cov_seconds, finish_info)
+    summary.update(points.general_summary(final_row))
+    summary.update(notes)
     summary["stats_counts"] = stats.summary()
     summary.update(model=cfg.model.name, method=cfg.method.name, strategy=cfg.strategy.name, dataset=cfg.dataset.name, num_edits=len(requests), batch_size=cfg.batch_size, written_layers=written)
     results.write_json(run_dir, results.SUMMARY, summary)
-    if cfg.eval_every:
-        eval_rows.append({"batches": len(batches), "edits": len(requests), **summarise(post_cases)})
-        results.write_jsonl(run_dir, results.EVALS, eval_rows)
     return summary
 
 
-def _evaluate(adapter, requests, progress, label) -> list[dict]:
+def _evaluate(dataset, adapter, requests, progress, label) -> list[dict]:
     with progress.track(label, 1) as update:
-        return evaluate_counterfact(adapter, requests, progress=update)
+        return dataset.evaluate(adapter, requests, progress=update)
 
 
 def _final_weights(adapter, method, originals) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
@@ -211,11 +224,12 @@ def build_summary(pre_cases, post_cases, rows, cov_seconds, finish_info) -> dict
     """Top-level numbers: post and pre rates, target_logprob_gain and write_error."""
     post = summarise(post_cases)
     pre = summarise(pre_cases, prefix="pre_")
-    gain = [p["rewrite_logprob_new"] - q["rewrite_logprob_new"] for p, q in zip(post_cases, pre_cases)]
+    gain = [p["rewrite_logprob_new"] - q["rewrite_logprob_new"] for p, q in zip(post_cases, pre_cases) if "rewrite_logprob_new" in p]
     edit_secs = sorted(r["edit_seconds"] for r in rows)
     summary = {k: post[k] for k in post if not k.startswith("rewrite_")}
     summary.update({k: pre[k] for k in pre if not k.startswith("pre_rewrite_")})
-    summary["target_logprob_gain"] = sum(gain) / len(gain)
+    if gain:
+        summary["target_logprob_gain"] = sum(gain) / len(gain)
     summary["write_error"] = sum(r["write_error"] for r in rows) / len(rows)
     summary["target_gain"] = sum(r["target_gain"] for r in rows) / len(rows)
     summary["edit_gain"] = sum(r["edit_gain"] for r in rows) / len(rows)

@@ -72,13 +72,3 @@ def evaluate_counterfact(
         case["rewrite_logprob_true"] = grouped[(i, "efficacy", "true")][0].logprob
         cases.append(case)
     return cases
-
-
-def summarise(cases: Sequence[dict], prefix: str = "") -> dict[str, float]:
-    """Means over cases (NaNs, e.g. a case without paraphrases, are skipped)."""
-    out: dict[str, float] = {}
-    keys = [k for k in cases[0] if k != "case_id"] if cases else []
-    for key in keys:
-        vals = [c[key] for c in cases if not (isinstance(c[key], float) and math.isnan(c[key]))]
-        out[prefix + key] = sum(vals) / len(vals) if vals else float("nan")
-    return out

@@ -28,12 +28,12 @@ def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-METHODS = ("memit", "alphaedit", "pmet", "rect", "prune")
+METHODS = ("memit", "memit_seq", "alphaedit", "pmet", "rect", "prune")
 
 
 @pytest.fixture(scope="session")
 def sweep_runs(tmp_path_factory):
-    """One -m sweep over every method x strategy on tiny-gpt2 (40 edits, batches of 10)."""
+    """One -m sweep over the methods x strategies on tiny-gpt2 (40 edits, batches of 10)."""
     root = tmp_path_factory.mktemp("sweep")
     sweep = root / "sweep"
     proc = run_blue(
@@ -47,14 +47,14 @@ def sweep_runs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def edit_runs(tmp_path_factory, sweep_runs):
-    """The four acceptance runs of issue 2: {(model, strategy): run_dir}; tiny-gpt2's come from the sweep."""
+    """The four acceptance runs of issue 2 (MEMIT_seq, as then): {(model, strategy): run_dir}; tiny-gpt2's come from the sweep."""
     root = tmp_path_factory.mktemp("edit-runs")
-    runs = {("tiny-gpt2", s): sweep_runs[("memit", s)] for s in ("spread", "blue")}
+    runs = {("tiny-gpt2", s): sweep_runs[("memit_seq", s)] for s in ("spread", "blue")}
     for model in ("tiny-llama",):
         for strategy in ("spread", "blue"):
             run_dir = root / f"{model}-{strategy}"
             proc = run_blue(
-                ["edit", f"model={model}", f"strategy={strategy}", "num_edits=40", "batch_size=10", f"hydra.run.dir={run_dir}"],
+                ["edit", f"model={model}", "method=memit_seq", f"strategy={strategy}", "num_edits=40", "batch_size=10", f"hydra.run.dir={run_dir}"],
                 cwd=root,
             )
             assert proc.returncode == 0, proc.stderr[-3000:]

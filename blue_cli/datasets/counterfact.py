@@ -1,0 +1,79 @@
+"""CounterFact: probability rates, and generations scored for fluency and consistency."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from blue_cli.config import DatasetConfig
+from blue_cli.data.counterfact import CANONICAL_URL, load_counterfact
+from blue_cli.datasets.base import EditDataset
+from blue_cli.evaluation.consistency import Unavailable, consistency_score, load_consistency_resources
+from blue_cli.evaluation.counterfact import evaluate_counterfact
+from blue_cli.evaluation.fluency import fluency
+from blue_cli.evaluation.generation import generate
+from blue_cli.registry import register_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CounterfactConfig(DatasetConfig):
+    """``snippets_path``/``idf_path``/``vocab_path``: ROME's consistency files; unset means
+    the cache, downloaded there when missing and ``consistency_download`` is on."""
+
+    name: str = "counterfact"
+    url: str = CANONICAL_URL
+    snippets_path: Optional[str] = None
+    idf_path: Optional[str] = None
+    vocab_path: Optional[str] = None
+    consistency_download: bool = True
+
+
+@register_dataset("counterfact", config=CounterfactConfig)
+class CounterFact(EditDataset):
+    """Efficacy, generalization and specificity from teacher-forced NLLs (the reference's
+    mcf metrics); with ``eval.generation``, per case the fluency (weighted bi/tri-gram
+    entropy) and consistency (TF-IDF cosine with Wikipedia snippets) of top-k
+    generations on the record's generation prompts."""
+
+    def __init__(self, cfg, eval_cfg, seed=0):
+        super().__init__(cfg, eval_cfg, seed)
+        self.resources = None
+
+    def read(self, limit):
+        return load_counterfact(self.cfg.path, offset=self.cfg.offset, limit=limit, url=self.cfg.url)
+
+    def prepare(self):
+        if not self.eval_cfg.generation:
+            return {}
+        self.resources = load_consistency_resources(
+            self.cfg.snippets_path, self.cfg.idf_path, self.cfg.vocab_path, download=self.cfg.consistency_download
+        )
+        if isinstance(self.resources, Unavailable):
+            log.warning("consistency %s", self.resources)
+            return {"consistency_unavailable": self.resources.reason}
+        return {}
+
+    def evaluate(self, adapter, requests, progress=None):
+        cases = evaluate_counterfact(adapter, requests, progress=progress)
+        if self.eval_cfg.generation:
+            self._add_generation_metrics(adapter, requests, cases)
+        return cases
+
+    def _add_generation_metrics(self, adapter, requests, cases) -> None:
+        """Generations for every n-th case, all prompts batched together, one seed."""
+        ev = self.eval_cfg
+        chosen = [i for i in range(len(requests)) if i % ev.generation_every_n_cases == 0 and requests[i].generation_prompts]
+        prompts = [p for i in chosen for p in requests[i].generation_prompts]
+        texts = generate(adapter, prompts, max_length=ev.generation_length, top_k=ev.generation_top_k, seed=self.seed)
+        start = 0
+        for i in chosen:
+            n = len(requests[i].generation_prompts)
+            own = texts[start : start + n]
+            start += n
+            cases[i]["fluency"] = fluency(own)
+            if self.resources is not None and not isinstance(self.resources, Unavailable):
+                req = requests[i]
+                cases[i]["consistency"] = consistency_score(own, req.relation_id, req.target_new_id, self.resources)

@@ -1,0 +1,30 @@
+"""zsRE (MEND eval split): token accuracy of the new answer, its paraphrase, and NQ neighbours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from blue_cli.config import DatasetConfig
+from blue_cli.data.zsre import CANONICAL_URL, load_zsre
+from blue_cli.datasets.base import EditDataset
+from blue_cli.evaluation.zsre import evaluate_zsre
+from blue_cli.registry import register_dataset
+
+
+@dataclass
+class ZsreConfig(DatasetConfig):
+    name: str = "zsre"
+    url: str = CANONICAL_URL
+
+
+@register_dataset("zsre", config=ZsreConfig)
+class Zsre(EditDataset):
+    """Rates are the reference's: efficacy = rewrite-question token accuracy, generalization =
+    paraphrase, specificity = the NQ question's gold-answer accuracy (not agreement with
+    the pre-edit model)."""
+
+    def read(self, limit):
+        return load_zsre(self.cfg.path, offset=self.cfg.offset, limit=limit, url=self.cfg.url)
+
+    def evaluate(self, adapter, requests, progress=None):
+        return evaluate_zsre(adapter, requests, progress=progress)

@@ -1,0 +1,83 @@
+"""Evaluation points during sequential editing: curves over the number of edits.
+
+Every ``eval_every`` batches the records edited so far are evaluated (and the first
+batch's records on their own, to show forgetting); every ``eval.general_every``
+batches, and before the first and after the last, the general-capability tasks.
+Each point is one row of ``evals.jsonl``: ``batches``, ``edits``, the rates,
+``first_batch.<rate>``, ``fluency`` where generated, ``general.<task>.<metric>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from blue_cli.data.records import EditRequest
+from blue_cli.evaluation.general import evaluate_general, load_task
+from blue_cli.evaluation.summary import summarise
+from blue_cli.reporting import results
+
+GENERAL_METRICS = ("f1", "mcc", "accuracy")
+
+
+def check_general_tasks(eval_cfg) -> None:
+    """Unknown task names or unreadable task files fail before the run starts."""
+    for task in eval_cfg.general:
+        load_task(task, eval_cfg.general_path)
+
+
+class EvaluationPoints:
+    """Decides when to evaluate during the batch loop and appends the rows to evals.jsonl."""
+
+    def __init__(self, cfg, dataset, batches: Sequence[Sequence[EditRequest]], run_dir: Path, progress):
+        self.every = cfg.eval_every
+        self.eval_cfg = cfg.eval
+        self.dataset = dataset
+        self.batches = batches
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.rows = results.read_jsonl(self.run_dir / results.EVALS)
+
+    def reset(self) -> None:
+        """A fresh run: forget the rows of an earlier run in this folder."""
+        self.rows = []
+
+    def _general_due(self, done: int) -> bool:
+        every = self.eval_cfg.general_every
+        last = len(self.batches)
+        return bool(self.eval_cfg.general) and (done in (0, last) or (every is not None and done % every == 0))
+
+    def due(self, done: int) -> bool:
+        """Whether batch count ``done`` (not the last) is an evaluation point."""
+        return bool(self.every and done % self.every == 0) or self._general_due(done)
+
+    def record(self, adapter, done: int, post_cases: list[dict] | None = None) -> dict:
+        """Evaluate at ``done`` finished batches (``post_cases``: the post-edit evaluation,
+        already made, at the last point) and append the row; returns it."""
+        row: dict = {"batches": done, "edits": sum(len(b) for b in self.batches[:done])}
+        is_last = done == len(self.batches)
+        if done and (is_last and self.every or (self.every and done % self.every == 0)):
+            edited = [r for batch in self.batches[:done] for r in batch]
+            if post_cases is None:
+                with self.progress.track("evaluation", 1) as update:
+                    post_cases = self.dataset.evaluate(adapter, edited, progress=update)
+            cases = post_cases[: len(edited)]
+            row.update(summarise(cases))
+            row.update(summarise(cases[: len(self.batches[0])], prefix="first_batch."))
+        if self._general_due(done):
+            ev = self.eval_cfg
+            with self.progress.track("general capability", 1):
+                scores = evaluate_general(adapter, ev.general, n_items=ev.general_items, n_shots=ev.general_shots, path=ev.general_path)
+            for task, values in scores.items():
+                row.update({f"general.{task}.{k}": values[k] for k in GENERAL_METRICS if k in values})
+        if len(row) > 2:
+            self.rows = [r for r in self.rows if r["batches"] != done] + [row]
+            results.write_jsonl(self.run_dir, results.EVALS, self.rows)
+        return row
+
+    def general_summary(self, final_row: dict) -> dict:
+        """``general.<task>.<metric>`` after the last batch and ``pre_general...`` before the first."""
+        out = {k: v for k, v in final_row.items() if k.startswith("general.")}
+        first = next((r for r in self.rows if r["batches"] == 0), {})
+        out.update({f"pre_{k}": v for k, v in first.items() if k.startswith("general.")})
+        return out

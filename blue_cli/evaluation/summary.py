@@ -1,0 +1,20 @@
+"""Per-case metric dicts -> run-level means."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def summarise(cases: Sequence[dict], prefix: str = "") -> dict[str, float]:
+    """Means over cases of every numeric key; NaN and missing values (a case without
+    paraphrases, or one whose generations were not sampled) are skipped."""
+    keys: list[str] = []
+    for case in cases:
+        keys += [k for k in case if k != "case_id" and k not in keys]
+    out: dict[str, float] = {}
+    for key in keys:
+        vals = [c.get(key) for c in cases]
+        vals = [v for v in vals if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))]
+        out[prefix + key] = sum(vals) / len(vals) if vals else float("nan")
+    return out

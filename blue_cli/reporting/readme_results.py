@@ -1,0 +1,63 @@
+"""The README's measured tables, rendered from run summaries, never typed by hand.
+
+``make readme-results`` runs the tiny-model sweeps, stores the summaries it needs in
+``benchmarks/results/readme-runs.json`` and rewrites the block between the markers
+below; a test checks that the README's block is the rendering of that file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+BEGIN = "<!-- results:begin (make readme-results writes this block) -->"
+END = "<!-- results:end -->"
+KEPT = (
+    "model", "method", "strategy", "dataset", "num_edits", "batch_size",
+    "efficacy", "generalization", "specificity", "pre_efficacy", "pre_generalization", "pre_specificity",
+    "target_logprob_gain", "write_error", "seconds_per_batch",
+)
+
+
+def collect(run_dirs: Iterable[Path]) -> list[dict]:
+    """The kept keys of every run folder's summary.json, sorted by model, method, strategy."""
+    rows = []
+    for run_dir in run_dirs:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+        rows.append({k: summary.get(k) for k in KEPT})
+    return sorted(rows, key=lambda r: (r["model"], r["method"], r["strategy"]))
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    return " / ".join(f"{row[k]:.3f}" for k in ("efficacy", "generalization", "specificity")) + f" / {row['target_logprob_gain']:.2f}"
+
+
+def render(rows: Sequence[dict]) -> str:
+    """One markdown line per (model, method): spread and blue side by side, plus pre-edit rates."""
+    lines = [
+        "| model | method | spread: eff / gen / spe / gain | blue: eff / gen / spe / gain | pre-edit eff / gen / spe |",
+        "|---|---|---|---|---|",
+    ]
+    pairs: dict[tuple[str, str], dict[str, dict]] = {}
+    for row in rows:
+        pairs.setdefault((row["model"], row["method"]), {})[row["strategy"]] = row
+    for (model, method), by_strategy in pairs.items():
+        any_row = next(iter(by_strategy.values()))
+        pre = " / ".join(f"{any_row[f'pre_{k}']:.3f}" for k in ("efficacy", "generalization", "specificity"))
+        lines.append(f"| {model} | {method} | {_cell(by_strategy.get('spread'))} | {_cell(by_strategy.get('blue'))} | {pre} |")
+    edits = {(r["num_edits"], r["batch_size"]) for r in rows}
+    note = ", ".join(f"{n} edits in batches of {b}" for n, b in sorted(edits))
+    return "\n".join([f"_{note}; rendered from `benchmarks/results/readme-runs.json`._", "", *lines])
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the marked block replaced; a README without the markers is an error."""
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    return text[:start] + "\n" + block + "\n" + text[end:]
+
+
+def current_block(text: str) -> str:
+    return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip("\n")

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Rewrite the README's measured tables from run folders (``make readme-results``).
+
+    python scripts/readme_results.py RUN_OR_SWEEP_DIR... [--store benchmarks/results/readme-runs.json]
+
+Every folder given (or found one level below a sweep folder) that holds a
+summary.json is one row; the rows are stored as JSON and rendered into README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from blue_cli.reporting.readme_results import collect, render, replace_block
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_folders(paths: list[Path]) -> list[Path]:
+    found = []
+    for path in paths:
+        if (path / "summary.json").is_file():
+            found.append(path)
+        else:
+            found += sorted(p for p in path.iterdir() if (p / "summary.json").is_file())
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path)
+    parser.add_argument("--store", type=Path, default=ROOT / "benchmarks" / "results" / "readme-runs.json")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args()
+    rows = collect(run_folders(args.paths))
+    if not rows:
+        raise SystemExit(f"no run folders with a summary.json under {', '.join(map(str, args.paths))}")
+    for target, text in ((args.store, json.dumps(rows, indent=1) + "\n"),
+                         (args.readme, replace_block(args.readme.read_text(encoding="utf-8"), render(rows)))):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    print(f"{len(rows)} runs -> {args.store} and {args.readme}")
+
+
+if __name__ == "__main__":
+    main()

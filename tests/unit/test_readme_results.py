@@ -1,0 +1,42 @@
+"""The README's measured table is the rendering of stored run summaries, not typed numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from blue_cli.reporting.readme_results import BEGIN, END, collect, current_block, render, replace_block
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _summary(tmp_path, name, **values):
+    run = tmp_path / name
+    run.mkdir()
+    base = {"model": "m", "method": "memit", "strategy": "blue", "dataset": "counterfact", "num_edits": 4, "batch_size": 2,
+            "efficacy": 0.5, "generalization": 0.25, "specificity": 0.75, "pre_efficacy": 0.0, "pre_generalization": 0.125,
+            "pre_specificity": 0.875, "target_logprob_gain": 1.234, "write_error": 0.4, "seconds_per_batch": 1.0}
+    base.update(values)
+    (run / "summary.json").write_text(json.dumps(base))
+    return run
+
+
+def test_render_puts_spread_and_blue_of_one_method_on_one_line(tmp_path):
+    rows = collect([_summary(tmp_path, "a", strategy="spread", efficacy=0.125), _summary(tmp_path, "b")])
+    lines = render(rows).splitlines()
+    assert lines[-1] == "| m | memit | 0.125 / 0.250 / 0.750 / 1.23 | 0.500 / 0.250 / 0.750 / 1.23 | 0.000 / 0.125 / 0.875 |"
+    assert "4 edits in batches of 2" in lines[0]
+
+
+def test_replace_block_keeps_the_rest_of_the_text():
+    text = f"intro\n{BEGIN}\nold\n{END}\noutro\n"
+    assert replace_block(text, "new") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"
+    with pytest.raises(ValueError):
+        replace_block("no markers", "x")
+
+
+def test_readme_block_is_the_rendering_of_the_stored_runs():
+    rows = json.loads((REPO / "benchmarks" / "results" / "readme-runs.json").read_text())
+    assert current_block((REPO / "README.md").read_text(encoding="utf-8")) == render(rows)
