@@ -1,4 +1,4 @@
-"""Seeded, batched top-k sampling: the texts that fluency and consistency score.
+"""Seeded, batched top-k sampling, and the per-case fluency/consistency of the texts.
 
 Matches the reference's ``generate_fast`` (ROME/MEMIT ``util/generate.py``): each step
 samples from the softmax restricted to the ``top_k`` most likely tokens, renormalised;
@@ -21,12 +21,19 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from blue_cli.data.records import EditRequest
+from blue_cli.evaluation.consistency import (
+    ConsistencyResources,
+    Unavailable,
+    consistency_score,
+)
+from blue_cli.evaluation.fluency import fluency
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import pad_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["clean_text", "generate", "left_pad", "sample_ids"]
+__all__ = ["clean_text", "evaluate_generation", "generate", "left_pad", "sample_ids"]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -164,3 +171,51 @@ def generate(
         progress=progress,
     )
     return [clean_text(adapter.tok.decode(row, skip_special_tokens=True)) for row in ids]
+
+
+def evaluate_generation(
+    adapter: ModelAdapter,
+    requests: Sequence[EditRequest],
+    *,
+    resources: ConsistencyResources | Unavailable | None = None,
+    every_n_cases: int = 1,
+    max_length: int = 100,
+    max_new_tokens: int | None = None,
+    top_k: int = 5,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
+    """Per case: ``fluency`` of its generations, and ``consistency`` when resources are loaded.
+
+    Every ``every_n_cases``-th request (0, n, 2n, ...) is evaluated; the generation
+    prompts of all of them are sampled together in batches of ``batch_size`` (so the
+    texts depend on the seed and on which cases are selected). As the reference, a
+    case's fluency is the mean entropy of its own texts and consistency compares its
+    joined texts with the snippets of (relation_id, target_new_id). When ``resources``
+    is :class:`Unavailable` or None the ``consistency`` key is left out: report
+    ``str(resources)`` instead of a number.
+    """
+    if every_n_cases < 1:
+        raise ValueError(f"every_n_cases must be >= 1, got {every_n_cases}")
+    chosen = list(requests)[::every_n_cases]
+    prompts = [p for req in chosen for p in req.generation_prompts]
+    texts = generate(
+        adapter,
+        prompts,
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
+        top_k=top_k,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    cases, at = [], 0
+    for req in chosen:
+        own = texts[at : at + len(req.generation_prompts)]
+        at += len(req.generation_prompts)
+        case: dict = {"case_id": req.case_id, "fluency": fluency(own)}
+        if isinstance(resources, ConsistencyResources):
+            case["consistency"] = consistency_score(own, req.relation_id, req.target_new_id, resources)
+        cases.append(case)
+    return cases

@@ -1,11 +1,27 @@
-"""Batched top-k sampling on tiny models: padding, top-k, budgets and seeding."""
+"""Batched top-k sampling on tiny models: padding, top-k, budgets, seeding, per-case metrics."""
 
 from __future__ import annotations
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from blue_cli.evaluation.generation import clean_text, generate, left_pad, sample_ids
+from blue_cli.evaluation.consistency import (
+    Unavailable,
+    load_consistency_resources,
+    tfidf_cosine,
+)
+from blue_cli.evaluation.fluency import fluency
+from blue_cli.evaluation.generation import (
+    clean_text,
+    evaluate_generation,
+    generate,
+    left_pad,
+    sample_ids,
+)
 
 PROMPTS = ["The trademark of LinkedIn is owned by", "Paris is", "The native language of Jean Rostand is"]
 
@@ -80,3 +96,32 @@ def test_length_budget_counts_the_prompt_as_the_reference(load_tiny) -> None:
 
 def test_clean_text_as_the_reference() -> None:
     assert clean_text("a\n\nb<|endoftext|>c\u00e9") == "a bc" + "e\u0301"
+
+
+def test_evaluate_generation_groups_texts_per_case(load_tiny, requests10, tmp_path) -> None:
+    adapter = load_tiny("tiny-gpt2")
+    reqs = requests10[:4]
+    chosen = reqs[::2]
+    # Hand-made resources: snippets only for the first chosen case's (relation, target).
+    vocab = {w: i for i, w in enumerate(["the", "is", "of", "in", "microsoft", "paris", "language"])}
+    idf = np.linspace(1.0, 2.0, len(vocab))
+    snippet = "the language of paris is the language in microsoft"
+    key = {"relation_id": chosen[0].relation_id, "target_id": chosen[0].target_new_id}
+    groups = [{**key, "samples": [{"text": snippet}]}]
+    (tmp_path / "s.json").write_text(json.dumps(groups))
+    (tmp_path / "v.json").write_text(json.dumps(vocab))
+    np.save(tmp_path / "i.npy", idf)
+    res = load_consistency_resources(tmp_path / "s.json", tmp_path / "i.npy", tmp_path / "v.json")
+
+    kw = {"max_new_tokens": 6, "seed": 2, "batch_size": 8}
+    cases = evaluate_generation(adapter, reqs, resources=res, every_n_cases=2, **kw)
+    texts = generate(adapter, [p for r in chosen for p in r.generation_prompts], **kw)
+    assert [c["case_id"] for c in cases] == [r.case_id for r in chosen]
+    first = texts[: len(chosen[0].generation_prompts)]
+    assert cases[0]["fluency"] == pytest.approx(fluency(first))
+    assert cases[1]["fluency"] == pytest.approx(fluency(texts[len(first) :]))
+    assert cases[0]["consistency"] == pytest.approx(tfidf_cosine(" ".join(first), snippet, idf, vocab))
+    assert 0 < cases[0]["consistency"] <= 1
+    assert math.isnan(cases[1]["consistency"])  # no snippets for that (relation, target)
+    unavailable = evaluate_generation(adapter, reqs[:1], resources=Unavailable("offline"), **kw)
+    assert set(unavailable[0]) == {"case_id", "fluency"}
