@@ -1,4 +1,4 @@
-"""Data loading: CounterFact edit requests, downloads and text corpora for covariance statistics."""
+"""Data loading: CounterFact and zsRE edit requests, downloads and text corpora for covariance statistics."""
 
 from blue_cli.data.corpus import CORPUS_CHOICES, load_corpus
 from blue_cli.data.counterfact import (
@@ -10,6 +10,7 @@ from blue_cli.data.counterfact import (
 )
 from blue_cli.data.download import download_file
 from blue_cli.data.records import EditRequest
+from blue_cli.data.zsre import load_zsre, validate_zsre_file
 
 __all__ = [
     "BUNDLED",
@@ -20,5 +21,7 @@ __all__ = [
     "download_file",
     "load_corpus",
     "load_counterfact",
+    "load_zsre",
     "validate_counterfact_file",
+    "validate_zsre_file",
 ]

@@ -11,6 +11,11 @@ class EditRequest:
 
     ``prompt`` holds ``{}`` where the subject goes. Targets carry no leading space
     (as in CounterFact); code that tokenizes a completion adds the ``" "`` itself.
+
+    ``neighborhood_answers`` (zsRE) gives the gold answer of each neighbourhood prompt,
+    in order; CounterFact leaves it empty because its neighbours are scored against
+    the two targets. ``relation_id`` and ``target_new_id`` (CounterFact's Wikidata ids,
+    e.g. "P101", "Q30") key the Wikipedia snippets that consistency compares with.
     """
 
     case_id: int
@@ -21,6 +26,9 @@ class EditRequest:
     paraphrase_prompts: tuple[str, ...] = ()
     neighborhood_prompts: tuple[str, ...] = ()
     generation_prompts: tuple[str, ...] = ()
+    neighborhood_answers: tuple[str, ...] = ()
+    relation_id: str = ""
+    target_new_id: str = ""
 
     @property
     def rewrite_prompt(self) -> str:

@@ -9,10 +9,9 @@ from typing import Optional
 from blue_cli.config import DatasetConfig
 from blue_cli.data.counterfact import CANONICAL_URL, load_counterfact
 from blue_cli.datasets.base import EditDataset
-from blue_cli.evaluation.consistency import Unavailable, consistency_score, load_consistency_resources
+from blue_cli.evaluation.consistency import Unavailable, load_consistency_resources
 from blue_cli.evaluation.counterfact import evaluate_counterfact
-from blue_cli.evaluation.fluency import fluency
-from blue_cli.evaluation.generation import generate
+from blue_cli.evaluation.generation import evaluate_generation
 from blue_cli.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -59,21 +58,12 @@ class CounterFact(EditDataset):
     def evaluate(self, adapter, requests, progress=None):
         cases = evaluate_counterfact(adapter, requests, progress=progress)
         if self.eval_cfg.generation:
-            self._add_generation_metrics(adapter, requests, cases)
+            ev = self.eval_cfg
+            generated = evaluate_generation(
+                adapter, requests, resources=self.resources, every_n_cases=ev.generation_every_n_cases,
+                max_length=ev.generation_length, top_k=ev.generation_top_k, seed=self.seed,
+            )
+            by_id = {c["case_id"]: c for c in cases}
+            for row in generated:
+                by_id[row["case_id"]].update({k: v for k, v in row.items() if k != "case_id"})
         return cases
-
-    def _add_generation_metrics(self, adapter, requests, cases) -> None:
-        """Generations for every n-th case, all prompts batched together, one seed."""
-        ev = self.eval_cfg
-        chosen = [i for i in range(len(requests)) if i % ev.generation_every_n_cases == 0 and requests[i].generation_prompts]
-        prompts = [p for i in chosen for p in requests[i].generation_prompts]
-        texts = generate(adapter, prompts, max_length=ev.generation_length, top_k=ev.generation_top_k, seed=self.seed)
-        start = 0
-        for i in chosen:
-            n = len(requests[i].generation_prompts)
-            own = texts[start : start + n]
-            start += n
-            cases[i]["fluency"] = fluency(own)
-            if self.resources is not None and not isinstance(self.resources, Unavailable):
-                req = requests[i]
-                cases[i]["consistency"] = consistency_score(own, req.relation_id, req.target_new_id, self.resources)

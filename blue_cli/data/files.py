@@ -1,0 +1,111 @@
+"""Finding and reading record files: shared by every dataset loader (CounterFact, zsRE).
+
+One place decides what a ``path`` argument means (bundled sample, file, folder of
+``*.json``, or ``None`` = download into the cache), how a JSON list is read, and how
+``offset``/``limit`` select records, so all datasets behave the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from blue_cli.cache import cache_root
+from blue_cli.data.download import download_file
+from blue_cli.errors import DataError
+
+BUNDLED = "bundled"
+T = TypeVar("T")
+
+
+def check_range(offset: int, limit: int | None) -> None:
+    """Reject a negative offset or a limit below 1 before any file is read."""
+    if offset < 0:
+        raise DataError(f"offset must be >= 0, got {offset}")
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be >= 1 or unset, got {limit}")
+
+
+def select_range(records: Sequence[T], offset: int, limit: int | None, where: str) -> list[T]:
+    """``records[offset:offset + limit]``, or a DataError when there is nothing to select."""
+    if not records:
+        raise DataError(f"{where} holds no records")
+    if offset >= len(records):
+        raise DataError(
+            f"offset {offset} is past the end: {where} holds {len(records)} records "
+            f"(valid offsets 0..{len(records) - 1})"
+        )
+    stop = None if limit is None else offset + limit
+    return list(records[offset:stop])
+
+
+def describe_files(files: Sequence[Path]) -> str:
+    """How messages name the input: the file, or "N files in <folder>"."""
+    return str(files[0]) if len(files) == 1 else f"{len(files)} files in {files[0].parent}"
+
+
+def resolve_files(
+    path: str | Path | None,
+    *,
+    url: str,
+    cache_dir: Path | None,
+    bundled_path: Path,
+    default_name: str,
+    label: str,
+    validate: Callable[[Path, str], None],
+) -> list[Path]:
+    """Map a loader's ``path`` argument to the JSON files to read, downloading if needed.
+
+    ``None`` means the file named by ``url``'s last path part (else ``default_name``)
+    in ``cache_dir`` (default ``cache_root()/"data"``), fetched and checked with ``validate(tmp, url)``
+    on first use; ``"bundled"`` means ``bundled_path``; a folder means its ``*.json``
+    files sorted by name. ``label`` names the dataset in messages ("CounterFact").
+    """
+    if path is None:
+        folder = Path(cache_dir) if cache_dir is not None else cache_root() / "data"
+        dest = folder / (Path(urlparse(url).path).name or default_name)
+        if not dest.is_file():
+            download_file(url, dest, validate=lambda tmp: validate(tmp, url))
+        return [dest]
+    if str(path) == BUNDLED:
+        path = bundled_path
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.json") if p.is_file())
+        if not files:
+            raise DataError(f"folder {path} contains no *.json files")
+        return files
+    if not path.is_file():
+        raise DataError(f"{label} file not found: {path}")
+    return [path]
+
+
+def read_json_list(path: Path, *, name: str, label: str) -> list:
+    """Parse a JSON file that must hold a list; ``name`` is how messages call it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise DataError(f"{label} file not found: {name}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {name}: {err}") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{name} is not valid JSON: {err}") from err
+    if not isinstance(data, list):
+        raise DataError(f"{name} should hold a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def field(obj: dict, key: str, kind: type, fail: Callable[[str], Exception], prefix: str = "") -> Any:
+    """Fetch ``obj[key]`` and check its type (bool is not accepted as int).
+
+    ``fail(problem)`` builds the error, so the message names the record's file and index.
+    """
+    if key not in obj:
+        raise fail(f"missing key '{prefix}{key}'")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise fail(f"'{prefix}{key}' should be {kind.__name__}, got {type(value).__name__}")
+    return value

@@ -1,0 +1,131 @@
+"""Load zsRE question-answering edits (MEND eval format) into :class:`EditRequest` records.
+
+A MEND record holds ``subject``, ``src`` (the question), ``rephrase`` (a paraphrase),
+``answers`` (gold answers), ``alt`` (MEND's alternative answer), ``loc`` (an unrelated
+Natural Questions prompt, "nq question: ...") and ``loc_ans`` (its gold answer).
+
+Mapping, as the reference (ROME/MEMIT/AlphaEdit/BLUE ``dsets/zsre.py``) builds it:
+
+* ``prompt`` is ``src`` with the subject's first occurrence replaced by ``{}``
+  (filling it gives ``src`` back; the reference replaces every occurrence, which
+  fills to the same text);
+* ``target_new`` is ``answers[0]``: the reference edits the model towards the gold
+  answer, not towards MEND's ``alt`` (EasyEdit uses ``alt``; a few records leave it empty);
+* ``target_true`` is ``alt`` (possibly ""). No zsRE metric and no editing method reads
+  it. Differs from reference: the reference stores the placeholder "<|endoftext|>";
+* ``paraphrase_prompts = (rephrase,)``; ``neighborhood_prompts = (loc + "?",)`` with
+  ``neighborhood_answers = (loc_ans,)``: the reference appends "?" to ``loc`` before
+  the answer tokens;
+* ``case_id`` is the record's position in the whole input (all files in name order),
+  so it is stable whatever ``offset``/``limit`` select.
+
+The bundled sample (:data:`BUNDLED_PATH`) is the first 300 records of
+``random_subset_0.json`` from bhimanbaghel/ResolveUnderOverEdit (repo MIT; a slice of
+MEND's ``zsre_mend_eval.json``; zsRE is Levy et al. 2017, no separate licence seen),
+with that repo's extra ``neighborhood_samples`` key removed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from blue_cli.data.files import (
+    BUNDLED,
+    check_range,
+    describe_files,
+    field,
+    read_json_list,
+    resolve_files,
+    select_range,
+)
+from blue_cli.data.records import EditRequest
+from blue_cli.errors import DataError
+
+CANONICAL_URL = "https://rome.baulab.info/data/dsets/zsre_mend_eval.json"
+"""The file ROME/MEMIT's ``MENDQADataset`` downloads (19,086 records)."""
+BUNDLED_PATH = Path(__file__).resolve().parent.parent / "assets" / "data" / "zsre_sample.json"
+NQ_PREFIX = "nq question: "
+
+_LABEL = "zsRE"
+_TEXT_KEYS = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
+
+__all__ = ["BUNDLED", "BUNDLED_PATH", "CANONICAL_URL", "load_zsre", "parse_zsre_record"]
+
+
+def load_zsre(
+    path: str | Path | None,
+    *,
+    offset: int = 0,
+    limit: int | None = None,
+    url: str = CANONICAL_URL,
+    cache_dir: Path | None = None,
+) -> list[EditRequest]:
+    """Read zsRE edit requests and return ``records[offset:offset + limit]``.
+
+    ``path`` means what it means for :func:`blue_cli.data.counterfact.load_counterfact`:
+    a JSON file, a folder of ``*.json`` (sorted by name, concatenated), ``"bundled"``,
+    or ``None`` to download ``url`` into ``cache_dir`` (default ``cache_root()/"data"``).
+    Every record is validated before any is returned; extra keys are ignored.
+    """
+    check_range(offset, limit)
+    files = resolve_files(
+        path,
+        url=url,
+        cache_dir=cache_dir,
+        bundled_path=BUNDLED_PATH,
+        default_name="zsre_mend_eval.json",
+        label=_LABEL,
+        validate=lambda tmp, name: validate_zsre_file(tmp, name=name),
+    )
+    records: list[EditRequest] = []
+    for file in files:
+        for index, raw in enumerate(read_json_list(file, name=str(file), label=_LABEL)):
+            records.append(
+                parse_zsre_record(raw, source=str(file), index=index, case_id=len(records))
+            )
+    return select_range(records, offset, limit, describe_files(files))
+
+
+def validate_zsre_file(path: Path, *, name: str | None = None) -> None:
+    """Raise DataError unless ``path`` is a non-empty JSON list of valid zsRE records."""
+    label = name or str(path)
+    records = read_json_list(Path(path), name=label, label=_LABEL)
+    if not records:
+        raise DataError(f"{label}: holds no records")
+    for index, raw in enumerate(records):
+        parse_zsre_record(raw, source=label, index=index, case_id=index)
+
+
+def parse_zsre_record(raw: Any, *, source: str, index: int, case_id: int) -> EditRequest:
+    """Convert one MEND-format dict, or raise a one-line DataError naming file and index."""
+
+    def fail(problem: str) -> DataError:
+        return DataError(f"{source}: record {index}: {problem}")
+
+    if not isinstance(raw, dict):
+        raise fail(f"expected an object, got {type(raw).__name__}")
+    text = {key: field(raw, key, str, fail) for key in _TEXT_KEYS}
+    answers = field(raw, "answers", list, fail)
+    if not all(isinstance(a, str) for a in answers):
+        raise fail("'answers' must be a list of strings")
+    for key in ("subject", "src", "rephrase", "loc_ans"):
+        if not text[key].strip():
+            raise fail(f"'{key}' is empty")
+    if not answers or not answers[0].strip():
+        raise fail("'answers' is empty: its first entry is the gold answer")
+    subject, src = text["subject"], text["src"]
+    if subject not in src:
+        raise fail(f"subject {subject!r} does not occur in src {src!r}")
+    if not text["loc"].startswith(NQ_PREFIX):
+        raise fail(f"loc {text['loc']!r} does not start with {NQ_PREFIX!r}")
+    return EditRequest(
+        case_id=case_id,
+        subject=subject,
+        prompt=src.replace(subject, "{}", 1),
+        target_new=answers[0],
+        target_true=text["alt"],
+        paraphrase_prompts=(text["rephrase"],),
+        neighborhood_prompts=(text["loc"] + "?",),
+        neighborhood_answers=(text["loc_ans"],),
+    )
