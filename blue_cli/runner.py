@@ -156,9 +156,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     batches = batches_of(requests, cfg.batch_size)
     done, rows, finished = checkpoint.load(adapter, originals, method) if cfg.resume else (0, [], False)
     pre_cases = results.read_jsonl(run_dir / results.PRE_CASES) if done else []
+    t_eval = time.perf_counter()
     if len(pre_cases) != len(requests):
         pre_cases = _evaluate(dataset, adapter, requests, progress, "pre-edit evaluation")
         results.write_jsonl(run_dir, results.PRE_CASES, pre_cases)
+    eval_seconds = time.perf_counter() - t_eval
     points = EvaluationPoints(cfg, dataset, batches, run_dir, progress)
     if done == 0:
         points.reset()
@@ -180,12 +182,18 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
             adapter.set_rewrite(layer, weight)
         checkpoint.save(len(batches), adapter, originals, method, rows, finished=True, info=finish_info)
 
+    t_eval = time.perf_counter()
     post_cases = _evaluate(dataset, adapter, requests, progress, "post-edit evaluation")
+    eval_seconds += time.perf_counter() - t_eval
     results.write_jsonl(run_dir, results.CASES, [{**post, **{f"pre_{k}": v for k, v in pre.items() if k != "case_id"}} for pre, post in zip(pre_cases, post_cases)])
     final_row = points.record(adapter, len(batches), post_cases=post_cases)
     summary = build_summary(pre_cases, post_cases, rows, cov_seconds, finish_info)
     summary.update(points.general_summary(final_row))
     summary.update(notes)
+    summary["evaluation_seconds"] = eval_seconds  # pre- and post-edit dataset evaluation
+    summary["edit_seconds"] = sum(r["edit_seconds"] for r in rows)
+    if "consistency_unavailable" in notes:
+        summary["consistency"] = None  # unavailable, never 0
     summary["stats_counts"] = stats.summary()
     summary.update(model=cfg.model.name, method=cfg.method.name, strategy=cfg.strategy.name, dataset=cfg.dataset.name, num_edits=len(requests), batch_size=cfg.batch_size, written_layers=written)
     results.write_json(run_dir, results.SUMMARY, summary)

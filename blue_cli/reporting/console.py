@@ -49,6 +49,14 @@ def summary_table(summary: dict, title: str = "summary") -> Table:
     for key in HEADLINE:
         table.add_row(key, _fmt(summary.get(f"pre_{key}")), _fmt(summary.get(key)))
         table.add_row(f"  {key}_gap", _fmt(summary.get(f"pre_{key}_gap")), _fmt(summary.get(f"{key}_gap")))
+    if "fluency" in summary:
+        table.add_row("fluency", _fmt(summary.get("pre_fluency")), _fmt(summary.get("fluency")))
+    if "consistency_unavailable" in summary:
+        table.add_row("consistency", "", f"unavailable: {summary['consistency_unavailable']}")
+    elif "consistency" in summary:
+        table.add_row("consistency", _fmt(summary.get("pre_consistency")), _fmt(summary.get("consistency")))
+    for key in sorted(k for k in summary if k.startswith("general.")):
+        table.add_row(key, _fmt(summary.get(f"pre_{key}")), _fmt(summary[key]))
     for key in ("target_logprob_gain", "write_error", "target_gain", "edit_gain", "seconds_per_batch"):
         if key in summary:
             table.add_row(key, "", _fmt(summary.get(key)))
