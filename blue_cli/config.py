@@ -63,7 +63,8 @@ class EvalConfig:
 
     ``generation``: generate on CounterFact's generation prompts (fluency, consistency),
     for every ``generation_every_n_cases``-th case, ``generation_length`` tokens in all
-    (prompt included, as the reference's max_out_len), top-k ``generation_top_k``.
+    (prompt included, as the reference's max_out_len), top-k ``generation_top_k``,
+    ``generation_batch_size`` prompts per batch (the texts depend on it, as on the seed).
     ``general``: general-capability tasks (sst2, mrpc, cola, rte, mmlu, nli), measured
     before the first batch, every ``general_every`` batches and after the last, on
     ``general_items`` test items each (``general_path``: a folder of full task sets).
@@ -73,6 +74,7 @@ class EvalConfig:
     generation_every_n_cases: int = 1
     generation_length: int = 100
     generation_top_k: int = 5
+    generation_batch_size: int = 64
     general: list[str] = field(default_factory=list)
     general_every: Optional[int] = None
     general_items: int = 100
@@ -188,8 +190,16 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.dataset.offset < 0:
         raise ConfigError(f"dataset.offset must be >= 0, got {cfg.dataset.offset}")
+    t = cfg.method.target
+    if t.steps < 1:
+        raise ConfigError(f"method.target.steps must be >= 1, got {t.steps}")
+    for key in ("lr", "clamp"):
+        if not (0 < t[key] < float("inf")):
+            raise ConfigError(f"method.target.{key} must be positive and finite, got {t[key]}")
+    if "cov_weight" in cfg.method and not (0 < cfg.method.cov_weight < float("inf")):
+        raise ConfigError(f"method.cov_weight must be positive and finite, got {cfg.method.cov_weight}")
     ev = cfg.eval
-    for key in ("generation_every_n_cases", "generation_length", "generation_top_k", "general_items"):
+    for key in ("generation_every_n_cases", "generation_length", "generation_top_k", "generation_batch_size", "general_items"):
         if ev[key] < 1:
             raise ConfigError(f"eval.{key} must be >= 1, got {ev[key]}")
     if ev.general_every is not None and ev.general_every < 1:

@@ -2,8 +2,9 @@
 
 Shapes: K (d_k x n) keys, R (d x n) residuals, C and C_prev (d_k x d_k) second
 moments, Delta (d x d_k) an update to the rewrite matrix W (d x d_k).
-Float64 throughout: the reference implementations solve in float64 and the
-fidelity tests compare against exact algebra.
+Float64 throughout: MEMIT's and PMET's reference solves are float64 (AlphaEdit's
+is float32, which float64 only makes more exact), a d_k x d_k system with lambda
+in the thousands loses digits in float32, and the tests compare against exact algebra.
 """
 
 from __future__ import annotations

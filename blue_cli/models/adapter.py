@@ -19,8 +19,10 @@ from blue_cli.models.hooks import StopForward, add_at_positions, capture, run_un
 class ModelAdapter:
     """A causal LM plus its tokenizer, addressed through canonical points.
 
-    Points: ``block(l)`` (residual stream after block l), ``rewrite(l)`` (the MLP
-    output matrix whose input is the key), ``attn_out(l)``, ``final_norm``, ``unembed``.
+    Named points (one vocabulary everywhere, see :meth:`point`): ``key.{l}`` (the
+    rewrite matrix's input), ``mlp.{l}`` (its output), ``attn.{l}`` (the attention
+    output projection's output), ``block.{l}`` (the residual stream after block l).
+    The rewrite matrix itself is handed out as (d_out x d_in) whatever the module type.
     """
 
     def __init__(self, model: nn.Module, tokenizer, name: str = "model", family: FamilySpec | None = None):

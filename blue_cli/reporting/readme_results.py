@@ -16,7 +16,8 @@ END = "<!-- results:end -->"
 KEPT = (
     "model", "method", "strategy", "dataset", "num_edits", "batch_size",
     "efficacy", "generalization", "specificity", "pre_efficacy", "pre_generalization", "pre_specificity",
-    "target_logprob_gain", "write_error", "seconds_per_batch",
+    "target_logprob_gain", "write_error", "seconds_per_batch", "fluency", "pre_fluency",
+    "edit_seconds", "evaluation_seconds",
 )
 
 
@@ -50,7 +51,22 @@ def render(rows: Sequence[dict]) -> str:
         lines.append(f"| {model} | {method} | {_cell(by_strategy.get('spread'))} | {_cell(by_strategy.get('blue'))} | {pre} |")
     edits = {(r["num_edits"], r["batch_size"]) for r in rows}
     note = ", ".join(f"{n} edits in batches of {b}" for n, b in sorted(edits))
-    return "\n".join([f"_{note}; rendered from `benchmarks/results/readme-runs.json`._", "", *lines])
+    return "\n".join([f"_{note}; rendered from `benchmarks/results/readme-runs.json`._", "", *lines, "", *_cost(rows)])
+
+
+def _cost(rows: Sequence[dict]) -> list[str]:
+    """Evaluation cost against editing cost, and fluency, for the plain MEMIT runs."""
+    lines = [
+        "| model | strategy | edit s (all batches) | evaluation s (pre + post, with generation) | ratio | fluency pre → post |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["method"] != "memit" or r.get("evaluation_seconds") is None:
+            continue
+        flu = f"{r['pre_fluency']:.2f} → {r['fluency']:.2f}" if r.get("fluency") is not None else "–"
+        ratio = r["evaluation_seconds"] / r["edit_seconds"]
+        lines.append(f"| {r['model']} | {r['strategy']} | {r['edit_seconds']:.1f} | {r['evaluation_seconds']:.1f} | {ratio:.2f}× | {flu} |")
+    return lines
 
 
 def replace_block(text: str, block: str) -> str:

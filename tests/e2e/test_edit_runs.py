@@ -7,17 +7,30 @@ import pytest
 from tests.e2e.conftest import run_blue, summary_of
 
 CASES = [(m, s) for m in ("tiny-gpt2", "tiny-llama") for s in ("spread", "blue")]
+# What MEMIT_seq reliably reaches (measured, seed 0, CPU: 0.25 / 0.425 on tiny-gpt2 and
+# 0.325 / 0.70 on tiny-llama) less a margin; pre-edit efficacy is 0.00 on all of them.
+FLOOR = {("tiny-gpt2", "spread"): (0.2, 1.5), ("tiny-gpt2", "blue"): (0.35, 2.0),
+         ("tiny-llama", "spread"): (0.25, 2.8), ("tiny-llama", "blue"): (0.6, 4.0)}
 
 
 @pytest.mark.parametrize("model,strategy", CASES)
 def test_edit_improves_efficacy_and_target_logprob(edit_runs, model, strategy):
     s = summary_of(edit_runs[(model, strategy)])
     print(json.dumps({k: s[k] for k in ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error")}))
-    assert s["efficacy"] > s["pre_efficacy"]
-    assert s["target_logprob_gain"] >= 0.5
-    for key in ("efficacy", "generalization", "specificity", "pre_efficacy", "pre_generalization", "pre_specificity"):
-        assert 0.0 <= s[key] <= 1.0
+    efficacy, gain = FLOOR[(model, strategy)]
+    assert s["pre_efficacy"] == 0.0
+    assert s["efficacy"] >= efficacy
+    assert s["target_logprob_gain"] >= gain
+    assert s["specificity"] >= s["pre_specificity"] - 0.15  # edits leave most neighbours alone
     assert s["written_layers"] == ([1, 3] if strategy == "blue" else [1, 2, 3])
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama"])
+def test_blue_beats_spread_on_efficacy_and_generalization(edit_runs, model):
+    """The paper's direction, which both tiny models show by a wide margin."""
+    spread, blue = summary_of(edit_runs[(model, "spread")]), summary_of(edit_runs[(model, "blue")])
+    assert blue["efficacy"] >= spread["efficacy"] + 0.1
+    assert blue["generalization"] > spread["generalization"]
 
 
 @pytest.mark.parametrize("model,strategy", CASES[:2])
@@ -39,3 +52,15 @@ def test_report_reprints_the_tables(edit_runs, tmp_path):
     proc = run_blue(["report", str(edit_runs[("tiny-gpt2", "blue")])], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "efficacy" in proc.stdout and "write_error" in proc.stdout
+
+
+def test_a_bfloat16_model_carries_its_edits(sweep_runs, tmp_path):
+    """The rewrite matrices stay float32 in a bf16 model, so the edit survives half precision."""
+    run = tmp_path / "bf16"
+    proc = run_blue(["edit", "model=tiny-gpt2", "model.dtype=bfloat16", "num_edits=40", "batch_size=10",
+                     "eval.generation=false", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fp32, bf16 = summary_of(sweep_runs[("memit", "blue")]), summary_of(run)
+    print(json.dumps({k: (fp32[k], bf16[k]) for k in ("efficacy", "target_logprob_gain")}))
+    assert abs(bf16["efficacy"] - fp32["efficacy"]) <= 0.05
+    assert bf16["target_logprob_gain"] >= 0.9 * fp32["target_logprob_gain"]

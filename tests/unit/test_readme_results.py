@@ -17,7 +17,8 @@ def _summary(tmp_path, name, **values):
     run.mkdir()
     base = {"model": "m", "method": "memit", "strategy": "blue", "dataset": "counterfact", "num_edits": 4, "batch_size": 2,
             "efficacy": 0.5, "generalization": 0.25, "specificity": 0.75, "pre_efficacy": 0.0, "pre_generalization": 0.125,
-            "pre_specificity": 0.875, "target_logprob_gain": 1.234, "write_error": 0.4, "seconds_per_batch": 1.0}
+            "pre_specificity": 0.875, "target_logprob_gain": 1.234, "write_error": 0.4, "seconds_per_batch": 1.0,
+            "fluency": 5.5, "pre_fluency": 5.75, "edit_seconds": 2.0, "evaluation_seconds": 3.0}
     base.update(values)
     (run / "summary.json").write_text(json.dumps(base))
     return run
@@ -26,7 +27,8 @@ def _summary(tmp_path, name, **values):
 def test_render_puts_spread_and_blue_of_one_method_on_one_line(tmp_path):
     rows = collect([_summary(tmp_path, "a", strategy="spread", efficacy=0.125), _summary(tmp_path, "b")])
     lines = render(rows).splitlines()
-    assert lines[-1] == "| m | memit | 0.125 / 0.250 / 0.750 / 1.23 | 0.500 / 0.250 / 0.750 / 1.23 | 0.000 / 0.125 / 0.875 |"
+    assert "| m | blue | 2.0 | 3.0 | 1.50× | 5.75 → 5.50 |" in lines
+    assert lines[4] == "| m | memit | 0.125 / 0.250 / 0.750 / 1.23 | 0.500 / 0.250 / 0.750 / 1.23 | 0.000 / 0.125 / 0.875 |"
     assert "4 edits in batches of 2" in lines[0]
 
 
