@@ -22,11 +22,11 @@ test: ## unit, integration and end-to-end tests on the tiny models (< 10 min on 
 test-all: ## everything, the slow tests included
 	$(PYTHON) -m pytest -q
 
+# One BLAS/OpenMP thread: mutmut forks per mutant, and a forked child of a torch process
+# that already started its thread pool can hang in linalg.solve (seen as timeouts).
 mutate: ## mutation-test blue_cli/editing/linalg.py with mutmut ([tool.mutmut]), then list the survivors
 	$(PIP) show -q mutmut >/dev/null 2>&1 || $(PIP) install -q mutmut
 	rm -rf mutants
-	# one BLAS/OpenMP thread: mutmut forks per mutant, and a forked child of a torch process
-	# that already started its thread pool can hang in linalg.solve (seen as timeouts)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m mutmut run --max-children 2
 	@echo "surviving mutants (inspect one with: $(PYTHON) -m mutmut show NAME):"
 	@$(PYTHON) -m mutmut results
