@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-all demo bench readme-results tiny-models clean
+.PHONY: help install install-cpu test test-all mutate demo bench readme-results tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,15 @@ test: ## unit, integration and end-to-end tests on the tiny models (< 10 min on 
 
 test-all: ## everything, the slow tests included
 	$(PYTHON) -m pytest -q
+
+# One BLAS/OpenMP thread: mutmut forks per mutant, and a forked child of a torch process
+# that already started its thread pool can hang in linalg.solve (seen as timeouts).
+mutate: ## mutation-test blue_cli/editing/linalg.py with mutmut ([tool.mutmut]), then list the survivors
+	$(PIP) show -q mutmut >/dev/null 2>&1 || $(PIP) install -q mutmut
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m mutmut run --max-children 2
+	@echo "surviving mutants (inspect one with: $(PYTHON) -m mutmut show NAME):"
+	@$(PYTHON) -m mutmut results
 
 demo: ## the main job on the embedded default: tiny model, bundled CounterFact sample, offline
 	blue edit model=tiny-gpt2 strategy=blue num_edits=40 batch_size=10
