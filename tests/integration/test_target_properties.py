@@ -192,10 +192,10 @@ def test_kl_term_is_kl_of_now_from_initial_at_the_kl_prompt_subject(gpt2, reqs, 
     vec = torch.randn(h0.shape, generator=g)
     vec = (0.5 * h0.norm() * vec / vec.norm()).requires_grad_(True)
     zero = torch.zeros(1, h0.numel())
-    with gpt2.inject(LAYER, zero, batch.rows, batch.lookup):
+    with gpt2.inject(f"block.{LAYER}", zero, batch.rows, batch.lookup):
         _, logp_init, kl_first = _losses(gpt2, batch, 1, None, settings)
     assert torch.equal(kl_first, torch.zeros(1))
-    with gpt2.inject(LAYER, vec[None], batch.rows, batch.lookup):
+    with gpt2.inject(f"block.{LAYER}", vec[None], batch.rows, batch.lookup):
         nll, _, kl = _losses(gpt2, batch, 1, logp_init.detach(), settings)
 
     ids = gpt2.tok(KL_PROMPT.replace("{}", req.subject, 1))["input_ids"]
