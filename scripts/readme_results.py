@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from blue_cli.reporting.readme_results import collect, render, replace_block
+from blue_cli.reporting.readme_results import BENCH_BEGIN, BENCH_END, collect, newest_bench, render, render_bench, replace_block
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +38,10 @@ def main() -> None:
     rows = collect(run_folders(args.paths))
     if not rows:
         raise SystemExit(f"no run folders with a summary.json under {', '.join(map(str, args.paths))}")
-    for target, text in ((args.store, json.dumps(rows, indent=1) + "\n"),
-                         (args.readme, replace_block(args.readme.read_text(encoding="utf-8"), render(rows)))):
+    readme = replace_block(args.readme.read_text(encoding="utf-8"), render(rows))
+    bench = newest_bench(args.store.parent)
+    readme = replace_block(readme, render_bench(json.loads(bench.read_text()), bench.name), BENCH_BEGIN, BENCH_END)
+    for target, text in ((args.store, json.dumps(rows, indent=1) + "\n"), (args.readme, readme)):
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 BEGIN = "<!-- results:begin (make readme-results writes this block) -->"
 END = "<!-- results:end -->"
+BENCH_BEGIN = "<!-- bench:begin (make readme-results writes this block from the newest make bench file) -->"
+BENCH_END = "<!-- bench:end -->"
 KEPT = (
     "model", "method", "strategy", "dataset", "num_edits", "batch_size",
     "efficacy", "generalization", "specificity", "pre_efficacy", "pre_generalization", "pre_specificity",
@@ -69,11 +71,35 @@ def _cost(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
-def replace_block(text: str, block: str) -> str:
+def render_bench(bench: dict, name: str) -> str:
+    """The speed table of a ``make bench`` result file: seconds per batch of the first
+    model's batched runs, and the one-at-a-time and reference-schedule ratios."""
+    ratios = bench["ratios"]
+    first = bench["rows"][0]["model"]
+    method = next(r["method"] for r in bench["rows"] if r["variant"] != "batched")
+    secs = {r["strategy"]: r["sec_per_batch"] for r in bench["rows"]
+            if r["model"] == first and r["method"] == method and r["variant"] == "batched"}
+    return "\n".join([
+        f"_From `benchmarks/results/{name}` ({bench['batch_size']} edits per batch; `{method}` as that file names it)._",
+        "",
+        f"| {first}, {method} | spread | blue |",
+        "|---|---|---|",
+        f"| seconds per batch, ours | {secs['spread']:.2f} | {secs['blue']:.2f} |",
+        "| one request at a time (×) | " + " | ".join(f"{ratios[s]['batching_speedup']:.2f}×" for s in ("spread", "blue")) + " |",
+        "| reference schedule (×, seconds / FLOPs) | " + " | ".join(
+            f"{ratios[s]['reference_over_ours_seconds']:.2f}× / {ratios[s]['reference_over_ours_flops']:.2f}×" for s in ("spread", "blue")) + " |",
+    ])
+
+
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
     """``text`` with the marked block replaced; a README without the markers is an error."""
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    return text[:start] + "\n" + block + "\n" + text[end:]
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    return text[:start] + "\n" + block + "\n" + text[stop:]
 
 
-def current_block(text: str) -> str:
-    return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip("\n")
+def current_block(text: str, begin: str = BEGIN, end: str = END) -> str:
+    return text[text.index(begin) + len(begin) : text.index(end)].strip("\n")
+
+
+def newest_bench(folder: Path) -> Path:
+    return sorted(folder.glob("bench-*.json"))[-1]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from blue_cli.reporting.readme_results import BEGIN, END, collect, current_block, render, replace_block
+from blue_cli.reporting.readme_results import (
+    BEGIN, BENCH_BEGIN, BENCH_END, END, collect, current_block, newest_bench, render, render_bench, replace_block,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,3 +44,18 @@ def test_replace_block_keeps_the_rest_of_the_text():
 def test_readme_block_is_the_rendering_of_the_stored_runs():
     rows = json.loads((REPO / "benchmarks" / "results" / "readme-runs.json").read_text())
     assert current_block((REPO / "README.md").read_text(encoding="utf-8")) == render(rows)
+
+
+def test_readme_speed_table_is_the_rendering_of_the_newest_bench_file():
+    bench = newest_bench(REPO / "benchmarks" / "results")
+    block = current_block((REPO / "README.md").read_text(encoding="utf-8"), BENCH_BEGIN, BENCH_END)
+    assert block == render_bench(json.loads(bench.read_text()), bench.name)
+
+
+def test_render_bench_reads_the_ratios():
+    rows = [{"model": "m", "method": "x", "strategy": s, "variant": v, "sec_per_batch": t}
+            for s, v, t in (("spread", "batched", 1.0), ("blue", "batched", 2.5), ("spread", "one-at-a-time", 2.0))]
+    ratios = {s: {"batching_speedup": 2.0, "reference_over_ours_seconds": 3.0, "reference_over_ours_flops": 1.5} for s in ("spread", "blue")}
+    text = render_bench({"rows": rows, "ratios": ratios, "batch_size": 10}, "bench-x.json")
+    assert "| seconds per batch, ours | 1.00 | 2.50 |" in text
+    assert "| reference schedule (×, seconds / FLOPs) | 3.00× / 1.50× | 3.00× / 1.50× |" in text

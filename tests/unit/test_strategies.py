@@ -33,3 +33,17 @@ def test_registries_are_filled_by_decorators():
     assert all(cls.name == name for name, cls in STRATEGIES.items())
     assert all(cls.name == name or name.startswith(cls.name + "_") for name, cls in METHODS.items())
     assert METHODS["memit_seq"] is METHODS["memit"] and METHODS["pmet_seq"] is METHODS["pmet"]
+
+
+@pytest.mark.parametrize(
+    "method,sequential",
+    [("memit", False), ("memit_seq", True), ("alphaedit", True), ("pmet", False), ("pmet_seq", True),
+     ("rect", False), ("prune", False)],
+)
+def test_each_method_keeps_a_key_cache_exactly_as_the_reference_variant_of_its_name(method, sequential):
+    from blue_cli.overrides import compose_config
+
+    cfg = compose_config([f"method={method}"])
+    assert cfg.method.sequential is sequential
+    assert cfg.method.name == method
+    assert ("cov_weight" in cfg.method) is (method != "alphaedit")  # AlphaEdit has no lambda C term
