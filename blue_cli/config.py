@@ -151,6 +151,7 @@ class RunConfig:
     device: str = "auto"
     eval_every: Optional[int] = None
     resume: bool = True
+    on_nan: str = "stop"  # a non-finite target/key/update: stop the run (exit 1), or skip the batch
 
 
 def register_configs() -> None:
@@ -190,6 +191,8 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.dataset.offset < 0:
         raise ConfigError(f"dataset.offset must be >= 0, got {cfg.dataset.offset}")
+    if cfg.on_nan not in ("stop", "skip"):
+        raise ConfigError(f"unknown on_nan '{cfg.on_nan}' (choose: stop, skip)")
     t = cfg.method.target
     if t.steps < 1:
         raise ConfigError(f"method.target.steps must be >= 1, got {t.steps}")

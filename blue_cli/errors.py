@@ -15,3 +15,7 @@ class DataError(BlueError):
 
 class OfflineError(BlueError):
     """Something had to be downloaded but the network could not be reached."""
+
+
+class NumericalError(BlueError):
+    """A target, key, solve or update came out non-finite; the weights were left as before the batch."""

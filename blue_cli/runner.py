@@ -31,7 +31,7 @@ from blue_cli.editing.covariance import CovarianceStore, StatsSettings
 from blue_cli.editing.diagnostics import batch_diagnostics, observe_before, swapped_weights
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings
-from blue_cli.errors import ConfigError
+from blue_cli.errors import ConfigError, NumericalError
 from blue_cli.evaluation.summary import summarise
 from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
 from blue_cli.models.adapter import ModelAdapter
@@ -168,7 +168,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     with progress.track("editing batches", len(batches)) as update:
         update(done)
         for b in range(done, len(batches)):
-            rows.append(_edit_batch(adapter, method, strategy, ctx, batches[b], critical, written, b))
+            try:
+                rows.append(_edit_batch(adapter, method, strategy, ctx, batches[b], critical, written, b))
+            except NumericalError as exc:
+                if cfg.on_nan != "skip":
+                    raise
+                log.warning("skipped: %s", exc)
+                rows.append({"batch": b, "edits": 0, "case_ids": [r.case_id for r in batches[b]], "skipped": str(exc)})
             checkpoint.save(b + 1, adapter, originals, method, rows)
             if b + 1 < len(batches) and points.due(b + 1):
                 with swapped_weights(adapter, _final_weights(adapter, method, originals)[0]):
@@ -191,7 +197,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     summary.update(points.general_summary(final_row))
     summary.update(notes)
     summary["evaluation_seconds"] = eval_seconds  # pre- and post-edit dataset evaluation
-    summary["edit_seconds"] = sum(r["edit_seconds"] for r in rows)
+    summary["edit_seconds"] = sum(r.get("edit_seconds", 0.0) for r in rows)
     if "consistency_unavailable" in notes:
         summary["consistency"] = None  # unavailable, never 0
     summary["stats_counts"] = stats.summary()
@@ -215,7 +221,13 @@ def _edit_batch(adapter, method, strategy, ctx, requests, critical, written, ind
     start = time.perf_counter()
     before = observe_before(adapter, method, requests, written, critical[-1])
     t_edit = time.perf_counter()
-    trace = strategy.edit_batch(method, ctx, requests, critical)
+    try:
+        trace = strategy.edit_batch(method, ctx, requests, critical)
+    except NumericalError as exc:
+        for layer, weight in before.weights.items():
+            adapter.set_rewrite(layer, weight)
+        ids = [r.case_id for r in requests]
+        raise NumericalError(f"batch {index} (case_ids {ids[0]}..{ids[-1]}): {exc}; the weights are as before this batch") from None
     edit_seconds = time.perf_counter() - t_edit
     diag = batch_diagnostics(adapter, method, requests, trace, before)
     return {
@@ -228,8 +240,10 @@ def _edit_batch(adapter, method, strategy, ctx, requests, critical, written, ind
     }
 
 
-def build_summary(pre_cases, post_cases, rows, cov_seconds, finish_info) -> dict:
-    """Top-level numbers: post and pre rates, target_logprob_gain and write_error."""
+def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> dict:
+    """Top-level numbers: post and pre rates, target_logprob_gain and write_error
+    (diagnostics over the batches that were edited, not those skipped for NaN)."""
+    rows = [r for r in all_rows if "skipped" not in r] or [{"write_error": float("nan"), "target_gain": float("nan"), "edit_gain": float("nan"), "edit_seconds": 0.0}]
     post = summarise(post_cases)
     pre = summarise(pre_cases, prefix="pre_")
     gain = [p["rewrite_logprob_new"] - q["rewrite_logprob_new"] for p, q in zip(post_cases, pre_cases) if "rewrite_logprob_new" in p]
@@ -243,5 +257,6 @@ def build_summary(pre_cases, post_cases, rows, cov_seconds, finish_info) -> dict
     summary["edit_gain"] = sum(r["edit_gain"] for r in rows) / len(rows)
     summary["seconds_per_batch"] = edit_secs[len(edit_secs) // 2]
     summary["covariance_seconds"] = cov_seconds
+    summary["skipped_batches"] = sum("skipped" in r for r in all_rows)
     summary.update(finish_info)
     return summary

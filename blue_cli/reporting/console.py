@@ -69,21 +69,21 @@ def batches_table(rows: list[dict]) -> Table:
         table.add_column(col, justify="right")
     for row in rows:
         table.add_row(
-            str(row["batch"]), str(row["edits"]), _fmt(row["seconds"]),
-            _fmt(row["write_error"]), _fmt(row["target_gain"]), _fmt(row["edit_gain"]),
+            str(row["batch"]), str(row["edits"]), _fmt(row.get("seconds")),
+            *((_fmt(row.get(k)) for k in ("write_error", "target_gain", "edit_gain")) if "skipped" not in row else ("skipped", "", "")),
         )
     return table
 
 
 def bar_plot(rows: list[dict], key: str, width: int = 40) -> Table:
     """A horizontal bar per batch: how ``key`` moves over the sequential edit stream."""
-    values = [float(r[key]) for r in rows if r.get(key) is not None]
-    top = max((abs(v) for v in values), default=0.0) or 1.0
+    pairs = [(r, float(r[key])) for r in rows if r.get(key) is not None]
+    top = max((abs(v) for _, v in pairs), default=0.0) or 1.0
     table = Table(title=f"{key} per batch", show_header=False, box=None)
     table.add_column("batch", justify="right")
     table.add_column("bar")
     table.add_column("value", justify="right")
-    for row, value in zip(rows, values):
+    for row, value in pairs:
         bar = "█" * max(1, round(abs(value) / top * width)) if value else ""
         table.add_row(str(row["batch"]), f"[{'green' if value >= 0 else 'red'}]{bar}[/]", f"{value:.3f}")
     return table

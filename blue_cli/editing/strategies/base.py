@@ -14,7 +14,14 @@ from blue_cli.data.records import EditRequest
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.editing.targets import TargetResult, TargetSettings, optimise_targets
+from blue_cli.errors import NumericalError
 from blue_cli.models.adapter import ModelAdapter
+
+
+def require_finite(what: str, tensor: torch.Tensor) -> None:
+    """Stop before a non-finite value reaches the weights or C_prev."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise NumericalError(f"non-finite {what} (NaN or inf)")
 
 
 @dataclass
@@ -88,8 +95,13 @@ class Strategy:
         if kept is not changes:
             for l in written:
                 adapter.set_rewrite(l, before[l] + kept[l].to(before[l].dtype))
+        for l in written:
+            require_finite(f"weights of layer {l} after the batch", adapter.rewrite_weight(l))
         if method.sequential:
-            for layer, K in collect_keys(adapter, requests, ctx.groups, written).items():
+            keys = collect_keys(adapter, requests, ctx.groups, written)
+            for layer, K in keys.items():
+                require_finite(f"keys of layer {layer} on the edited model", K)
+            for layer, K in keys.items():
                 method.record_keys(layer, K)
         return trace
 
@@ -97,17 +109,21 @@ class Strategy:
     def compute_targets(method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int) -> TargetResult:
         """Target vectors at the method's points of ``layer`` for every request, on the current model."""
         if ctx.batched:
-            return optimise_targets(ctx.adapter, requests, ctx.templates, layer, ctx.targets, method.points)
-        singles = [optimise_targets(ctx.adapter, [r], ctx.templates, layer, ctx.targets, method.points) for r in requests]
-        return TargetResult(
-            layer=layer,
-            points=method.points,
-            h_init={p: torch.cat([s.h_init[p] for s in singles]) for p in method.points},
-            delta={p: torch.cat([s.delta[p] for s in singles]) for p in method.points},
-            steps=[x for s in singles for x in s.steps],
-            loss_init=[x for s in singles for x in s.loss_init],
-            loss_final=[x for s in singles for x in s.loss_final],
-        )
+            result = optimise_targets(ctx.adapter, requests, ctx.templates, layer, ctx.targets, method.points)
+        else:
+            singles = [optimise_targets(ctx.adapter, [r], ctx.templates, layer, ctx.targets, method.points) for r in requests]
+            result = TargetResult(
+                layer=layer,
+                points=method.points,
+                h_init={p: torch.cat([s.h_init[p] for s in singles]) for p in method.points},
+                delta={p: torch.cat([s.delta[p] for s in singles]) for p in method.points},
+                steps=[x for s in singles for x in s.steps],
+                loss_init=[x for s in singles for x in s.loss_init],
+                loss_final=[x for s in singles for x in s.loss_final],
+            )
+        for point in method.points:
+            require_finite(f"target at {point}.{layer}", result.z(point))
+        return result
 
     @staticmethod
     def write_layer(
@@ -115,7 +131,10 @@ class Strategy:
     ) -> LayerWrite:
         """Solve for the update that maps this layer's current keys to ``residual`` and apply it."""
         K = collect_keys(ctx.adapter, requests, ctx.groups, [layer])[layer]
+        require_finite(f"keys of layer {layer}", K)
+        require_finite(f"residual of layer {layer}", residual)
         delta = method.solve(layer, K, residual)
+        require_finite(f"update of layer {layer} (the solve)", delta)
         ctx.adapter.add_to_rewrite(layer, delta)
         fit = delta @ K.to(delta.dtype) - residual.to(delta.dtype)
         return LayerWrite(

@@ -1,0 +1,67 @@
+"""A non-finite target, key, solve or update never reaches the weights, C_prev, the
+checkpoint or the summary: the run stops (or skips the batch with on_nan=skip)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from blue_cli import runner
+from blue_cli.editing.methods.memit import Memit
+from blue_cli.errors import NumericalError
+from blue_cli.overrides import compose_config
+
+SMALL = ["model=tiny-gpt2", "method=memit_seq", "num_edits=4", "batch_size=2", "method.target.steps=3",
+         "stats.samples=40", "eval.generation=false"]
+
+
+class NanFromSecondBatch(Memit):
+    """MEMIT whose covariance gets one NaN after the first batch's solves."""
+
+    solves = 0
+
+    def solve(self, layer, K, R):
+        NanFromSecondBatch.solves += 1
+        if NanFromSecondBatch.solves > len(self.layers):
+            self.C[layer][0, 0] = float("nan")
+        return super().solve(layer, K, R)
+
+
+def _checkpoint(run_dir):
+    with safe_open(str(run_dir / "checkpoint.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def test_a_nan_in_c_stops_the_run_and_keeps_the_last_good_batch(tmp_path, monkeypatch, fresh_tiny):
+    NanFromSecondBatch.solves = 0
+    monkeypatch.setattr(runner, "method_class", lambda name: NanFromSecondBatch)
+    with pytest.raises(NumericalError, match=r"batch 1 \(case_ids .*\): non-finite update of layer \d"):
+        runner.run_experiment(compose_config(SMALL), tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    tensors, meta = _checkpoint(tmp_path)
+    assert meta["batches_done"] == "1"
+    assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
+    assert any(k.startswith("C_prev.") for k in tensors)
+
+
+def test_on_nan_skip_skips_and_counts_the_batch(tmp_path, monkeypatch, fresh_tiny):
+    NanFromSecondBatch.solves = 0
+    monkeypatch.setattr(runner, "method_class", lambda name: NanFromSecondBatch)
+    summary = runner.run_experiment(compose_config([*SMALL, "on_nan=skip"]), tmp_path)
+    assert summary["skipped_batches"] == 1
+    tensors, meta = _checkpoint(tmp_path)
+    assert meta["finished"] == "true"
+    assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
+    # the skipped batch left no trace: the weights equal a run that edited the first batch only
+    NanFromSecondBatch.solves = -10**9  # never NaN
+    first_only = runner.run_experiment(compose_config([*SMALL, "num_edits=2"]), tmp_path / "first")
+    ref, _ = _checkpoint(tmp_path / "first")
+    for key in (k for k in ref if k.startswith("weight.")):
+        assert torch.equal(tensors[key], ref[key]), key
+    assert first_only["skipped_batches"] == 0
+
+
+def test_on_nan_takes_only_stop_or_skip():
+    with pytest.raises(Exception, match=r"unknown on_nan 'ignore' \(choose: stop, skip\)"):
+        compose_config(["on_nan=ignore"])
