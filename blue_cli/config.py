@@ -29,6 +29,8 @@ class TargetConfig:
     early_stop_loss: float = 0.05
     batched: bool = True  # optimise all requests of a batch together (false: one at a time)
     reuse_prefix: bool = True  # run the blocks before the target layer once, not every step
+    chunk: Optional[int] = None  # requests optimised together; null: as many as the memory budget allows
+    memory_budget_gb: Optional[float] = None  # for chunk=null on CUDA: default 60% of the free device memory
 
 
 @dataclass
@@ -94,6 +96,8 @@ class MethodConfig:
 
     name: str = MISSING
     sequential: bool = False
+    state_dtype: str = "auto"  # C, C_prev, P on the device: float32 on CUDA, float64 on CPU (auto)
+    offload_state: bool = False  # keep C, C_prev, P in CPU memory, move one layer's in for its solve
     target: TargetConfig = field(default_factory=TargetConfig)
 
 
@@ -191,6 +195,10 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.dataset.offset < 0:
         raise ConfigError(f"dataset.offset must be >= 0, got {cfg.dataset.offset}")
+    if cfg.method.state_dtype not in ("auto", "float32", "float64"):
+        raise ConfigError(f"unknown method.state_dtype '{cfg.method.state_dtype}' (choose: auto, float32, float64)")
+    if cfg.method.target.chunk is not None and cfg.method.target.chunk < 1:
+        raise ConfigError(f"method.target.chunk must be >= 1 or null, got {cfg.method.target.chunk}")
     if cfg.on_nan not in ("stop", "skip"):
         raise ConfigError(f"unknown on_nan '{cfg.on_nan}' (choose: stop, skip)")
     t = cfg.method.target

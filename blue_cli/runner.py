@@ -150,7 +150,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     seed_everything(cfg.seed)
     groups = context_templates(adapter, n_prefixes=cfg.context.n_prefixes, n_tokens=cfg.context.n_tokens, top_k=cfg.context.top_k, seed=cfg.seed)
     results.write_json(run_dir, "context_templates.json", groups)
-    ctx = EditContext(adapter, groups, target_settings(cfg.method.target), batched=cfg.method.target.batched)
+    t = cfg.method.target
+    ctx = EditContext(adapter, groups, target_settings(t), batched=t.batched, chunk=t.chunk, memory_budget_gb=t.memory_budget_gb)
 
     originals = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
     batches = batches_of(requests, cfg.batch_size)

@@ -60,6 +60,36 @@ class TargetResult:
         return self.h_init[point] + self.delta[point]
 
 
+def merge_results(parts: Sequence[TargetResult]) -> TargetResult:
+    """One result from results of consecutive groups of requests at the same layer."""
+    points = parts[0].points
+    return TargetResult(
+        layer=parts[0].layer,
+        points=points,
+        h_init={p: torch.cat([r.h_init[p] for r in parts]) for p in points},
+        delta={p: torch.cat([r.delta[p] for r in parts]) for p in points},
+        steps=[x for r in parts for x in r.steps],
+        loss_init=[x for r in parts for x in r.loss_init],
+        loss_final=[x for r in parts for x in r.loss_final],
+    )
+
+
+ACTIVATION_BYTES_PER_TOKEN_PER_BLOCK = 34  # x hidden size, 16-bit activations (the usual estimate)
+
+
+def requests_per_chunk(
+    *, hidden: int, tokens_per_request: int, blocks: int, elem_bytes: int, budget_bytes: float
+) -> int:
+    """How many requests' target optimisation fit in ``budget_bytes`` of activations.
+
+    Back-propagating through ``blocks`` blocks keeps about 34 x hidden bytes per token
+    per block in 16-bit (scaled by ``elem_bytes`` / 2) for every sequence of a request
+    (its context templates and its KL prompt).
+    """
+    per_request = ACTIVATION_BYTES_PER_TOKEN_PER_BLOCK * hidden * tokens_per_request * blocks * elem_bytes / 2
+    return max(1, int(budget_bytes // max(per_request, 1.0)))
+
+
 @dataclass
 class _Batch:
     inputs: dict[str, torch.Tensor]

@@ -39,10 +39,10 @@ class AlphaEdit(EditMethod):
         super().prepare(stats, device)
         threshold = float(self.cfg.nullspace_threshold)
         self.P = {
-            l: stats.cached_tensor(l, f"nullspace_{threshold:g}", lambda C: nullspace_projector(C, threshold).float())
-            .to(device, torch.float64)
+            l: self.stored(stats.cached_tensor(l, f"nullspace_{threshold:g}", lambda C: nullspace_projector(C, threshold).float()))
             for l in self.layers
         }
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        return alphaedit_update(K, R, self.P[layer], self.cfg.l2, self.previous_keys(layer))
+        P, C_prev = self.resident(self.P[layer]), self.resident(self.previous_keys(layer))
+        return alphaedit_update(K, R, P, self.cfg.l2, C_prev)

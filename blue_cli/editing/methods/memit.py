@@ -32,8 +32,8 @@ class Memit(EditMethod):
 
     def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
         super().prepare(stats, device)
-        # C on the compute device, float64, kept resident across batches.
-        self.C = {l: stats.get(l).to(device, torch.float64) for l in self.layers}
+        self.C = {l: self.stored(stats.get(l)) for l in self.layers}
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        return memit_update(K, R, self.C[layer], self.cfg.cov_weight, self.previous_keys(layer))
+        C, C_prev = self.resident(self.C[layer]), self.resident(self.previous_keys(layer))
+        return memit_update(K, R, C, self.cfg.cov_weight, C_prev)

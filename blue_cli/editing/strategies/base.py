@@ -13,7 +13,7 @@ import torch
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.methods.base import EditMethod
-from blue_cli.editing.targets import TargetResult, TargetSettings, optimise_targets
+from blue_cli.editing.targets import TargetResult, TargetSettings, merge_results, optimise_targets, requests_per_chunk
 from blue_cli.errors import NumericalError
 from blue_cli.models.adapter import ModelAdapter
 
@@ -29,17 +29,37 @@ class EditContext:
     """What a strategy needs besides the method: the model, the context templates
     (groups, "{}" first) and how targets are optimised.
 
-    ``batched``: all requests of a batch together (false: one at a time, the
-    reference's schedule, kept to measure speed-ups)."""
+    ``batched``: requests of a batch optimised together, ``chunk`` at a time (false:
+    one at a time, the reference's schedule, kept to measure speed-ups). Results do
+    not depend on the chunking: every request has its own vector and early stop."""
 
     adapter: ModelAdapter
     groups: Sequence[Sequence[str]]
     targets: TargetSettings
     batched: bool = True
+    chunk: int | None = None
+    memory_budget_gb: float | None = None
 
     @property
     def templates(self) -> list[str]:
         return [t for group in self.groups for t in group]
+
+    def chunk_size(self, requests: Sequence[EditRequest], layer: int) -> int:
+        """Requests optimised together: ``chunk``, else on CUDA as many as the memory
+        budget (default 60% of the free device memory) holds, else all of them."""
+        if not self.batched:
+            return 1
+        if self.chunk is not None:
+            return self.chunk
+        device = self.adapter.device
+        if device.type != "cuda":
+            return max(1, len(requests))
+        budget = self.memory_budget_gb * 2**30 if self.memory_budget_gb else 0.6 * torch.cuda.mem_get_info(device)[0]
+        tokens = sum(len(self.adapter.tok(t.replace("{}", r.rewrite_prompt, 1))["input_ids"]) + 8 for r in requests[:1] for t in self.templates)
+        return requests_per_chunk(
+            hidden=self.adapter.hidden_size, tokens_per_request=tokens + 16, blocks=self.adapter.n_layers - layer,
+            elem_bytes=self.adapter.dtype.itemsize, budget_bytes=budget,
+        )
 
 
 @dataclass
@@ -108,19 +128,12 @@ class Strategy:
     @staticmethod
     def compute_targets(method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int) -> TargetResult:
         """Target vectors at the method's points of ``layer`` for every request, on the current model."""
-        if ctx.batched:
-            result = optimise_targets(ctx.adapter, requests, ctx.templates, layer, ctx.targets, method.points)
-        else:
-            singles = [optimise_targets(ctx.adapter, [r], ctx.templates, layer, ctx.targets, method.points) for r in requests]
-            result = TargetResult(
-                layer=layer,
-                points=method.points,
-                h_init={p: torch.cat([s.h_init[p] for s in singles]) for p in method.points},
-                delta={p: torch.cat([s.delta[p] for s in singles]) for p in method.points},
-                steps=[x for s in singles for x in s.steps],
-                loss_init=[x for s in singles for x in s.loss_init],
-                loss_final=[x for s in singles for x in s.loss_final],
-            )
+        size = ctx.chunk_size(requests, layer)
+        parts = [
+            optimise_targets(ctx.adapter, requests[i : i + size], ctx.templates, layer, ctx.targets, method.points)
+            for i in range(0, len(requests), size)
+        ]
+        result = parts[0] if len(parts) == 1 else merge_results(parts)
         for point in method.points:
             require_finite(f"target at {point}.{layer}", result.z(point))
         return result
