@@ -126,18 +126,65 @@ def stats(ctx: typer.Context) -> None:
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run folder written by blue edit")) -> None:
-    """Show a finished run's tables again from its JSON files; a sweep folder gives one row per run."""
-    from blue_cli.reporting.console import console, show_run, sweep_table
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="run folders and/or sweep folders written by blue edit"),
+    fmt: str = typer.Option("table", "--format", help="table, md, csv or json"),
+    out: Path | None = typer.Option(None, "--out", help="write the report to this file (plots go beside it)"),
+    baseline: str | None = typer.Option(None, "--baseline", help="KEY=VALUE, e.g. strategy=spread: add % change vs it"),
+    plots: Path | None = typer.Option(None, "--plots", help="write PNG plots into this folder"),
+) -> None:
+    """Compare finished runs: one row per run (a sweep folder gives its jobs); one run alone reprints its tables."""
+    from blue_cli.cache import write_text_atomic
+    from blue_cli.reporting.compare import compare, load_runs
+    from blue_cli.reporting.console import console, err_console, show_run
+    from blue_cli.reporting.render import FORMATS, average_line, render
     from blue_cli.reporting.results import BATCHES, SUMMARY, read_jsonl, read_summary
 
-    if (run_dir / SUMMARY).is_file():
-        show_run(run_dir, read_summary(run_dir), read_jsonl(run_dir / BATCHES))
-        return
-    runs = sorted(p for p in run_dir.glob("*") if (p / SUMMARY).is_file()) if run_dir.is_dir() else []
-    if not runs:
-        _fail(BlueError(f"no {SUMMARY} in '{run_dir}' or its subfolders (give a finished run or sweep folder under outputs/)"))
-    console.print(sweep_table([(p.name, read_summary(p)) for p in runs]))
+    try:
+        if fmt not in FORMATS:
+            raise BlueError(f"unknown --format '{fmt}' (choose: {', '.join(FORMATS)})")
+        single = len(run_dirs) == 1 and (run_dirs[0] / SUMMARY).is_file()
+        if single and fmt == "table" and out is None and baseline is None and plots is None:
+            show_run(run_dirs[0], read_summary(run_dirs[0]), read_jsonl(run_dirs[0] / BATCHES))
+            return
+        runs = load_runs(run_dirs)
+        comparison = compare(runs, baseline)
+        text = render(comparison, fmt, width=console.width)
+        if out is not None:
+            write_text_atomic(out, text)
+            console.print(f"report: {out}", highlight=False, soft_wrap=True)
+        elif fmt == "table":
+            console.print(text, end="", highlight=False, soft_wrap=True, markup=False)
+        else:
+            sys.stdout.write(text)
+            note = average_line(comparison) if fmt in ("csv", "json") else None
+            if note:  # keep stdout machine-readable; the paper-style average goes to stderr
+                err_console.print(note, highlight=False, soft_wrap=True)
+        plot_dir = plots or (out.parent if out is not None else None)
+        if plot_dir is not None:
+            from blue_cli.reporting.plots import write_plots
+
+            written = write_plots(runs, plot_dir)
+            console.print(f"plots: {len(written)} PNG files in {plot_dir}", highlight=False, soft_wrap=True)
+    except BlueError as exc:
+        _fail(exc)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a finished run folder written by blue edit"),
+    out: Path = typer.Option(..., "--out", help="new folder for the Hugging Face model (must not exist or be empty)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
+) -> None:
+    """Write a run's edited model as a Hugging Face folder (config, safetensors, tokenizer)."""
+    from blue_cli.export import export_run
+    from blue_cli.reporting.console import console
+
+    try:
+        path = export_run(run_dir, out, dtype)
+    except BlueError as exc:
+        _fail(exc)
+    console.print(f"exported {run_dir} -> {path} ({dtype})", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
