@@ -187,6 +187,39 @@ def export(
     console.print(f"exported {run_dir} -> {path} ({dtype})", highlight=False, soft_wrap=True)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def analyze(
+    ctx: typer.Context,
+    run: Path | None = typer.Option(None, "--run", help="a run folder of blue edit: analyse its edited model"),
+    records: int = typer.Option(10, "--records", help="how many records of the configured dataset"),
+    out: Path | None = typer.Option(None, "--out", help="output folder (default: RUN/analysis, or outputs/analysis/...)"),
+) -> None:
+    """The BLUE paper's residual analysis per critical layer: blue analyze [--run RUN] [--records N] [--out DIR] KEY=VALUE ..."""
+    import time
+
+    from blue_cli.analysis import analysis_config, run_analysis, write_analysis
+    from blue_cli.reporting.console import RichProgress, console
+    from blue_cli.reporting.residual_analysis import layer_table, run_table, write_figures
+
+    try:
+        if run is not None and not run.is_dir():
+            raise BlueError(f"--run '{run}' is not a folder (give a run folder written by blue edit)")
+        cfg = analysis_config(list(ctx.args), run)
+        payload = run_analysis(cfg, records, run, progress=RichProgress())
+    except BlueError as exc:
+        _fail(exc)
+    if out is None:
+        stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+        out = run / "analysis" if run is not None else Path("outputs/analysis") / f"{stamp}_{cfg.model.name}_{cfg.method.name}"
+    path = write_analysis(payload, out)
+    figures = write_figures(payload, out)
+    console.print(layer_table(payload))
+    table = run_table(payload)
+    if table is not None:
+        console.print(table)
+    console.print(f"wrote {path} and {', '.join(f.name for f in figures)}", soft_wrap=True, highlight=False)
+
+
 def main() -> None:
     app()
 
