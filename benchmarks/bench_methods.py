@@ -40,7 +40,8 @@ def first_batch_flops(cfg) -> float:
     from blue_cli.editing.covariance import CovarianceStore
     from blue_cli.editing.strategies.base import EditContext
     from blue_cli.registry import method_class, strategy_class
-    from blue_cli.runner import load_adapter, stats_settings, target_settings
+    from blue_cli.editing.session import stats_settings, target_settings
+    from blue_cli.runner import load_adapter
 
     adapter = load_adapter(cfg)
     requests = load_counterfact(cfg.dataset.path, offset=cfg.dataset.offset, limit=cfg.batch_size)

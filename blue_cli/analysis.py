@@ -49,7 +49,8 @@ from blue_cli.models.tokens import subject_last_index
 from blue_cli.overrides import compose_config
 from blue_cli.registry import dataset_class, method_class, strategy_class
 from blue_cli.reporting import results
-from blue_cli.runner import NullProgress, load_adapter, seed_everything, stats_settings, target_settings
+from blue_cli.editing.session import seed_everything, stats_settings, target_settings
+from blue_cli.runner import NullProgress, load_adapter
 
 log = logging.getLogger(__name__)
 

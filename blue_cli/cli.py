@@ -108,7 +108,8 @@ def stats(ctx: typer.Context) -> None:
     from blue_cli.overrides import compose_config
     from blue_cli.registry import strategy_class
     from blue_cli.reporting.console import RichProgress, console
-    from blue_cli.runner import load_adapter, stats_settings
+    from blue_cli.editing.session import stats_settings
+    from blue_cli.runner import load_adapter
 
     try:
         cfg = compose_config(list(ctx.args))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import random
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,17 +25,14 @@ from blue_cli.cache import content_key, write_text_atomic
 from blue_cli.checkpoint import Checkpoint
 from blue_cli.config import check_run_config
 from blue_cli.data.records import EditRequest
-from blue_cli.editing.context import context_templates
-from blue_cli.editing.covariance import CovarianceStore, StatsSettings
-from blue_cli.editing.diagnostics import batch_diagnostics, observe_before, swapped_weights
-from blue_cli.editing.strategies.base import EditContext
-from blue_cli.editing.targets import TargetSettings
-from blue_cli.errors import ConfigError, NumericalError
+from blue_cli.editing.diagnostics import swapped_weights
+from blue_cli.editing.session import EditSession, seed_everything
+from blue_cli.errors import ConfigError
 from blue_cli.evaluation.summary import summarise
 from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.loading import load_model
-from blue_cli.registry import dataset_class, method_class, strategy_class
+from blue_cli.registry import dataset_class
 from blue_cli.reporting import results
 
 log = logging.getLogger(__name__)
@@ -48,23 +44,6 @@ class NullProgress:
     @contextmanager
     def track(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         yield lambda done, new_total=None: None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def target_settings(t: DictConfig) -> TargetSettings:
-    return TargetSettings(
-        lr=t.lr, steps=t.steps, clamp=t.clamp, kl_factor=t.kl_factor, weight_decay=t.weight_decay,
-        early_stop_loss=t.early_stop_loss, reuse_prefix=t.reuse_prefix,
-    )
-
-
-def stats_settings(cfg: DictConfig) -> StatsSettings:
-    s = cfg.stats
-    return StatsSettings(corpus=s.corpus, samples=s.samples, max_length=s.max_length, batch_tokens=s.batch_tokens)
 
 
 def load_adapter(cfg: DictConfig) -> ModelAdapter:
@@ -133,27 +112,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     notes = dataset.prepare()
 
     adapter = load_adapter(cfg)
-    strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
-    critical = list(cfg.model.layers)
-    written = strategy.written_layers(critical)
+    session = EditSession(cfg, adapter, progress)
+    method, originals = session.method, session.originals
+    results.write_json(run_dir, "context_templates.json", session.groups)
 
-    stats = CovarianceStore(adapter, stats_settings(cfg))
-    t0 = time.perf_counter()
-    if stats.missing(written):
-        with progress.track("covariance statistics", 1) as update:
-            stats.ensure(written, progress=update)
-    cov_seconds = time.perf_counter() - t0
-    adapter.keep_rewrite_float32(written)
-    method = method_class(cfg.method.name)(cfg.method, written)
-    method.prepare(stats, adapter.device)
-
-    seed_everything(cfg.seed)
-    groups = context_templates(adapter, n_prefixes=cfg.context.n_prefixes, n_tokens=cfg.context.n_tokens, top_k=cfg.context.top_k, seed=cfg.seed)
-    results.write_json(run_dir, "context_templates.json", groups)
-    t = cfg.method.target
-    ctx = EditContext(adapter, groups, target_settings(t), batched=t.batched, chunk=t.chunk, memory_budget_gb=t.memory_budget_gb)
-
-    originals = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
     batches = batches_of(requests, cfg.batch_size)
     done, rows, finished = checkpoint.load(adapter, originals, method) if cfg.resume else (0, [], False)
     pre_cases = results.read_jsonl(run_dir / results.PRE_CASES) if done else []
@@ -169,24 +131,16 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     with progress.track("editing batches", len(batches)) as update:
         update(done)
         for b in range(done, len(batches)):
-            try:
-                rows.append(_edit_batch(adapter, method, strategy, ctx, batches[b], critical, written, b))
-            except NumericalError as exc:
-                if cfg.on_nan != "skip":
-                    raise
-                log.warning("skipped: %s", exc)
-                rows.append({"batch": b, "edits": 0, "case_ids": [r.case_id for r in batches[b]], "skipped": str(exc)})
+            rows.append(session.edit_batch(batches[b], b))
             checkpoint.save(b + 1, adapter, originals, method, rows)
             if b + 1 < len(batches) and points.due(b + 1):
-                with swapped_weights(adapter, _final_weights(adapter, method, originals)[0]):
+                with swapped_weights(adapter, session.final_weights()[0]):
                     points.record(adapter, b + 1)
             update(b + 1)
     if finished:
         finish_info = checkpoint.finish_info
     else:
-        final, finish_info = _final_weights(adapter, method, originals)
-        for layer, weight in final.items():
-            adapter.set_rewrite(layer, weight)
+        finish_info = session.apply_final_weights()
         checkpoint.save(len(batches), adapter, originals, method, rows, finished=True, info=finish_info)
 
     t_eval = time.perf_counter()
@@ -194,15 +148,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     eval_seconds += time.perf_counter() - t_eval
     results.write_jsonl(run_dir, results.CASES, [{**post, **{f"pre_{k}": v for k, v in pre.items() if k != "case_id"}} for pre, post in zip(pre_cases, post_cases)])
     final_row = points.record(adapter, len(batches), post_cases=post_cases)
-    summary = build_summary(pre_cases, post_cases, rows, cov_seconds, finish_info)
+    summary = build_summary(pre_cases, post_cases, rows, session.cov_seconds, finish_info)
     summary.update(points.general_summary(final_row))
     summary.update(notes)
     summary["evaluation_seconds"] = eval_seconds  # pre- and post-edit dataset evaluation
     summary["edit_seconds"] = sum(r.get("edit_seconds", 0.0) for r in rows)
     if "consistency_unavailable" in notes:
         summary["consistency"] = None  # unavailable, never 0
-    summary["stats_counts"] = stats.summary()
-    summary.update(model=cfg.model.name, method=cfg.method.name, strategy=cfg.strategy.name, dataset=cfg.dataset.name, num_edits=len(requests), batch_size=cfg.batch_size, written_layers=written)
+    summary["stats_counts"] = session.stats.summary()
+    summary.update(model=cfg.model.name, method=cfg.method.name, strategy=cfg.strategy.name, dataset=cfg.dataset.name, num_edits=len(requests), batch_size=cfg.batch_size, written_layers=session.written)
     results.write_json(run_dir, results.SUMMARY, summary)
     return summary
 
@@ -210,35 +164,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
 def _evaluate(dataset, adapter, requests, progress, label) -> list[dict]:
     with progress.track(label, 1) as update:
         return dataset.evaluate(adapter, requests, progress=update)
-
-
-def _final_weights(adapter, method, originals) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
-    """The written matrices as the method leaves them (PRUNE's restraint), and its diagnostics."""
-    current = {l: adapter.rewrite_weight(l).detach() for l in originals}
-    return method.final_weights(current, originals)
-
-
-def _edit_batch(adapter, method, strategy, ctx, requests, critical, written, index) -> dict:
-    start = time.perf_counter()
-    before = observe_before(adapter, method, requests, written, critical[-1])
-    t_edit = time.perf_counter()
-    try:
-        trace = strategy.edit_batch(method, ctx, requests, critical)
-    except NumericalError as exc:
-        for layer, weight in before.weights.items():
-            adapter.set_rewrite(layer, weight)
-        ids = [r.case_id for r in requests]
-        raise NumericalError(f"batch {index} (case_ids {ids[0]}..{ids[-1]}): {exc}; the weights are as before this batch") from None
-    edit_seconds = time.perf_counter() - t_edit
-    diag = batch_diagnostics(adapter, method, requests, trace, before)
-    return {
-        "batch": index,
-        "edits": len(requests),
-        "case_ids": [r.case_id for r in requests],
-        "seconds": time.perf_counter() - start,
-        "edit_seconds": edit_seconds,
-        **diag,
-    }
 
 
 def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> dict:

@@ -38,7 +38,7 @@ def sweep_runs(tmp_path_factory):
     sweep = root / "sweep"
     proc = run_blue(
         ["edit", "-m", f"method={','.join(METHODS)}", "strategy=spread,blue", "model=tiny-gpt2",
-         "num_edits=40", "batch_size=10", f"hydra.sweep.dir={sweep}"],
+         "num_edits=40", "batch_size=10", "eval.generation=false", f"hydra.sweep.dir={sweep}"],
         cwd=root, timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -54,7 +54,7 @@ def edit_runs(tmp_path_factory, sweep_runs):
         for strategy in ("spread", "blue"):
             run_dir = root / f"{model}-{strategy}"
             proc = run_blue(
-                ["edit", f"model={model}", "method=memit_seq", f"strategy={strategy}", "num_edits=40", "batch_size=10", f"hydra.run.dir={run_dir}"],
+                ["edit", f"model={model}", "method=memit_seq", f"strategy={strategy}", "num_edits=40", "batch_size=10", "eval.generation=false", f"hydra.run.dir={run_dir}"],
                 cwd=root,
             )
             assert proc.returncode == 0, proc.stderr[-3000:]

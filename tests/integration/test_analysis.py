@@ -13,6 +13,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from blue_cli import runner
+from blue_cli.editing import session
 from blue_cli.analysis import analyse_layers, run_analysis, write_analysis
 from blue_cli.cli import app
 from blue_cli.editing.covariance import CovarianceStore
@@ -45,7 +46,7 @@ def recomputed(analysed, load_tiny):
     requests = dataset_class("counterfact")(cfg.dataset, cfg.eval, seed=cfg.seed).load(RECORDS)
     assert [r.case_id for r in requests] == payload["case_ids"]
     templates = [t for group in payload["context_templates"] for t in group]
-    settings = runner.target_settings(cfg.method.target)
+    settings = session.target_settings(cfg.method.target)
     first, last = payload["critical_layers"][0], payload["critical_layers"][-1]
     z_last = optimise_targets(adapter, requests, templates, last, settings).z("block")  # (n x d)
     h_last = values_at_subject(adapter, requests, last).T
@@ -158,12 +159,12 @@ def test_the_analysis_leaves_the_weights_as_it_found_them(analysed, fresh_tiny):
     adapter = fresh_tiny("tiny-gpt2")
     critical = [2, 3]
     before = {l: adapter.rewrite_weight(l).detach().clone() for l in critical}
-    stats = CovarianceStore(adapter, runner.stats_settings(cfg))
+    stats = CovarianceStore(adapter, session.stats_settings(cfg))
     stats.ensure(critical)
     method = method_class("memit")(cfg.method, critical)
     method.prepare(stats, adapter.device)
     requests = dataset_class("counterfact")(cfg.dataset, cfg.eval).load(2)
-    ctx = EditContext(adapter, payload["context_templates"], runner.target_settings(cfg.method.target))
+    ctx = EditContext(adapter, payload["context_templates"], session.target_settings(cfg.method.target))
     result = analyse_layers(method, ctx, requests, critical)
     for l in critical:
         assert torch.equal(adapter.rewrite_weight(l), before[l]), l

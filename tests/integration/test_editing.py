@@ -12,7 +12,7 @@ from blue_cli.editing.keys import collect_keys
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.editing.targets import TargetSettings, optimise_targets
 from blue_cli.registry import method_class, strategy_class
-from blue_cli.runner import target_settings
+from blue_cli.editing.session import target_settings
 
 
 def flat_templates(groups):

@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from blue_cli import runner
+from blue_cli.editing import session as session_module
 from blue_cli.editing.methods.memit import Memit
 from blue_cli.overrides import compose_config
 
@@ -33,7 +34,7 @@ def _read_jsonl(path):
 
 
 def test_every_evaluation_point_and_the_checkpoint_see_the_methods_final_view(tmp_path, monkeypatch, fresh_tiny):
-    monkeypatch.setattr(runner, "method_class", lambda name: UndoAtTheEnd)
+    monkeypatch.setattr(session_module, "method_class", lambda name: UndoAtTheEnd)
     cfg = compose_config([*SMALL, "eval_every=1"])
     summary = runner.run_experiment(cfg, tmp_path)
     pre = _read_jsonl(tmp_path / "cases_pre.jsonl")

@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 
 from blue_cli import runner
+from blue_cli.editing import session as session_module
 from blue_cli.editing.methods.memit import Memit
 from blue_cli.errors import NumericalError
 from blue_cli.overrides import compose_config
@@ -35,7 +36,7 @@ def _checkpoint(run_dir):
 
 def test_a_nan_in_c_stops_the_run_and_keeps_the_last_good_batch(tmp_path, monkeypatch, fresh_tiny):
     NanFromSecondBatch.solves = 0
-    monkeypatch.setattr(runner, "method_class", lambda name: NanFromSecondBatch)
+    monkeypatch.setattr(session_module, "method_class", lambda name: NanFromSecondBatch)
     with pytest.raises(NumericalError, match=r"batch 1 \(case_ids .*\): non-finite update of layer \d"):
         runner.run_experiment(compose_config(SMALL), tmp_path)
     assert not (tmp_path / "summary.json").exists()
@@ -47,7 +48,7 @@ def test_a_nan_in_c_stops_the_run_and_keeps_the_last_good_batch(tmp_path, monkey
 
 def test_on_nan_skip_skips_and_counts_the_batch(tmp_path, monkeypatch, fresh_tiny):
     NanFromSecondBatch.solves = 0
-    monkeypatch.setattr(runner, "method_class", lambda name: NanFromSecondBatch)
+    monkeypatch.setattr(session_module, "method_class", lambda name: NanFromSecondBatch)
     summary = runner.run_experiment(compose_config([*SMALL, "on_nan=skip"]), tmp_path)
     assert summary["skipped_batches"] == 1
     tensors, meta = _checkpoint(tmp_path)
