@@ -156,7 +156,6 @@ def test_prune_bounds_the_accumulated_change(fresh_tiny, requests10):
 
 def test_one_at_a_time_schedule_gives_the_batched_targets(load_tiny, requests10):
     adapter = load_tiny("tiny-gpt2")
-    stats = CovarianceStore(adapter, StatsSettings(samples=20, max_length=64))
     templates = flat_templates(context_templates(adapter, n_prefixes=1, seed=0))
     cfg = _method_cfg()
     method = method_class("memit")(cfg, [3])
