@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-all mutate demo bench readme-results tiny-models clean
+.PHONY: help install install-cpu test test-all mutate demo bench bench-scale readme-results tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ demo: ## the main job on the embedded default: tiny model, bundled CounterFact s
 
 bench: ## speed and quality benchmark on the tiny models (minutes)
 	$(PYTHON) benchmarks/bench_methods.py
+
+bench-scale: ## real-shape benchmark on random weights: full llama3-8b at batch 100 on a GPU, a 2-layer slice on CPU
+	$(PYTHON) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
 
 README_RUNS := outputs/readme
 readme-results: ## rerun the tiny-model sweeps behind the README's tables and rewrite them (minutes)

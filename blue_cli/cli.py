@@ -126,6 +126,37 @@ def stats(ctx: typer.Context) -> None:
         console.print(f"layer {layer}: {store.path(layer)}", soft_wrap=True, highlight=False)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def plan(
+    ctx: typer.Context,
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="device memory to fit, e.g. 48GB (decimal) or 80GiB"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
+) -> None:
+    """The memory and disk plan of a run, from the model's shape (no download): blue plan [overrides] [--gpu-memory 48GB]."""
+    import json
+
+    from blue_cli.overrides import compose_config
+    from blue_cli.plan import largest_chunk, model_shape, make_plan, parse_size, run_facts
+    from blue_cli.reporting.console import console
+    from blue_cli.reporting.plan_table import plan_table, plan_verdict
+
+    try:
+        budget = parse_size(gpu_memory) if gpu_memory is not None else None
+        cfg = compose_config(list(ctx.args))
+        shape, facts = model_shape(cfg.model), run_facts(cfg)
+        result = make_plan(shape, facts, budget)
+        chunk = largest_chunk(shape, facts, budget) if budget is not None and not result.fits else None
+    except BlueError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({**result.as_dict(), "largest_chunk_that_fits": chunk}, indent=2))
+        return
+    title = (f"{cfg.model.name} {facts.method}+{facts.strategy}: batch {facts.batch_size}, {facts.num_edits} edits, "
+             f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, written layers {list(facts.written)}")
+    console.print(plan_table(result, title))
+    console.print(plan_verdict(result, chunk), soft_wrap=True, highlight=False)
+
+
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="run folders and/or sweep folders written by blue edit"),

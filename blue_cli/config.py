@@ -34,8 +34,26 @@ class TargetConfig:
 
 
 @dataclass
+class ModelShape:
+    """Public architecture facts (the model's HF config.json), so ``blue plan`` and
+    ``benchmarks/bench_scale.py`` need no download. ``intermediate_size`` is d_k, the
+    rewrite matrix's input width; ``n_params`` counts tied weights once."""
+
+    family: str = MISSING  # gpt2, gptj, llama, qwen2
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    n_layers: int = MISSING
+    n_heads: int = MISSING
+    n_kv_heads: Optional[int] = None  # grouped-query attention; null = n_heads
+    vocab_size: int = MISSING
+    max_positions: int = MISSING
+    n_params: int = MISSING
+
+
+@dataclass
 class ModelConfig:
-    """Model facts: where to load it from and its critical (edited) layers, 0-based."""
+    """Model facts: where to load it from and its critical (edited) layers, 0-based.
+    ``shape``: its architecture facts (real models; the tiny ones read their config.json)."""
 
     name: str = MISSING
     source: str = MISSING
@@ -43,6 +61,7 @@ class ModelConfig:
     dtype: str = "auto"
     device_map: Optional[str] = None
     layers: list[int] = MISSING
+    shape: Optional[ModelShape] = None
 
 
 @dataclass

@@ -1,0 +1,367 @@
+"""The memory and disk plan of a run, from the model's shape and the config alone.
+
+Pure arithmetic (no model, no download): ``blue plan`` shows it before a multi-hour run.
+Every item counts bytes the code as it stands allocates, so a change to what the
+runner, methods or solves keep must be mirrored here; ``tests/integration/test_plan_measured.py``
+compares the items with what a tiny model really allocates.
+
+Phases on the compute device, which do not overlap in time:
+- ``statistics``: the one corpus pass that builds C (skipped when C is cached);
+- ``targets``: target-vector optimisation (activations saved for the backward pass);
+- ``solve``: the closed-form update of one layer.
+Resident through the whole run: model weights, the method state (C, P, C_prev) and the
+runner's copies of the written matrices. Decimal units: 1 GB = 1e9 bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+
+from blue_cli.errors import ConfigError
+
+GB = 1e9
+DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+FAMILIES = ("gpt2", "gptj", "llama", "qwen2")
+
+# Activation elements autograd saves per token and block when only activations need
+# gradients (weights are frozen, so a Linear saves no input), counted in HF's code and
+# checked against torch on the tiny models: attention saves q, k, v and its output (4h, k
+# and v repeated to every head); each LayerNorm/RMSNorm saves its input (h; Llama's and
+# Qwen's RMSNorm upcast it to float32); GPT-2's and GPT-J's tanh-GELU saves 4 d_k, the
+# SwiGLU MLP 3 d_k (gate, silu(gate), up). The usual "34 h bytes in 16-bit" is a GPT
+# estimate with weight gradients and dropout masks, which target optimisation has not.
+ATTENTION_H = 4
+NORMS = {"gpt2": 2, "gptj": 1, "llama": 2, "qwen2": 2}
+NORM_FLOAT32 = {"gpt2": False, "gptj": False, "llama": True, "qwen2": True}
+MLP_DK = {"gpt2": 4, "gptj": 4, "llama": 3, "qwen2": 3}
+# Per token, outside the blocks: embeddings, the replayed frozen prefix output, the final norm's input.
+OUTSIDE_H = 3
+
+# d_k x d_k float64 matrices alive at the peak of one solve (linalg.py, measured):
+# MEMIT-style: lambda C, K K^T and their sum; AlphaEdit: K K^T, P M, the l2 identity and A.
+SOLVE_MATRICES = {"alphaedit": 4}
+SOLVE_MATRICES_DEFAULT = 3
+# Method state per written layer besides C_prev: AlphaEdit keeps its projector P, the
+# MEMIT family (memit, pmet, rect, prune) keeps C. Checked against the method objects.
+STATE_MATRICES = {"alphaedit": ("projector P",)}
+STATE_MATRICES_DEFAULT = ("statistics C",)
+# Copies of each written matrix (float32, d x d_k) the runner holds during a batch: the
+# originals, the pre-batch weights for diagnostics and the pre-batch weights for revision.
+WEIGHT_COPIES = 3
+# Per edit, cases.jsonl + cases_pre.jsonl (measured: tiny-gpt2, generation on, ~0.97 KB).
+CASE_BYTES = 1000
+# Checkpoint metadata per batch (its JSON row) and fixed header.
+ROW_BYTES = 400
+# CounterFact token counts for the padded target-optimisation batch (BPE vocabularies of
+# 50k-150k): the longest prompt in a batch of requests, the longest and the mean target.
+PROMPT_TOKENS = 16
+TARGET_TOKENS_MAX = 4
+TARGET_TOKENS_MEAN = 2
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the plan needs of the architecture (see ``ModelShape`` in config.py)."""
+
+    family: str
+    hidden_size: int
+    intermediate_size: int
+    n_layers: int
+    n_heads: int
+    vocab_size: int
+    n_params: int
+    n_kv_heads: int | None = None
+    max_positions: int = 2048
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of the plan: bytes in a phase (``resident``, ``statistics``, ``targets``,
+    ``solve``, ``disk``, ``host``)."""
+
+    name: str
+    phase: str
+    bytes: int
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    items: list[Item]
+    budget: int | None = None
+    facts: dict = field(default_factory=dict)
+
+    def total(self, phase: str) -> int:
+        return sum(i.bytes for i in self.items if i.phase == phase)
+
+    def phase_peak(self, phase: str) -> int:
+        """Device bytes while ``phase`` runs: everything resident plus the phase's own."""
+        return self.total("resident") + self.total(phase)
+
+    @property
+    def peak(self) -> int:
+        return max(self.phase_peak(p) for p in ("statistics", "targets", "solve"))
+
+    @property
+    def peak_phase(self) -> str:
+        return max(("statistics", "targets", "solve"), key=self.phase_peak)
+
+    @property
+    def edit_peak(self) -> int:
+        """The peak once statistics are cached (every run after the first on a model)."""
+        return max(self.phase_peak("targets"), self.phase_peak("solve"))
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.budget is None else self.peak <= self.budget
+
+    def as_dict(self) -> dict:
+        return {
+            "facts": self.facts,
+            "items": [i.__dict__ for i in self.items],
+            "phase_peaks": {p: self.phase_peak(p) for p in ("statistics", "targets", "solve")},
+            "peak": self.peak,
+            "peak_phase": self.peak_phase,
+            "edit_peak": self.edit_peak,
+            "disk": self.total("disk"),
+            "budget": self.budget,
+            "fits": self.fits,
+        }
+
+
+def parse_size(text: str) -> int:
+    """'48GB' -> 48e9 bytes; GB/MB/TB are decimal, GiB/MiB/TiB binary; a bare number is GB."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*", text, flags=re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"bad memory size '{text}' (e.g. 48GB, 80GiB, 24000MB)")
+    unit = (m.group(2) or "GB").upper().rstrip("B") or "B"
+    scale = {"B": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def shape_from_hf_config(config: dict) -> Shape:
+    """A Shape from an HF ``config.json`` (gpt2, gptj, llama, qwen2 keys); n_params left 0."""
+    kind = config.get("model_type")
+    if kind in ("gpt2", "gptj"):
+        h = config["n_embd"]
+        return Shape(kind, h, config.get("n_inner") or 4 * h, config["n_layer"], config["n_head"], config["vocab_size"], 0,
+                     None, config.get("n_positions", 1024))
+    if kind in ("llama", "qwen2"):
+        return Shape(kind, config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"],
+                     config["num_attention_heads"], config["vocab_size"], 0, config.get("num_key_value_heads"),
+                     config.get("max_position_embeddings", 2048))
+    raise ConfigError(f"unknown model_type '{kind}' in config.json (choose: {', '.join(FAMILIES)})")
+
+
+def _tiny_shape(source: str) -> Shape:
+    from safetensors import safe_open
+
+    from blue_cli.models.tiny import tiny_model_dir
+
+    folder = tiny_model_dir(source)
+    config = json.loads((folder / "config.json").read_text())
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys() if not (k == "lm_head.weight" and config.get("tie_word_embeddings")))
+    shape = shape_from_hf_config(config)
+    return Shape(**{**shape.__dict__, "n_params": n_params})
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def model_shape(model: DictConfig) -> Shape:
+    """The shape facts of ``model``: its YAML's ``shape``, or a tiny model's committed config.json."""
+    from blue_cli.models.tiny import is_tiny
+
+    if model.get("shape") is not None:
+        s = OmegaConf.to_container(model.shape)
+        if s["family"] not in FAMILIES:
+            raise ConfigError(f"unknown model.shape.family '{s['family']}' (choose: {', '.join(FAMILIES)})")
+        return Shape(**s)
+    if is_tiny(model.source):
+        return _tiny_shape(model.source)
+    raise ConfigError(f"model '{model.name}' has no shape facts (add model.shape to its YAML: hidden_size, intermediate_size, ...)")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the plan reads from a composed config, in plain values."""
+
+    method: str
+    strategy: str
+    sequential: bool
+    critical: tuple[int, ...]
+    written: tuple[int, ...]
+    target_layers: tuple[int, ...]
+    points: int  # target vectors per request (PMET: 2)
+    batch_size: int
+    chunk: int  # requests per target-optimisation chunk
+    num_edits: int
+    n_templates: int  # "{}" plus the prefixes
+    prefix_tokens: int
+    model_dtype: str
+    state_dtype: str
+    device: str
+    stats_max_length: int
+    stats_batch_tokens: int
+
+
+def run_facts(cfg: DictConfig) -> RunFacts:
+    """Read the plan's inputs from ``cfg``; the device is CUDA unless ``device`` says cpu."""
+    from blue_cli.registry import method_class, strategy_class
+
+    critical = tuple(cfg.model.layers)
+    written = tuple(strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(list(critical)))
+    # spread optimises z at the last critical layer; blue (and anything unknown) at each written layer.
+    targets = (critical[-1],) if cfg.strategy.name == "spread" else written
+    device = "cpu" if str(cfg.device).startswith("cpu") else "cuda"
+    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("float16" if device == "cuda" else "float32")
+    state = cfg.method.get("state_dtype", None) or "float64"
+    if state not in ("float32", "float64"):
+        raise ConfigError(f"unknown method.state_dtype '{state}' (choose: float32, float64)")
+    t = cfg.method.target
+    chunk = 1 if not t.batched else (t.get("chunk", None) or cfg.batch_size)
+    if chunk < 1:
+        raise ConfigError(f"method.target.chunk must be >= 1 or null, got {chunk}")
+    return RunFacts(
+        method=cfg.method.name, strategy=cfg.strategy.name, sequential=bool(cfg.method.sequential),
+        critical=critical, written=written, target_layers=tuple(targets),
+        points=len(method_class(cfg.method.name).points), batch_size=cfg.batch_size,
+        chunk=min(chunk, cfg.batch_size), num_edits=cfg.num_edits, n_templates=1 + cfg.context.n_prefixes,
+        prefix_tokens=cfg.context.n_tokens, model_dtype=dtype, state_dtype=state, device=device,
+        stats_max_length=cfg.stats.max_length, stats_batch_tokens=cfg.stats.batch_tokens,
+    )
+
+
+def weight_bytes(shape: Shape, dtype: str, n_written: int) -> int:
+    """All parameters in ``dtype``, the written matrices in float32 (adapter.keep_rewrite_float32)."""
+    b = DTYPE_BYTES[dtype]
+    return shape.n_params * b + n_written * shape.hidden_size * shape.intermediate_size * max(0, 4 - b)
+
+
+def state_items(shape: Shape, facts: RunFacts) -> list[Item]:
+    """C or P per written layer, and C_prev per written layer for sequential methods."""
+    dk2 = shape.intermediate_size**2 * DTYPE_BYTES[facts.state_dtype]
+    n = len(facts.written)
+    names = STATE_MATRICES.get(facts.method, STATE_MATRICES_DEFAULT)
+    items = [Item(name, "resident", n * dk2, f"{n} x d_k^2 {facts.state_dtype}") for name in names]
+    if facts.sequential:
+        items.append(Item("C_prev", "resident", n * dk2, f"{n} x d_k^2 {facts.state_dtype}"))
+    return items
+
+
+def solve_bytes(shape: Shape, facts: RunFacts) -> int:
+    """The largest solve's float64 temporaries (one layer at a time)."""
+    count = SOLVE_MATRICES.get(facts.method, SOLVE_MATRICES_DEFAULT)
+    if facts.method == "alphaedit" and facts.state_dtype != "float64":
+        count += 1  # P upcast to float64 for the solve
+    return count * shape.intermediate_size**2 * 8
+
+
+def sequence_length(prefix_tokens: int, prompt_tokens: int = PROMPT_TOKENS, target_tokens: int = TARGET_TOKENS_MAX) -> int:
+    """Padded length of the target batch: prefix, ". ", the prompt, the target but its last token."""
+    return prefix_tokens + 2 + prompt_tokens + target_tokens - 1
+
+
+def activation_bytes(shape: Shape, dtype: str, blocks: int, tokens: int) -> int:
+    """Activations saved for the backward pass through ``blocks`` blocks for ``tokens`` tokens,
+    plus one block's worth of transient gradients and what lies outside the blocks."""
+    b = DTYPE_BYTES[dtype]
+    h, dk = shape.hidden_size, shape.intermediate_size
+    norm_b = 4 if NORM_FLOAT32[shape.family] else b
+    per_block = b * (ATTENTION_H * h + MLP_DK[shape.family] * dk) + NORMS[shape.family] * h * norm_b
+    return tokens * (per_block * (blocks + 1) + OUTSIDE_H * h * b)
+
+
+def logit_bytes(shape: Shape, dtype: str, rows: int, requests: int) -> int:
+    """Vocabulary logits at the scored positions: model dtype, float32 copy, log-softmax and its
+    gradient per row, plus the initial KL log-probabilities kept per request."""
+    b = DTYPE_BYTES[dtype]
+    per_row = b + (4 if b != 4 else 0) + 4 + 4
+    return shape.vocab_size * (rows * per_row + requests * 4)
+
+
+def target_items(shape: Shape, facts: RunFacts, seq_len: int | None = None, target_mean: float = TARGET_TOKENS_MEAN) -> list[Item]:
+    """Target optimisation of one chunk at the shallowest target layer (the most blocks to backprop)."""
+    layer = min(facts.target_layers)
+    blocks = shape.n_layers - layer - 1 + (1 if facts.points > 1 else 0)
+    seq_len = seq_len or sequence_length(facts.prefix_tokens)
+    sequences = facts.chunk * (facts.n_templates + 1)
+    tokens = sequences * seq_len
+    rows = int(round(facts.chunk * (facts.n_templates * target_mean + 1)))
+    note = f"{facts.chunk} requests x {facts.n_templates + 1} seqs x {seq_len} tokens, {blocks} blocks from layer {layer}"
+    return [
+        Item("activations", "targets", activation_bytes(shape, facts.model_dtype, blocks, tokens), note),
+        Item("logits", "targets", logit_bytes(shape, facts.model_dtype, rows, facts.chunk), f"{rows} rows x {shape.vocab_size} vocab"),
+    ]
+
+
+def statistics_items(shape: Shape, facts: RunFacts) -> list[Item]:
+    """The covariance pass: float64 accumulators for every written layer, one float32
+    product and its float64 copy, and each layer's captured keys for one forward."""
+    dk, n = shape.intermediate_size, len(facts.written)
+    b = DTYPE_BYTES[facts.model_dtype]
+    window = min(facts.stats_max_length, shape.max_positions)  # covariance.window_length
+    tokens = max(1, facts.stats_batch_tokens // window) * window
+    return [
+        Item("C accumulators", "statistics", n * dk * dk * 8, f"{n} x d_k^2 float64"),
+        Item("C update temporaries", "statistics", dk * dk * (4 + 8), "x^T x in float32, then float64"),
+        Item("captured keys", "statistics", tokens * dk * (n * b + 4), f"{tokens} tokens x d_k per layer"),
+    ]
+
+
+def disk_items(shape: Shape, facts: RunFacts) -> list[Item]:
+    """The run folder: one checkpoint (rewritten each batch) and the per-case JSONL files."""
+    n = len(facts.written)
+    batches = -(-facts.num_edits // facts.batch_size)
+    ckpt = n * shape.hidden_size * shape.intermediate_size * 4 + batches * ROW_BYTES
+    note = f"{n} written matrices float32"
+    if facts.sequential:
+        ckpt += n * shape.intermediate_size**2 * DTYPE_BYTES[facts.state_dtype]
+        note += f" + {n} C_prev {facts.state_dtype}"
+    return [
+        Item("checkpoint (one file, rewritten each batch)", "disk", ckpt, note),
+        Item("per-case JSONL", "disk", facts.num_edits * CASE_BYTES, f"{facts.num_edits} edits"),
+    ]
+
+
+def make_plan(shape: Shape, facts: RunFacts, budget: int | None = None) -> Plan:
+    """Every item of the plan; the peak per device and whether it fits ``budget`` bytes."""
+    n = len(facts.written)
+    d, dk = shape.hidden_size, shape.intermediate_size
+    items = [Item("model weights", "resident", weight_bytes(shape, facts.model_dtype, n),
+                  f"{shape.n_params / 1e9:.2f}B params {facts.model_dtype}, written matrices float32")]
+    items += state_items(shape, facts)
+    items.append(Item("written-matrix copies", "resident", WEIGHT_COPIES * n * d * dk * 4, f"{WEIGHT_COPIES} x {n} x d x d_k float32"))
+    items += statistics_items(shape, facts)
+    items += target_items(shape, facts)
+    items.append(Item("solve temporaries", "solve", solve_bytes(shape, facts), "largest layer's system, float64"))
+    items += disk_items(shape, facts)
+    items.append(Item("statistics cache (outside the run folder)", "host", n * dk * dk * 4, f"{n} x d_k^2 float32 on disk and in RAM"))
+    plan_facts = {"written_layers": list(facts.written), "target_layers": list(facts.target_layers), "method": facts.method,
+                  "strategy": facts.strategy, "batch_size": facts.batch_size, "chunk": facts.chunk, "model_dtype": facts.model_dtype,
+                  "state_dtype": facts.state_dtype, "device": facts.device, "d": d, "d_k": dk}
+    return Plan(items, budget, plan_facts)
+
+
+def largest_chunk(shape: Shape, facts: RunFacts, budget: int) -> int:
+    """The most requests per target-optimisation chunk whose plan fits ``budget`` (0: none does)."""
+    from dataclasses import replace
+
+    for chunk in range(facts.batch_size, 0, -1):
+        if make_plan(shape, replace(facts, chunk=chunk), budget).edit_peak <= budget:
+            return chunk
+    return 0
+
+
+def plan_for_config(cfg: DictConfig, budget: int | None = None) -> Plan:
+    """The plan of the run ``cfg`` describes."""
+    return make_plan(model_shape(cfg.model), run_facts(cfg), budget)

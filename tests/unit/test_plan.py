@@ -1,0 +1,148 @@
+"""The plan's arithmetic against bytes computed by hand for a made-up shape, and its inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from blue_cli.errors import ConfigError
+from blue_cli.overrides import compose_config
+from blue_cli.plan import RunFacts, Shape, largest_chunk, make_plan, model_shape, parse_size, plan_for_config, run_facts
+
+SHAPE = Shape(family="llama", hidden_size=10, intermediate_size=20, n_layers=6, n_heads=2, vocab_size=100, n_params=1000)
+FACTS = RunFacts(
+    method="alphaedit", strategy="blue", sequential=True, critical=(1, 2, 3), written=(1, 3), target_layers=(1, 3), points=1,
+    batch_size=4, chunk=4, num_edits=8, n_templates=6, prefix_tokens=10, model_dtype="float16", state_dtype="float64",
+    device="cuda", stats_max_length=64, stats_batch_tokens=128,
+)
+
+
+def by_name(plan):
+    return {i.name: i.bytes for i in plan.items}
+
+
+def test_every_item_by_hand():
+    b = by_name(make_plan(SHAPE, FACTS))
+    assert b["model weights"] == 1000 * 2 + 2 * (10 * 20) * 2  # fp16 params + written matrices raised to float32
+    assert b["projector P"] == 2 * 20 * 20 * 8
+    assert b["C_prev"] == 2 * 20 * 20 * 8
+    assert "statistics C" not in b  # AlphaEdit keeps P, not C
+    assert b["written-matrix copies"] == 3 * 2 * 10 * 20 * 4
+    assert b["solve temporaries"] == 4 * 20 * 20 * 8
+    # 4 requests x 7 sequences x (10 + 2 + 16 + 4 - 1 = 31) tokens; from layer 1: 4 blocks + 1 transient;
+    # per block: fp16 (4 h + 3 d_k) + 2 float32 norm inputs; outside: 3 h fp16.
+    per_block = 2 * (4 * 10 + 3 * 20) + 2 * 10 * 4
+    assert b["activations"] == 4 * 7 * 31 * (per_block * 5 + 3 * 10 * 2)
+    # 4 x (6 templates x 2 target tokens + 1 KL row) = 52 rows of (fp16 + float32 + log-softmax + grad), + KL init
+    assert b["logits"] == 100 * (52 * (2 + 4 + 4 + 4) + 4 * 4)
+    assert b["C accumulators"] == 2 * 400 * 8
+    assert b["C update temporaries"] == 400 * 12
+    assert b["captured keys"] == 128 * 20 * (2 * 2 + 4)
+    assert b["checkpoint (one file, rewritten each batch)"] == 2 * 200 * 4 + 2 * 400 + 2 * 400 * 8
+    assert b["per-case JSONL"] == 8 * 1000
+
+
+def test_peaks_and_fit():
+    plan = make_plan(SHAPE, FACTS, budget=40_000)
+    resident = 2800 + 6400 + 6400 + 4800
+    assert plan.phase_peak("solve") == resident + 12800
+    assert plan.phase_peak("statistics") == resident + 6400 + 4800 + 20480
+    assert plan.peak == plan.phase_peak("targets") == resident + 1_267_280 + 74_400
+    assert plan.fits is False
+    assert make_plan(SHAPE, FACTS, budget=plan.peak).fits is True
+
+
+def test_float32_state_and_non_sequential_memit():
+    half = by_name(make_plan(SHAPE, replace(FACTS, state_dtype="float32")))
+    assert half["projector P"] == half["C_prev"] == 2 * 400 * 4
+    assert half["solve temporaries"] == 5 * 400 * 8  # P is raised to float64 for the solve
+    memit = by_name(make_plan(SHAPE, replace(FACTS, method="memit", sequential=False)))
+    assert memit["statistics C"] == 2 * 400 * 8 and "C_prev" not in memit
+    assert memit["solve temporaries"] == 3 * 400 * 8
+    assert memit["checkpoint (one file, rewritten each batch)"] == 2 * 200 * 4 + 2 * 400
+
+
+def test_chunks_shrink_activations_and_the_largest_fitting_chunk():
+    full = make_plan(SHAPE, FACTS)
+    one = make_plan(SHAPE, replace(FACTS, chunk=1))
+    assert by_name(one)["activations"] * 4 == by_name(full)["activations"]
+    budget = make_plan(SHAPE, replace(FACTS, chunk=2)).edit_peak
+    assert largest_chunk(SHAPE, FACTS, budget) == 2
+    assert largest_chunk(SHAPE, FACTS, 10) == 0
+
+
+def test_pmet_backprops_through_the_target_block_too():
+    pmet = by_name(make_plan(SHAPE, replace(FACTS, method="pmet", points=2, target_layers=(3,))))
+    base = by_name(make_plan(SHAPE, replace(FACTS, target_layers=(3,))))
+    per_block_tokens = 4 * 7 * 31 * (2 * (4 * 10 + 3 * 20) + 2 * 10 * 4)
+    assert pmet["activations"] - base["activations"] == per_block_tokens
+
+
+@pytest.mark.parametrize("text,expected", [("48GB", 48e9), ("48", 48e9), ("80GiB", 80 * 2**30), ("24000MB", 24e9), ("1.5 TB", 1.5e12)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == int(expected)
+
+
+@pytest.mark.parametrize("text", ["48XB", "", "-3GB", "0GB", "GB"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ConfigError, match="bad memory size"):
+        parse_size(text)
+
+
+def test_run_facts_from_the_composed_config():
+    spread = run_facts(compose_config(["model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100"]))
+    assert spread.written == (4, 5, 6, 7, 8) and spread.target_layers == (8,)
+    assert spread.model_dtype == "float16" and spread.state_dtype == "float64" and spread.chunk == 100 and spread.sequential
+    blue = run_facts(compose_config(["model=llama3", "method=alphaedit", "strategy=blue"]))
+    assert blue.written == (4, 8) and blue.target_layers == (4, 8)
+    ref = run_facts(compose_config(["method.target.batched=false", "device=cpu"]))
+    assert ref.chunk == 1 and ref.model_dtype == "float32" and ref.device == "cpu"
+    assert run_facts(compose_config(["method=pmet"])).points == 2
+
+
+def test_llama3_alphaedit_spread_needs_target_chunks_on_48gb():
+    """The issue's numbers: 5 written layers x (P + C_prev) at 1.64 GB each, ~80 GB of activations at batch 100."""
+    plan = plan_for_config(compose_config(["model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100"]), budget=48_000_000_000)
+    b = by_name(plan)
+    assert b["projector P"] == b["C_prev"] == 5 * 14336**2 * 8
+    assert 60e9 < b["activations"] < 110e9
+    assert plan.fits is False
+
+
+def test_model_shape_errors_and_tiny_config():
+    cfg = compose_config(["model=tiny-gptj"])
+    shape = model_shape(cfg.model)
+    assert (shape.family, shape.hidden_size, shape.intermediate_size, shape.n_layers, shape.vocab_size) == ("gptj", 128, 512, 6, 4096)
+    cfg.model.source = "nowhere/model"
+    with pytest.raises(ConfigError, match="no shape facts"):
+        model_shape(cfg.model)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2"])
+def test_tiny_parameter_count_matches_the_model(name, load_tiny):
+    adapter = load_tiny(name)
+    assert model_shape(compose_config([f"model={name}"]).model).n_params == sum(p.numel() for p in adapter.model.parameters())
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_scale.py"
+    spec = importlib.util.spec_from_file_location("bench_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt2-xl", "gpt-j", "llama3", "qwen2.5"])
+def test_yaml_shape_rebuilds_the_public_parameter_count(name):
+    """The shape facts rebuild (on the meta device, no memory) a model with the YAML's n_params."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shape = model_shape(compose_config([f"model={name}"]).model)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(_bench().hf_config(shape, shape.n_layers, shape.vocab_size))
+    assert sum(p.numel() for p in model.parameters()) == shape.n_params
+    assert model.get_output_embeddings().weight.shape[0] == shape.vocab_size
