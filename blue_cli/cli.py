@@ -136,14 +136,14 @@ def plan(
     import json
 
     from blue_cli.overrides import compose_config
-    from blue_cli.plan import largest_chunk, model_shape, make_plan, parse_size, run_facts
+    from blue_cli.plan import largest_chunk, make_plan, parse_size, planned_facts
     from blue_cli.reporting.console import console
     from blue_cli.reporting.plan_table import plan_table, plan_verdict
 
     try:
         budget = parse_size(gpu_memory) if gpu_memory is not None else None
         cfg = compose_config(list(ctx.args))
-        shape, facts = model_shape(cfg.model), run_facts(cfg)
+        shape, facts = planned_facts(cfg, budget)
         result = make_plan(shape, facts, budget)
         chunk = largest_chunk(shape, facts, budget) if budget is not None and not result.fits else None
     except BlueError as exc:
@@ -152,7 +152,7 @@ def plan(
         print(json.dumps({**result.as_dict(), "largest_chunk_that_fits": chunk}, indent=2))
         return
     title = (f"{cfg.model.name} {facts.method}+{facts.strategy}: batch {facts.batch_size}, {facts.num_edits} edits, "
-             f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, written layers {list(facts.written)}")
+             f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, target chunk {facts.chunk}, written layers {list(facts.written)}")
     console.print(plan_table(result, title))
     console.print(plan_verdict(result, chunk), soft_wrap=True, highlight=False)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -224,9 +224,11 @@ def run_facts(cfg: DictConfig) -> RunFacts:
     targets = (critical[-1],) if cfg.strategy.name == "spread" else written
     device = "cpu" if str(cfg.device).startswith("cpu") else "cuda"
     dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("float16" if device == "cuda" else "float32")
-    state = cfg.method.get("state_dtype", None) or "float64"
+    state = cfg.method.get("state_dtype", None) or "auto"
+    if state == "auto":  # as EditMethod.prepare: float32 on CUDA, float64 on CPU
+        state = "float32" if device == "cuda" else "float64"
     if state not in ("float32", "float64"):
-        raise ConfigError(f"unknown method.state_dtype '{state}' (choose: float32, float64)")
+        raise ConfigError(f"unknown method.state_dtype '{state}' (choose: auto, float32, float64)")
     t = cfg.method.target
     chunk = 1 if not t.batched else (t.get("chunk", None) or cfg.batch_size)
     if chunk < 1:
@@ -324,9 +326,9 @@ def disk_items(shape: Shape, facts: RunFacts) -> list[Item]:
     batches = -(-facts.num_edits // facts.batch_size)
     ckpt = n * shape.hidden_size * shape.intermediate_size * 4 + batches * ROW_BYTES
     note = f"{n} written matrices float32"
-    if facts.sequential:
-        ckpt += n * shape.intermediate_size**2 * DTYPE_BYTES[facts.state_dtype]
-        note += f" + {n} C_prev {facts.state_dtype}"
+    if facts.sequential:  # C_prev is stored as the keys that built it (float32, d_k per edit)
+        ckpt += n * facts.num_edits * shape.intermediate_size * 4
+        note += f" + {n} x {facts.num_edits} keys float32"
     return [
         Item("checkpoint (one file, rewritten each batch)", "disk", ckpt, note),
         Item("per-case JSONL", "disk", facts.num_edits * CASE_BYTES, f"{facts.num_edits} edits"),
@@ -362,6 +364,20 @@ def largest_chunk(shape: Shape, facts: RunFacts, budget: int) -> int:
     return 0
 
 
+def planned_facts(cfg: DictConfig, budget: int | None = None) -> tuple[Shape, RunFacts]:
+    """The shape and run facts of ``cfg``. With ``method.target.chunk`` null on CUDA the
+    run sizes its target chunks from the free memory (EditContext.chunk_size); the plan
+    does the same against ``budget``."""
+    shape, facts = model_shape(cfg.model), run_facts(cfg)
+    auto = cfg.method.target.get("chunk", None) is None and cfg.method.target.batched
+    if auto and facts.device == "cuda" and budget:
+        fitting = largest_chunk(shape, facts, budget)
+        if fitting:
+            facts = replace(facts, chunk=fitting)
+    return shape, facts
+
+
 def plan_for_config(cfg: DictConfig, budget: int | None = None) -> Plan:
     """The plan of the run ``cfg`` describes."""
-    return make_plan(model_shape(cfg.model), run_facts(cfg), budget)
+    shape, facts = planned_facts(cfg, budget)
+    return make_plan(shape, facts, budget)

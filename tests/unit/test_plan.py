@@ -41,7 +41,7 @@ def test_every_item_by_hand():
     assert b["C accumulators"] == 2 * 400 * 8
     assert b["C update temporaries"] == 400 * 12
     assert b["captured keys"] == 128 * 20 * (2 * 2 + 4)
-    assert b["checkpoint (one file, rewritten each batch)"] == 2 * 200 * 4 + 2 * 400 + 2 * 400 * 8
+    assert b["checkpoint (one file, rewritten each batch)"] == 2 * 200 * 4 + 2 * 400 + 2 * 8 * 20 * 4  # keys, not C_prev
     assert b["per-case JSONL"] == 8 * 1000
 
 
@@ -95,21 +95,29 @@ def test_parse_size_rejects(text):
 def test_run_facts_from_the_composed_config():
     spread = run_facts(compose_config(["model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100"]))
     assert spread.written == (4, 5, 6, 7, 8) and spread.target_layers == (8,)
-    assert spread.model_dtype == "float16" and spread.state_dtype == "float64" and spread.chunk == 100 and spread.sequential
+    assert spread.model_dtype == "float16" and spread.state_dtype == "float32" and spread.chunk == 100 and spread.sequential
     blue = run_facts(compose_config(["model=llama3", "method=alphaedit", "strategy=blue"]))
     assert blue.written == (4, 8) and blue.target_layers == (4, 8)
     ref = run_facts(compose_config(["method.target.batched=false", "device=cpu"]))
-    assert ref.chunk == 1 and ref.model_dtype == "float32" and ref.device == "cpu"
+    assert ref.chunk == 1 and ref.model_dtype == "float32" and ref.device == "cpu" and ref.state_dtype == "float64"
     assert run_facts(compose_config(["method=pmet"])).points == 2
 
 
-def test_llama3_alphaedit_spread_needs_target_chunks_on_48gb():
-    """The issue's numbers: 5 written layers x (P + C_prev) at 1.64 GB each, ~80 GB of activations at batch 100."""
-    plan = plan_for_config(compose_config(["model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100"]), budget=48_000_000_000)
-    b = by_name(plan)
+def test_llama3_alphaedit_spread_fits_48gb_with_float32_state_and_target_chunks():
+    """The issue's numbers: 5 written layers x (P + C_prev) at 1.64 GB each in float64, ~80 GB
+    of activations at batch 100 in one chunk; float32 state (the CUDA default) and chunks fit."""
+    base = ["model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100", "num_edits=2000"]
+    whole = plan_for_config(compose_config([*base, "method.state_dtype=float64", "method.target.chunk=100"]), budget=48_000_000_000)
+    b = by_name(whole)
     assert b["projector P"] == b["C_prev"] == 5 * 14336**2 * 8
     assert 60e9 < b["activations"] < 110e9
-    assert plan.fits is False
+    assert whole.fits is False
+    auto = plan_for_config(compose_config(base), budget=48_000_000_000)
+    b = by_name(auto)
+    assert b["projector P"] == b["C_prev"] == 5 * 14336**2 * 4
+    assert auto.fits is True
+    # the checkpoint holds the keys (2000 x 14336 float32 per layer), not d_k x d_k matrices
+    assert b["checkpoint (one file, rewritten each batch)"] < 5 * 4096 * 14336 * 4 + 5 * 2000 * 14336 * 4 + 10**6
 
 
 def test_model_shape_errors_and_tiny_config():
