@@ -151,7 +151,7 @@ def edit_once(cfg, adapter, critical, requests, moments, schedule: list[str], st
     from blue_cli.editing.diagnostics import batch_diagnostics, observe_before
     from blue_cli.overrides import compose_config
     from blue_cli.registry import method_class, strategy_class
-    from blue_cli.runner import target_settings
+    from blue_cli.editing.session import target_settings
 
     over = [f"method={cfg.method.name}", f"strategy={strategy_name}", *schedule]
     scfg = compose_config([f"model={cfg.model.name}", *over])

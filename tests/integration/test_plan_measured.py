@@ -28,7 +28,7 @@ from blue_cli.editing.targets import _build_batch, optimise_targets
 from blue_cli.overrides import compose_config
 from blue_cli.plan import make_plan, model_shape, run_facts, target_items
 from blue_cli.registry import method_class, strategy_class
-from blue_cli.runner import stats_settings, target_settings
+from blue_cli.editing.session import stats_settings, target_settings
 
 TOLERANCE = 0.25
 
