@@ -175,6 +175,7 @@ def conf_dir() -> Path:
 
 
 GROUPS = ("model", "dataset", "method", "strategy")
+MAX_TARGET_LR = 1e3
 
 
 def group_choices(group: str) -> list[str]:
@@ -196,6 +197,8 @@ def check_run_config(cfg) -> None:
     for key in ("lr", "clamp"):
         if not (0 < t[key] < float("inf")):
             raise ConfigError(f"method.target.{key} must be positive and finite, got {t[key]}")
+    if t.lr > MAX_TARGET_LR:  # larger steps overflow the target optimisation (inf, then NaN)
+        raise ConfigError(f"method.target.lr must be at most {MAX_TARGET_LR:g} (published settings use 0.1-5), got {t.lr}")
     if "cov_weight" in cfg.method and not (0 < cfg.method.cov_weight < float("inf")):
         raise ConfigError(f"method.cov_weight must be positive and finite, got {cfg.method.cov_weight}")
     ev = cfg.eval

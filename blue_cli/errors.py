@@ -15,3 +15,11 @@ class DataError(BlueError):
 
 class OfflineError(BlueError):
     """Something had to be downloaded but the network could not be reached."""
+
+
+class NumericalError(BlueError):
+    """A batch produced non-finite values; the run stops before they reach the weights (exit code 1)."""
+
+
+class RunFolderError(BlueError):
+    """A run folder that another run is using, or that cannot hold this run."""
