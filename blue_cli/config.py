@@ -211,5 +211,7 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"eval_every must be >= 1 or null, got {cfg.eval_every}")
     if not cfg.model.layers:
         raise ConfigError("model.layers must name at least one critical layer")
+    if min(cfg.model.layers) < 0:
+        raise ConfigError(f"model.layers must be >= 0 (0-based block indices), got {list(cfg.model.layers)}")
     if list(cfg.model.layers) != sorted(set(cfg.model.layers)):
         raise ConfigError(f"model.layers must be increasing and distinct, got {list(cfg.model.layers)}")
