@@ -127,7 +127,12 @@ def _preflight(args: list[str]):
     lock is taken here (returned) so that a second run there writes nothing at all.
     """
     from blue_cli.models.source import check_model_available
-    from blue_cli.overrides import explicit_run_dir, is_multirun, runs_no_job, validate_overrides
+    from blue_cli.overrides import (
+        explicit_run_dir,
+        is_multirun,
+        runs_no_job,
+        validate_overrides,
+    )
 
     configs = validate_overrides(args)
     if runs_no_job(args):

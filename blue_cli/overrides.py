@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from blue_cli.config import GROUPS, check_run_config, conf_dir, group_choices, register_configs
@@ -147,7 +148,7 @@ def explicit_run_dir(args: Sequence[str]) -> str | None:
     found = None
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception:
+    except OverrideParseException:
         return None
     for ov in parsed:
         if ov.get_key_element() == "hydra.run.dir" and not ov.is_delete():

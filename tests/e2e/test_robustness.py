@@ -223,7 +223,7 @@ def test_blue_offline_fails_fast_with_the_offline_message(tmp_path):
     environ = dict(os.environ)
     environ.pop("HF_HUB_OFFLINE", None)
     start = time.monotonic()
-    proc = subprocess.run(blue_exe() + ["edit", "model=gpt2-xl"], cwd=tmp_path, env={**environ, **env, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(blue_exe() + ["edit", "model=gpt2-xl"], cwd=tmp_path, env={**environ, **env, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True, timeout=300, check=False)
     elapsed = time.monotonic() - start
     assert_one_line_error(proc, "model 'gpt2-xl' is not in the local Hugging Face cache and the hub cannot be reached")
     assert elapsed < startup + 5, (elapsed, startup)
@@ -368,26 +368,32 @@ def assert_same_results(a: Path, b: Path) -> None:
     assert _timing_free(sa) == _timing_free(sb)
     assert (a / "cases.jsonl").read_text() == (b / "cases.jsonl").read_text()
     with safe_open(str(a / CHECKPOINT), framework="pt") as fa, safe_open(str(b / CHECKPOINT), framework="pt") as fb:
-        assert sorted(fa.keys()) == sorted(fb.keys())
-        for key in fa.keys():
+        keys = sorted(fa.keys())
+        assert keys == sorted(fb.keys())
+        for key in keys:
             ta, tb = fa.get_tensor(key), fb.get_tensor(key)
             assert ta.dtype == tb.dtype and torch.equal(ta, tb), key
         rows_a, rows_b = (json.loads(f.metadata()["batches"]) for f in (fa, fb))
     assert [_timing_free(r) for r in rows_a] == [_timing_free(r) for r in rows_b]
 
 
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
 def kill_and_resume(tmp_path: Path, run_dir: Path, kills: int, seed: int) -> int:
-    """Start the run, SIGKILL it ``kills`` times at seeded random moments after its first
-    checkpoint, resume each time, then let it finish; returns how many kills landed."""
+    """Start the run, SIGKILL it ``kills`` times, each at a seeded random moment after that
+    attempt saved a checkpoint, resume each time, then let it finish; returns how many kills landed."""
     rng = random.Random(seed)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     landed = 0
     for _ in range(kills):
+        saved = _mtime(run_dir / CHECKPOINT)
         proc = subprocess.Popen(blue_exe() + ["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 600
-        while time.time() < deadline and not (run_dir / CHECKPOINT).exists() and proc.poll() is None:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 6.0))
+        while time.time() < deadline and _mtime(run_dir / CHECKPOINT) == saved and proc.poll() is None:
+            time.sleep(0.05)  # until this attempt saves a batch (or ends)
+        time.sleep(rng.uniform(0.0, 3.0))
         if proc.poll() is not None:
             assert proc.returncode == 0
             break
