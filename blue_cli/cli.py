@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,11 +11,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
 
-from blue_cli.errors import BlueError  # noqa: E402
+from blue_cli.errors import BlueError, NumericalError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Locate-then-edit knowledge editing experiments.")
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+log = logging.getLogger(__name__)
 
 
 def _fail(exc: BlueError) -> None:
@@ -24,43 +28,89 @@ def _fail(exc: BlueError) -> None:
     raise typer.Exit(code=2)
 
 
-def _hydra_job(cfg) -> None:
-    """The body of every Hydra job (single run or one job of a sweep)."""
+def _hydra_job(cfg, held_lock=None) -> None:
+    """The body of every Hydra job (single run or one job of a sweep).
+
+    ``held_lock``: the run folder's lock when ``edit`` already took it (a single run
+    with ``hydra.run.dir``); otherwise it is taken here. A failure is one red line on
+    stderr and an ``error:`` line in the job's ``blue.log``; a run that saved no batch
+    removes the folder it created.
+    """
     from hydra.core.hydra_config import HydraConfig
 
-    from blue_cli.reporting.console import RichProgress, show_run
+    from blue_cli.reporting.console import RichProgress, console, show_run
     from blue_cli.reporting.results import BATCHES, read_jsonl
+    from blue_cli.run_folder import is_fresh, lock_run_folder
     from blue_cli.runner import run_experiment
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    fresh = is_fresh(run_dir)
+    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
+    try:
+        lock = held_lock or lock_run_folder(run_dir)
+    except BlueError as exc:  # another run's folder: report, but touch nothing there
+        _report_error(exc)
+        raise SystemExit(2) from None
     try:
         summary = run_experiment(cfg, run_dir, progress=RichProgress())
     except BlueError as exc:
-        from blue_cli.reporting.console import err_console
-
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
+        _report_error(exc, log_it=True)
+        _end_failed(run_dir, fresh)
+        raise SystemExit(1 if isinstance(exc, NumericalError) else 2) from None
     except KeyboardInterrupt:
         from blue_cli.reporting.console import err_console
 
-        err_console.print(
-            f"[yellow]interrupted:[/yellow] finished batches are saved in {run_dir}; "
-            f"rerun with hydra.run.dir={run_dir} to resume",
-            highlight=False,
-            soft_wrap=True,
-        )
+        log.error("interrupted")
+        if not _end_failed(run_dir, fresh):
+            err_console.print(
+                f"[yellow]interrupted:[/yellow] finished batches are saved in {run_dir}; "
+                f"rerun with hydra.run.dir={run_dir} to resume",
+                highlight=False,
+                soft_wrap=True,
+            )
         raise SystemExit(130) from None
+    except Exception:
+        log.exception("error: unexpected failure (a bug in blue; please report it with this log)")
+        _end_failed(run_dir, fresh)
+        raise
+    finally:
+        if lock is not held_lock:
+            lock.release()
     show_run(run_dir, summary, read_jsonl(run_dir / BATCHES))
+    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
 
 
-def run_hydra(args: list[str]) -> None:
+def _report_error(exc: BlueError, log_it: bool = False) -> None:
+    """The one red ``error:`` line on stderr, and (``log_it``) the same line in ``blue.log``."""
+    from blue_cli.reporting.console import err_console
+
+    if log_it:
+        log.error("error: %s", exc)
+    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+
+
+def _end_failed(run_dir: Path, fresh: bool) -> bool:
+    """Remove a run folder that holds no saved batch and was created by this run; say what happened."""
+    from blue_cli.reporting.console import console
+    from blue_cli.run_folder import remove_failed_start
+
+    removed = remove_failed_start(run_dir, fresh)
+    note = "removed (no batch was saved)" if removed else "kept"
+    console.print(f"run folder: {run_dir} {note}", highlight=False, soft_wrap=True)
+    return removed
+
+
+def run_hydra(args: list[str], held_lock=None) -> None:
     """Hand ``args`` to Hydra's own main (so -m sweeps, launchers and run folders work)."""
     import hydra
 
     from blue_cli.config import conf_dir, register_configs
 
+    def blue(cfg) -> None:
+        _hydra_job(cfg, held_lock)
+
     register_configs()
-    main = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_hydra_job)
+    main = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(blue)
     saved = sys.argv
     sys.argv = ["blue", *args]
     try:
@@ -69,20 +119,52 @@ def run_hydra(args: list[str]) -> None:
         sys.argv = saved
 
 
+def _preflight(args: list[str]):
+    """Checks that must pass before Hydra creates or touches any run folder.
+
+    Every composed config's model must be loadable (offline: already cached); a single
+    run in an explicit ``hydra.run.dir`` must match that folder's checkpoint, and its
+    lock is taken here (returned) so that a second run there writes nothing at all.
+    """
+    from blue_cli.models.source import check_model_available
+    from blue_cli.overrides import (
+        explicit_run_dir,
+        is_multirun,
+        runs_no_job,
+        validate_overrides,
+    )
+
+    configs = validate_overrides(args)
+    if runs_no_job(args):
+        return None
+    for cfg in configs:
+        check_model_available(cfg.model.source, cfg.model.revision)
+    given = None if is_multirun(args) else explicit_run_dir(args)
+    if given is None:
+        return None
+    from blue_cli.run_folder import check_resume, lock_run_folder
+
+    run_dir = Path(os.path.abspath(given))
+    check_resume(configs[0], run_dir)
+    return lock_run_folder(run_dir)
+
+
 @app.command(context_settings=PASS_THROUGH)
 def edit(ctx: typer.Context) -> None:
     """Run sequential editing + evaluation: blue edit [-m] [--cfg job] [group=choice ...] [key=value ...]."""
-    from blue_cli.overrides import validate_overrides
-
     args = list(ctx.args)
     if any(a in ("--help", "-h", "--hydra-help") for a in args):
         run_hydra(args)
         return
     try:
-        validate_overrides(args)
+        held_lock = _preflight(args)
     except BlueError as exc:
         _fail(exc)
-    run_hydra(args)
+    try:
+        run_hydra(args, held_lock)
+    finally:
+        if held_lock is not None:
+            held_lock.release()
 
 
 @app.command(name="list")
@@ -253,6 +335,13 @@ def analyze(
 
 
 def main() -> None:
+    from blue_cli.data.download import offline_requested
+
+    if offline_requested():
+        # The hub clients read these once, at import: set them before anything imports
+        # them, so every hub lookup (models, tokenizers, datasets) fails at once.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
     app()
 
 

@@ -199,6 +199,7 @@ def conf_dir() -> Path:
 
 
 GROUPS = ("model", "dataset", "method", "strategy")
+MAX_TARGET_LR = 1e3
 
 
 def group_choices(group: str) -> list[str]:
@@ -226,6 +227,8 @@ def check_run_config(cfg) -> None:
     for key in ("lr", "clamp"):
         if not (0 < t[key] < float("inf")):
             raise ConfigError(f"method.target.{key} must be positive and finite, got {t[key]}")
+    if t.lr > MAX_TARGET_LR:  # larger steps overflow the target optimisation (inf, then NaN)
+        raise ConfigError(f"method.target.lr must be at most {MAX_TARGET_LR:g} (published settings use 0.1-5), got {t.lr}")
     if "cov_weight" in cfg.method and not (0 < cfg.method.cov_weight < float("inf")):
         raise ConfigError(f"method.cov_weight must be positive and finite, got {cfg.method.cov_weight}")
     ev = cfg.eval
@@ -238,5 +241,7 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"eval_every must be >= 1 or null, got {cfg.eval_every}")
     if not cfg.model.layers:
         raise ConfigError("model.layers must name at least one critical layer")
+    if min(cfg.model.layers) < 0:
+        raise ConfigError(f"model.layers must be >= 0 (0-based block indices), got {list(cfg.model.layers)}")
     if list(cfg.model.layers) != sorted(set(cfg.model.layers)):
         raise ConfigError(f"model.layers must be increasing and distinct, got {list(cfg.model.layers)}")

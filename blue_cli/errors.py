@@ -18,4 +18,9 @@ class OfflineError(BlueError):
 
 
 class NumericalError(BlueError):
-    """A target, key, solve or update came out non-finite; the weights were left as before the batch."""
+    """A target, key, solve or update came out non-finite; the weights were left as
+    before the batch and the run stops (exit code 1)."""
+
+
+class RunFolderError(BlueError):
+    """A run folder that another run is using, or that cannot hold this run."""

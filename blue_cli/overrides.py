@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from blue_cli.config import GROUPS, check_run_config, conf_dir, group_choices, register_configs
@@ -113,8 +114,45 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def validate_overrides(args: Sequence[str]) -> None:
-    """Raise ConfigError for the first override (or sweep value) that would not compose."""
+def validate_overrides(args: Sequence[str]) -> list[DictConfig]:
+    """Raise ConfigError for the first override (or sweep value) that would not compose.
+
+    Returns the composed configs: the run's, or one per sweep value (not the product).
+    """
     _, overrides = split_args(args)
-    for combo in _expand(overrides):
-        compose_config(combo)
+    return [compose_config(combo) for combo in _expand(overrides)]
+
+
+# Flags after which Hydra prints something and runs no job.
+PRINT_FLAGS = {"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--help", "-h", "--hydra-help", "--version"}
+
+
+def runs_no_job(args: Sequence[str]) -> bool:
+    """Whether Hydra would only print (config, info, help) for these arguments."""
+    flags, _ = split_args(args)
+    return any(flag.split("=", 1)[0] in PRINT_FLAGS for flag in flags)
+
+
+def is_multirun(args: Sequence[str]) -> bool:
+    flags, overrides = split_args(args)
+    return any(f in ("-m", "--multirun") for f in flags) or any(o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in overrides)
+
+
+def explicit_run_dir(args: Sequence[str]) -> str | None:
+    """The value of a ``hydra.run.dir=`` override (the last one), or None.
+
+    A value with an interpolation (``${...}``) is returned as None too: only Hydra
+    resolves those, so such a folder is checked inside the job instead.
+    """
+    _, overrides = split_args(args)
+    found = None
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException:
+        return None
+    for ov in parsed:
+        if ov.get_key_element() == "hydra.run.dir" and not ov.is_delete():
+            found = str(ov.value())
+    if found is None or "${" in found:
+        return None
+    return found

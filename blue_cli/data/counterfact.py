@@ -7,6 +7,7 @@ from typing import Any
 
 from blue_cli.data.files import (
     BUNDLED,
+    check_lengths,
     check_range,
     describe_files,
     field,
@@ -101,12 +102,14 @@ def parse_record(raw: Any, *, source: str, index: int) -> EditRequest:
     case_id = field(raw, "case_id", int, fail)
     subject = field(rewrite, "subject", str, fail, "requested_rewrite.")
     prompt = field(rewrite, "prompt", str, fail, "requested_rewrite.")
+    check_lengths({"requested_rewrite.subject": subject, "requested_rewrite.prompt": prompt}, fail)
     targets, target_objs = [], []
     for key in ("target_new", "target_true"):
         target = field(rewrite, key, dict, fail, "requested_rewrite.")
         text = field(target, "str", str, fail, f"requested_rewrite.{key}.")
         if not text.strip():
             raise fail(f"requested_rewrite.{key}.str is empty")
+        check_lengths({f"requested_rewrite.{key}.str": text}, fail)
         targets.append(text)
         target_objs.append(target)
     if "{}" not in prompt:
@@ -118,6 +121,7 @@ def parse_record(raw: Any, *, source: str, index: int) -> EditRequest:
         value = field(raw, key, list, fail)
         if not all(isinstance(item, str) for item in value):
             raise fail(f"{key} must be a list of strings")
+        check_lengths({key: value}, fail)
         lists.append(tuple(value))
     # Optional: only consistency needs them (snippets are keyed by relation and target id).
     relation_id = _optional_str(rewrite, "relation_id", fail, "requested_rewrite.")

@@ -18,6 +18,10 @@ from blue_cli.data.download import download_file
 from blue_cli.errors import DataError
 
 BUNDLED = "bundled"
+MAX_TEXT_CHARS = 2000
+"""Longest prompt, subject or target a record may hold: real records are under 300
+characters, and a runaway one (a 10 MB prompt) would otherwise be tokenized and run
+through the model, allocating tens of GB, before anything failed."""
 T = TypeVar("T")
 
 
@@ -109,3 +113,16 @@ def field(obj: dict, key: str, kind: type, fail: Callable[[str], Exception], pre
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise fail(f"'{prefix}{key}' should be {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def check_lengths(texts: dict[str, Any], fail: Callable[[str], Exception]) -> None:
+    """Reject any text (or item of a list of texts) longer than :data:`MAX_TEXT_CHARS`.
+
+    Run before any other check that quotes the text, so no message repeats a huge value.
+    """
+    for key, value in texts.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, str) and len(item) > MAX_TEXT_CHARS:
+                where = f"{key}[{i}]" if isinstance(value, (list, tuple)) else key
+                raise fail(f"'{where}' is {len(item)} characters long (at most {MAX_TEXT_CHARS} allowed)")

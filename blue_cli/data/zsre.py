@@ -32,6 +32,7 @@ from typing import Any
 
 from blue_cli.data.files import (
     BUNDLED,
+    check_lengths,
     check_range,
     describe_files,
     field,
@@ -109,6 +110,7 @@ def parse_zsre_record(raw: Any, *, source: str, index: int, case_id: int) -> Edi
     answers = field(raw, "answers", list, fail)
     if not all(isinstance(a, str) for a in answers):
         raise fail("'answers' must be a list of strings")
+    check_lengths({**text, "answers": answers}, fail)
     for key in ("subject", "src", "rephrase", "loc_ans"):
         if not text[key].strip():
             raise fail(f"'{key}' is empty")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
+from blue_cli.data.download import offline_requested
 from blue_cli.errors import ConfigError, OfflineError
 from blue_cli.models.adapter import ModelAdapter
+from blue_cli.models.source import check_model_source, hub_offline, offline_message
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,37 @@ def _source_dir(source: str) -> str:
     return source
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def hub_offline_when_asked() -> Iterator[None]:
+    """Under ``BLUE_OFFLINE``, put the hub client in offline mode while loading.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once, at import, so setting the variable
+    is not enough once it is imported: its constant is set too, and both are restored
+    afterwards. Without this a missing model costs about a minute of hub retries.
+    """
+    if not offline_requested():
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    saved_env, saved_const = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved_const
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+
+
 def load_model(
     source: str,
     *,
@@ -63,25 +97,27 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kind = check_model_source(source)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = _source_dir(source)
-    local = Path(path).exists()
+    local = kind != "hub"
     kwargs = {"revision": revision} if (revision and not local) else {}
     use_map = device_map if (device_map and dev.type == "cuda") else None
     try:
-        tok = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=use_map, **kwargs)
+        with hub_offline_when_asked():
+            tok = AutoTokenizer.from_pretrained(path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=use_map, **kwargs)
     except ImportError as exc:
-        raise ConfigError(f"cannot load model '{source}': {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot load model '{source}': {_first_line(exc)}") from None
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+        offline = hub_offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower()
         if not local and offline:
-            raise OfflineError(
-                f"model '{source}' is not in the local Hugging Face cache and the hub cannot be reached "
-                "(download it on a connected machine, or set model.source to a local folder)"
-            ) from None
-        raise ConfigError(f"cannot load model '{source}': {str(exc).splitlines()[0]}") from None
+            raise OfflineError(offline_message(source)) from None
+        raise ConfigError(f"cannot load model '{source}': {_first_line(exc)}") from None
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        # e.g. a folder whose tokenizer files are damaged, or a config of an unknown model type
+        raise ConfigError(f"cannot load model '{source}': {type(exc).__name__}: {_first_line(exc)}") from None
     if use_map is None:
         model.to(dev)
     model.eval()

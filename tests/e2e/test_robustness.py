@@ -1,0 +1,439 @@
+"""Run folders you can trust (issue 8): refused resumes touch nothing, one run per folder,
+failed starts leave nothing behind, bad input is one line, kill -9 resumes bit-identically,
+and parallel sweep jobs compute each statistics entry once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+
+from blue_cli.checkpoint import CHECKPOINT
+from blue_cli.config import group_choices
+from blue_cli.data.counterfact import BUNDLED_PATH, load_counterfact
+from blue_cli.data.files import MAX_TEXT_CHARS
+from blue_cli.errors import ConfigError, DataError, NumericalError
+from blue_cli.models.tiny import tiny_model_dir
+from blue_cli.overrides import validate_overrides
+from tests.e2e.conftest import blue_exe, run_blue
+
+TINY = ["model=tiny-gpt2", "num_edits=8", "batch_size=2", "method.target.steps=3", "stats.samples=40", "eval.generation=false"]
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str, code: int = 2) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:], proc.stdout[-2000:])
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert error_lines(proc) and len(error_lines(proc)) == 1, proc.stderr
+    assert needle in proc.stderr, proc.stderr
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_files(root: Path) -> list[Path]:
+    """Files anywhere under ``root`` (a failed start may leave empty date folders, never files)."""
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished tiny run (its folder must never be changed by the tests that share it)."""
+    root = tmp_path_factory.mktemp("finished")
+    run_dir = root / "run"
+    proc = run_blue(["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return SimpleNamespace(dir=run_dir, stdout=proc.stdout)
+
+
+# -- 1. resume checked before anything is written ------------------------------------------
+
+
+def test_refused_resume_changes_no_file_of_the_finished_run(finished_run, tmp_path):
+    before = folder_hashes(finished_run.dir)
+    proc = run_blue(["edit", *TINY, "seed=1", f"hydra.run.dir={finished_run.dir}"], cwd=tmp_path, timeout=300)
+    assert_one_line_error(proc, "holds a checkpoint of a different config")
+    assert str(finished_run.dir) in proc.stderr
+    assert folder_hashes(finished_run.dir) == before
+
+
+def test_run_folder_path_is_printed_at_start_and_end(finished_run):
+    lines = [line for line in finished_run.stdout.splitlines() if line.strip()]
+    assert lines[0] == f"run folder: {finished_run.dir}"
+    assert lines[-1] == f"run folder: {finished_run.dir}"
+
+
+# -- 3. failed runs -------------------------------------------------------------------------
+
+
+def test_failed_run_logs_the_error_and_keeps_a_folder_it_did_not_create(finished_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run.dir, run_dir)
+    summary = (run_dir / "summary.json").read_bytes()
+    proc = run_blue(["edit", *TINY, "resume=false", "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=300)
+    assert_one_line_error(proc, "/nonexistent/cf.json")
+    log_errors = [line for line in (run_dir / "blue.log").read_text().splitlines() if "[ERROR]" in line]
+    assert len(log_errors) == 1 and "error: " in log_errors[0] and "/nonexistent/cf.json" in log_errors[0]
+    assert (run_dir / "summary.json").read_bytes() == summary
+    assert f"run folder: {run_dir} kept" in proc.stdout
+
+
+def test_failed_start_removes_the_run_folder_it_created(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_blue(["edit", *TINY, "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=300)
+    assert_one_line_error(proc, "/nonexistent/cf.json")
+    assert not run_dir.exists()
+    assert f"run folder: {run_dir} removed" in proc.stdout
+    default = run_blue(["edit", *TINY, "dataset.path=/nonexistent/cf.json"], cwd=tmp_path, timeout=300)
+    assert_one_line_error(default, "/nonexistent/cf.json")
+    assert run_files(tmp_path / "outputs") == []
+
+
+def _job(tmp_path, monkeypatch, failure: BaseException, write: tuple[str, ...] = ()):
+    """Run the CLI's Hydra job body in-process with a runner that writes ``write`` then raises."""
+    import hydra.core.hydra_config
+
+    import blue_cli.runner
+    from blue_cli.cli import _hydra_job
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(hydra.core.hydra_config.HydraConfig, "get", staticmethod(lambda: SimpleNamespace(runtime=SimpleNamespace(output_dir=str(run_dir)))))
+
+    def failing_run(cfg, folder, progress=None):
+        for name in write:
+            (Path(folder) / name).write_text("x")
+        raise failure
+
+    monkeypatch.setattr(blue_cli.runner, "run_experiment", failing_run)
+    with pytest.raises(SystemExit) as exit_info:
+        _hydra_job(None)
+    return run_dir, exit_info.value.code
+
+
+def test_numerical_error_exits_1_and_is_logged(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.ERROR)
+    (tmp_path / "run").mkdir()
+    run_dir, code = _job(tmp_path, monkeypatch, NumericalError("batch 3: non-finite values in the update of layer 2"), write=("config.yaml",))
+    assert code == 1
+    assert any(r.getMessage() == "error: batch 3: non-finite values in the update of layer 2" for r in caplog.records)
+    assert not run_dir.exists()  # nothing saved: the folder it created is gone
+
+
+def test_failure_after_a_saved_batch_keeps_the_folder_and_frees_the_lock(tmp_path, monkeypatch):
+    from blue_cli.run_folder import lock_run_folder
+
+    run_dir, code = _job(tmp_path, monkeypatch, ConfigError("bad"), write=("config.yaml", CHECKPOINT))
+    assert code == 2 and (run_dir / CHECKPOINT).exists()
+    lock_run_folder(run_dir).release()  # the failed job released its lock
+
+
+def test_failure_when_resuming_keeps_the_folder(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.txt").write_text("a user's file")
+    run_dir, code = _job(tmp_path, monkeypatch, ConfigError("bad"))
+    assert code == 2 and (run_dir / "results.txt").exists()
+
+
+# -- 2. one run per folder ------------------------------------------------------------------
+
+
+def test_second_run_in_a_busy_folder_fails_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", RUN_DIR=str(run_dir))
+    first = subprocess.Popen(blue_exe() + ["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run_dir / "config.yaml").exists():
+            assert first.poll() is None, "the first run ended early"
+            time.sleep(0.2)
+        hydra_config = (run_dir / ".hydra" / "config.yaml").read_bytes()
+        start = time.monotonic()
+        second = run_blue(["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=120)
+        assert_one_line_error(second, f"run folder '{run_dir}' is in use by another blue run")
+        assert time.monotonic() - start < 60
+        assert (run_dir / ".hydra" / "config.yaml").read_bytes() == hydra_config
+        # A folder Hydra only knows by interpolation is locked inside the job: still refused.
+        late = run_blue(["edit", *TINY, "hydra.run.dir=${oc.env:RUN_DIR}"], cwd=tmp_path, timeout=120, env_extra={"RUN_DIR": str(run_dir)})
+        assert_one_line_error(late, "is in use by another blue run")
+        assert (run_dir / "config.yaml").exists()  # the other run's folder is left alone
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+
+
+# -- 4. tracebacks that became one line ----------------------------------------------------
+
+
+@pytest.fixture
+def model_without_tokenizer(tmp_path):
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir("tiny-gpt2") / name, folder / name)
+    return folder
+
+
+def test_folder_without_tokenizer_is_one_line(tmp_path, model_without_tokenizer):
+    proc = run_blue(["edit", *TINY, f"model.source={model_without_tokenizer}"], cwd=tmp_path, timeout=300)
+    assert_one_line_error(proc, "holds a model but no tokenizer")
+    assert run_files(tmp_path / "outputs") == []
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["model.source=../../etc"], "model.source"),
+        (["model.source=not a/model/name"], "is neither a folder holding a model nor a hub id"),
+        (["method.target.lr=1e38"], "method.target.lr must be at most 1000"),
+        (["method.target.clamp=inf", "method.target.lr=1e38"], "method.target.clamp must be positive and finite"),
+    ],
+)
+def test_bad_values_are_one_line_before_any_folder(tmp_path, args, needle):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    proc = run_blue(["edit", *TINY, *args], cwd=tmp_path / "a" / "b", timeout=300)
+    assert_one_line_error(proc, needle)
+    assert run_files(tmp_path / "a" / "b" / "outputs") == []
+
+
+def test_blue_offline_fails_fast_with_the_offline_message(tmp_path):
+    env = {"BLUE_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    baseline_start = time.monotonic()
+    baseline = run_blue(["edit", "batch_size=0"], cwd=tmp_path, timeout=120)
+    startup = time.monotonic() - baseline_start
+    assert baseline.returncode == 2
+    environ = dict(os.environ)
+    environ.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    proc = subprocess.run(blue_exe() + ["edit", "model=gpt2-xl"], cwd=tmp_path, env={**environ, **env, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True, timeout=300, check=False)
+    elapsed = time.monotonic() - start
+    assert_one_line_error(proc, "model 'gpt2-xl' is not in the local Hugging Face cache and the hub cannot be reached")
+    assert elapsed < startup + 5, (elapsed, startup)
+    assert run_files(tmp_path / "outputs") == []
+
+
+# -- 5. malformed records and overrides (property-based) ------------------------------------
+
+
+def _valid_record() -> dict:
+    return json.loads(BUNDLED_PATH.read_text())[0]
+
+
+REQUIRED_STRINGS = [
+    ("requested_rewrite", "prompt"),
+    ("requested_rewrite", "subject"),
+    ("requested_rewrite", "target_new", "str"),
+    ("requested_rewrite", "target_true", "str"),
+]
+REQUIRED_KEYS = [("case_id",), ("requested_rewrite",), ("requested_rewrite", "target_new"), ("requested_rewrite", "target_true"),
+                 ("paraphrase_prompts",), ("neighborhood_prompts",), ("generation_prompts",), *REQUIRED_STRINGS]
+LISTS = [("paraphrase_prompts",), ("neighborhood_prompts",), ("generation_prompts",)]
+ODD_VALUES = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def _parent(record: dict, path: tuple[str, ...]) -> dict:
+    node = record
+    for key in path[:-1]:
+        node = node[key]
+    return node
+
+
+@st.composite
+def malformed_records(draw) -> tuple[list, int]:
+    """(records, index of the bad one): a list of valid records with one definitely broken."""
+    records = [_valid_record() for _ in range(3)]
+    for i, r in enumerate(records):
+        r["case_id"] = i
+    index = draw(st.integers(0, 2))
+    record = records[index]
+    kind = draw(st.sampled_from(["missing", "wrong_type", "empty", "too_long", "no_placeholder", "bad_list_item", "not_object", "duplicate_id"]))
+    if kind == "missing":
+        path = draw(st.sampled_from(REQUIRED_KEYS))
+        del _parent(record, path)[path[-1]]
+    elif kind == "wrong_type":
+        path = draw(st.sampled_from(REQUIRED_KEYS))
+        wrong = draw(ODD_VALUES.filter(lambda v: not (isinstance(v, dict) and path[-1] in ("requested_rewrite", "target_new", "target_true"))))
+        if path[-1] == "case_id" and isinstance(wrong, int) and not isinstance(wrong, bool):
+            wrong = str(wrong)
+        if isinstance(wrong, list) and path in LISTS:
+            wrong = [*wrong, 1]  # a list, but not of strings
+        _parent(record, path)[path[-1]] = wrong
+    elif kind == "empty":
+        path = draw(st.sampled_from(REQUIRED_STRINGS))
+        _parent(record, path)[path[-1]] = draw(st.sampled_from(["", " ", "\n\t"]))
+    elif kind == "too_long":
+        path = draw(st.sampled_from([*REQUIRED_STRINGS, *LISTS]))
+        text = "{} " + "x" * draw(st.integers(MAX_TEXT_CHARS, 4 * MAX_TEXT_CHARS))
+        if path in LISTS:
+            record[path[0]].append(text)
+        else:
+            _parent(record, path)[path[-1]] = text
+    elif kind == "no_placeholder":
+        record["requested_rewrite"]["prompt"] = draw(st.text(max_size=30).filter(lambda s: "{}" not in s))
+    elif kind == "bad_list_item":
+        record[draw(st.sampled_from(LISTS))[0]].append(draw(ODD_VALUES))
+    elif kind == "not_object":
+        records[index] = draw(ODD_VALUES.filter(lambda v: not isinstance(v, dict)))
+    else:
+        index = max(index, 1)
+        records[index]["case_id"] = 0
+    return records, index
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=malformed_records())
+def test_malformed_records_are_one_line_data_errors(tmp_path, case):
+    records, index = case
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(DataError) as err:
+        load_counterfact(path)
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 1000
+    assert f"record {index}:" in text and str(path) in text
+
+
+INVALID_OVERRIDES = st.one_of(
+    st.tuples(st.sampled_from(["num_edits", "batch_size", "method.target.steps", "eval.generation_length", "eval.general_items"]), st.integers(max_value=0).map(str)),
+    st.tuples(st.sampled_from(["num_edits", "batch_size", "seed", "method.target.steps"]), st.sampled_from(["many", "1.5", "[1,2]", "{a:1}", "''", "abc"])),
+    st.tuples(st.just("method.target.lr"), st.one_of(st.floats(max_value=0), st.floats(min_value=1e3, exclude_min=True), st.just(float("nan"))).map(repr)),
+    st.tuples(st.sampled_from(["method.target.clamp", "method.cov_weight"]), st.one_of(st.floats(max_value=0), st.sampled_from([float("inf"), float("nan")])).map(repr)),
+    st.tuples(st.sampled_from(["model", "method", "strategy", "dataset"]), st.from_regex(r"[a-z][a-z0-9_-]{0,12}", fullmatch=True)).filter(lambda kv: kv[1] not in group_choices(kv[0])),
+    st.tuples(st.from_regex(r"[a-z][a-z_]{2,12}", fullmatch=True).filter(lambda k: k not in {"model", "dataset", "method", "strategy", "eval", "stats", "context", "seed", "device", "resume", "num_edits", "batch_size", "eval_every", "model_hparams", "hydra"}), st.just("1")),
+    st.tuples(st.just("model.layers"), st.sampled_from(["[]", "[3,1]", "[1,1]", "[-1]", "[a]"])),
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(override=INVALID_OVERRIDES)
+def test_malformed_overrides_are_one_line_config_errors(override):
+    key, value = override
+    with pytest.raises(ConfigError) as err:
+        validate_overrides([f"{key}={value}"])
+    assert "\n" not in str(err.value)
+
+
+def test_huge_record_fails_fast_in_one_line_without_a_run_folder(tmp_path):
+    records = json.loads(BUNDLED_PATH.read_text())[:8]
+    records[5]["requested_rewrite"]["prompt"] = "{} " + "a" * 10_000_000
+    data = tmp_path / "huge.json"
+    data.write_text(json.dumps(records))
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    proc = run_blue(["edit", *TINY, f"dataset.path={data}", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=300)
+    assert_one_line_error(proc, f"{data}: record 5: 'requested_rewrite.prompt' is 10000003 characters long")
+    assert time.monotonic() - start < 60
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [(["num_edits=-3"], "num_edits must be >= 1, got -3"), (["method.target.lr=nan"], "method.target.lr must be positive and finite"),
+     (["model=gpt5"], "unknown model 'gpt5'")],
+)
+def test_malformed_overrides_exit_2_from_the_command(tmp_path, args, needle):
+    proc = run_blue(["edit", *args], cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "outputs").exists()
+
+
+# -- 6. kill -9 at random points ------------------------------------------------------------
+
+
+def _timing_free(row: dict) -> dict:
+    return {k: v for k, v in row.items() if "seconds" not in k}
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    """Bit-identical numbers: the summary (timings aside), the cases and the checkpoint."""
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert _timing_free(sa) == _timing_free(sb)
+    assert (a / "cases.jsonl").read_text() == (b / "cases.jsonl").read_text()
+    with safe_open(str(a / CHECKPOINT), framework="pt") as fa, safe_open(str(b / CHECKPOINT), framework="pt") as fb:
+        keys = sorted(fa.keys())
+        assert keys == sorted(fb.keys())
+        for key in keys:
+            ta, tb = fa.get_tensor(key), fb.get_tensor(key)
+            assert ta.dtype == tb.dtype and torch.equal(ta, tb), key
+        rows_a, rows_b = (json.loads(f.metadata()["batches"]) for f in (fa, fb))
+    assert [_timing_free(r) for r in rows_a] == [_timing_free(r) for r in rows_b]
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def kill_and_resume(tmp_path: Path, run_dir: Path, kills: int, seed: int) -> int:
+    """Start the run, SIGKILL it ``kills`` times, each at a seeded random moment after that
+    attempt saved a checkpoint, resume each time, then let it finish; returns how many kills landed."""
+    rng = random.Random(seed)
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    landed = 0
+    for _ in range(kills):
+        saved = _mtime(run_dir / CHECKPOINT)
+        proc = subprocess.Popen(blue_exe() + ["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 600
+        while time.time() < deadline and _mtime(run_dir / CHECKPOINT) == saved and proc.poll() is None:
+            time.sleep(0.05)  # until this attempt saves a batch (or ends)
+        time.sleep(rng.uniform(0.0, 3.0))
+        if proc.poll() is not None:
+            assert proc.returncode == 0
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        landed += 1
+    final = run_blue(["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert final.returncode == 0, final.stderr[-3000:]
+    return landed
+
+
+def test_kill_9_once_then_resume_is_bit_identical(finished_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    assert kill_and_resume(tmp_path, run_dir, kills=1, seed=1) == 1
+    assert_same_results(finished_run.dir, run_dir)
+
+
+@pytest.mark.slow
+def test_kill_9_many_times_then_resume_is_bit_identical(finished_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    assert kill_and_resume(tmp_path, run_dir, kills=4, seed=8) >= 2
+    assert_same_results(finished_run.dir, run_dir)
+
+
+# -- 7. parallel sweep jobs share the statistics --------------------------------------------
+
+
+def test_joblib_sweep_jobs_compute_each_statistics_entry_once(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = run_blue(
+        ["edit", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "model=tiny-gpt2", "num_edits=2", "batch_size=2",
+         "method.target.steps=2", "stats.samples=300", "eval.generation=false", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env_extra={"BLUE_CACHE": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = {p.parent.name: p.read_text() for p in sweep.glob("*/blue.log")}
+    assert len(logs) == 2 and all((sweep / name / "summary.json").exists() for name in logs)
+    collecting = [name for name, text in logs.items() for line in text.splitlines() if "collecting second moments" in line]
+    assert len(collecting) == 1, logs  # one job computed the entries...
+    waited = [name for name, text in logs.items() if "waiting for layer" in text]
+    assert waited and waited[0] != collecting[0], logs  # ...the other waited for them, then reused them
+    assert len(list((tmp_path / "cache" / "stats").rglob("*_mom2_300.safetensors"))) == 2
