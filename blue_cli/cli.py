@@ -132,8 +132,15 @@ def report(
     out: Path | None = typer.Option(None, "--out", help="write the report to this file (plots go beside it)"),
     baseline: str | None = typer.Option(None, "--baseline", help="KEY=VALUE, e.g. strategy=spread: add % change vs it"),
     plots: Path | None = typer.Option(None, "--plots", help="write PNG plots into this folder"),
+    paper: str | None = typer.Option(None, "--paper", help="put a paper's published numbers beside the runs' (e.g. blue_table)"),
+    paper_model: str | None = typer.Option(None, "--paper-model", help="with --paper: read every run as this paper model (e.g. llama3)"),
 ) -> None:
-    """Compare finished runs: one row per run (a sweep folder gives its jobs); one run alone reprints its tables."""
+    """Compare finished runs: one row per run (a sweep folder gives its jobs); one run alone reprints its tables.
+
+    With --paper NAME each run is matched to the paper's row of the same model, method,
+    strategy and dataset (--paper-model maps the runs' model, e.g. a tiny smoke run to
+    llama3) and shown x100 beside the published value and the difference.
+    """
     from blue_cli.cache import write_text_atomic
     from blue_cli.reporting.compare import compare, load_runs
     from blue_cli.reporting.console import console, err_console, show_run
@@ -143,12 +150,21 @@ def report(
     try:
         if fmt not in FORMATS:
             raise BlueError(f"unknown --format '{fmt}' (choose: {', '.join(FORMATS)})")
+        if paper_model is not None and paper is None:
+            raise BlueError("--paper-model needs --paper (e.g. --paper blue_table --paper-model llama3)")
+        if paper is not None and baseline is not None:
+            raise BlueError("--paper and --baseline do not combine (the paper column is the reference)")
         single = len(run_dirs) == 1 and (run_dirs[0] / SUMMARY).is_file()
-        if single and fmt == "table" and out is None and baseline is None and plots is None:
+        if single and fmt == "table" and out is None and baseline is None and plots is None and paper is None:
             show_run(run_dirs[0], read_summary(run_dirs[0]), read_jsonl(run_dirs[0] / BATCHES))
             return
         runs = load_runs(run_dirs)
-        comparison = compare(runs, baseline)
+        if paper is not None:
+            from blue_cli.reporting.paper import load_paper_table, paper_comparison
+
+            comparison = paper_comparison(runs, load_paper_table(paper), paper_model)
+        else:
+            comparison = compare(runs, baseline)
         text = render(comparison, fmt, width=console.width)
         if out is not None:
             write_text_atomic(out, text)
