@@ -179,7 +179,7 @@ def _run_stats_hydra(args: list[str]) -> None:
 
     extra = []
     if not any(a.startswith("hydra.sweep.subdir=") for a in args):
-        extra.append("hydra.sweep.subdir=${hydra.job.num}_stats_${model.name}_shard${stats.shard}of${stats.shards}")
+        extra.append("hydra.sweep.subdir=${hydra.job.num}_stats_${model.name}")
     if not any("hydra.callbacks" in a for a in args):
         extra.append("~hydra.callbacks.sweep_report")  # no run summaries to compare
     register_configs()

@@ -13,19 +13,23 @@ compute an entry once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from blue_cli.cache import atomic_path, cache_root, content_key, entry_lock, move_aside
+from blue_cli.cache import cache_root, content_key, entry_lock
+from blue_cli.editing.entries import (  # noqa: F401 (re-exported)
+    BadEntry,
+    read_entry,
+    read_valid_entry,
+    tensor_checksum,
+    write_entry,
+)
 from blue_cli.errors import ConfigError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import pad_right
@@ -33,7 +37,6 @@ from blue_cli.models.tokens import pad_right
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-Entry = tuple[dict[str, torch.Tensor], dict[str, str]]
 
 # Bump when the layout or meaning of a cache entry changes: older entries then fail
 # the metadata check and are rebuilt.
@@ -61,10 +64,6 @@ class SampleCounts:
     @property
     def shortfall(self) -> int:
         return max(0, self.requested - self.windows)
-
-
-class BadEntry(Exception):
-    """A cache entry that must not be used; the message is the reason, for the log line."""
 
 
 def model_fingerprint(adapter: ModelAdapter) -> str:
@@ -173,74 +172,6 @@ def token_windows(tok, docs: Sequence[str], max_len: int, limit: int) -> list[li
     return windows[:limit]
 
 
-def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and raw bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
-    """Write ``tensors`` with ``metadata`` and their sha256 atomically; returns the sha256.
-
-    The caller holds ``entry_lock(path)``.
-    """
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    sha = tensor_checksum(tensors)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**metadata, "sha256": sha})
-    return sha
-
-
-def read_entry(path: Path, expected: Mapping[str, str]) -> Entry:
-    """(tensors, metadata) of the entry at ``path``; raises ``BadEntry`` saying why it is unusable.
-
-    Unusable: unreadable (missing, empty, truncated), metadata other than ``expected``,
-    a checksum that does not match the bytes, or non-finite values.
-    """
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            names = f.keys()
-            tensors = {k: f.get_tensor(k) for k in names}
-    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise BadEntry(f"unreadable: {lines[0]}") from None
-    if not meta:
-        raise BadEntry("no metadata (written by an older version)")
-    for key, want in expected.items():
-        if meta.get(key) != want:
-            raise BadEntry(f"metadata {key}={meta.get(key)!r}, expected {want!r}")
-    if tensor_checksum(tensors) != meta.get("sha256"):
-        raise BadEntry("sha256 of the tensors does not match the one recorded")
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise BadEntry(f"non-finite values in '{name}'")
-    return tensors, meta
-
-
-def read_valid_entry(path: Path, expected: Mapping[str, str], locked: bool = False) -> Entry | None:
-    """The entry at ``path`` if it is valid, else None (a bad one is moved aside first).
-
-    Moving aside happens only under the entry's lock (taken here unless ``locked``), and
-    after a second look: another job may have replaced the bad file with a good one.
-    """
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return read_entry(path, expected)
-    except BadEntry as bad:
-        if locked:
-            move_aside(path, str(bad))
-            return None
-    with entry_lock(path):
-        return read_valid_entry(path, expected, locked=True)
-
-
 def corpus_signature(corpus: str) -> str:
     """Size and mtime of a local corpus file, so editing the file invalidates its statistics."""
     path = Path(corpus).expanduser()
@@ -333,7 +264,12 @@ class CovarianceStore:
         See shards.py for how the corpus is dealt out. Layers whose shard entry is
         already valid are skipped; returns the shard files of all ``layers``.
         """
-        from blue_cli.editing.shards import batch_ranges, check_shard, shard_batches, shard_path
+        from blue_cli.editing.shards import (
+            batch_ranges,
+            check_shard,
+            shard_batches,
+            shard_path,
+        )
 
         check_shard(shard, shards)
         paths = {l: shard_path(self.path(l), shard, shards) for l in layers}
@@ -363,7 +299,14 @@ class CovarianceStore:
         No shards: False (compute in one pass). Some missing: with ``strict`` a
         :class:`MissingShardError` naming the first missing shard and the command that makes it.
         """
-        from blue_cli.editing.shards import MissingShardError, complete_set, merge_sums, missing_shards, shard_path, shards_on_disk
+        from blue_cli.editing.shards import (
+            MissingShardError,
+            complete_set,
+            merge_sums,
+            missing_shards,
+            shard_path,
+            shards_on_disk,
+        )
 
         found = shards_on_disk(self.path(layer))
         if not found:

@@ -31,7 +31,7 @@ def cell(value: Any, column: str = "") -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
-        if column.endswith("(%)") or column.endswith(" diff"):
+        if column.endswith(("(%)", " diff")):
             return f"{value:+.2f}"
         return f"{value:.2f}" if column.endswith(PAPER_SCALE) else f"{value:.4f}"
     return str(value)
