@@ -185,25 +185,55 @@ def list_choices() -> None:
 
 @app.command(context_settings=PASS_THROUGH)
 def stats(ctx: typer.Context) -> None:
-    """Precompute (and cache) the covariance statistics a run would need: blue stats [overrides]."""
+    """Precompute (and cache) the covariance statistics a run would need: blue stats [-m] [overrides].
+
+    stats.shard=i stats.shards=n collects only the i-th of n slices (merged when all are
+    there); -m sweeps run through Hydra, so hydra/launcher=joblib or submitit_slurm spread them.
+    """
+    from blue_cli.overrides import compose_config, split_args, validate_overrides
+
+    args = list(ctx.args)
+    flags, overrides = split_args(args)
+    try:
+        if any(f in ("-m", "--multirun") for f in flags):
+            validate_overrides(args)
+        else:
+            cfg = compose_config(overrides)
+            collect_stats(cfg, overrides)
+            return
+    except BlueError as exc:
+        _fail(exc)
+    _run_stats_hydra(args)
+
+
+def collect_stats(cfg, overrides: list[str]) -> None:
+    """The statistics of ``cfg``'s written layers: one shard (stats.shard set), or all of them (merging shards)."""
     from blue_cli.editing.covariance import CovarianceStore
-    from blue_cli.overrides import compose_config
+    from blue_cli.editing.shards import check_shard
     from blue_cli.registry import strategy_class
     from blue_cli.reporting.console import RichProgress, console
     from blue_cli.editing.session import stats_settings
     from blue_cli.runner import load_adapter
 
-    try:
-        cfg = compose_config(list(ctx.args))
-        adapter = load_adapter(cfg)
-        layers = strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(list(cfg.model.layers))
-        store = CovarianceStore(adapter, stats_settings(cfg))
-        todo = store.missing(layers)
-        if todo:
-            with RichProgress().track(f"statistics for layers {todo}", 1) as update:
-                store.ensure(layers, progress=update)
-    except BlueError as exc:
-        _fail(exc)
+    shard, shards = cfg.stats.shard, cfg.stats.shards
+    check_shard(shard, shards)
+    adapter = load_adapter(cfg)
+    layers = strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(list(cfg.model.layers))
+    remake = [o for o in overrides if not o.lstrip("+~").startswith(("stats.", "hydra"))]
+    store = CovarianceStore(adapter, stats_settings(cfg), remake_args=remake)
+    if shard is not None:
+        with RichProgress().track(f"statistics shard {shard}/{shards}, layers {layers}", 1, rate_unit="tokens") as update:
+            paths = store.collect_shard(layers, shard, shards, progress=update)
+        for layer, path in zip(layers, paths):
+            console.print(f"layer {layer} shard {shard}/{shards}: {path}", soft_wrap=True, highlight=False)
+        merged = store.merge_ready(layers)
+        if merged:
+            console.print(f"all {shards} shards present: merged layers {merged}", soft_wrap=True, highlight=False)
+        return
+    todo = store.missing(layers)
+    if todo:
+        with RichProgress().track(f"statistics for layers {todo}", 1, rate_unit="tokens") as update:
+            store.ensure(layers, progress=update)
     for layer in layers:
         console.print(f"layer {layer}: {store.path(layer)}", soft_wrap=True, highlight=False)
 
@@ -239,6 +269,43 @@ def plan(
     console.print(plan_verdict(result, chunk), soft_wrap=True, highlight=False)
 
 
+def _stats_job(cfg) -> None:
+    """One Hydra job of ``blue stats -m`` (e.g. one shard)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from blue_cli.config import check_run_config
+
+    try:
+        check_run_config(cfg)
+        collect_stats(cfg, list(HydraConfig.get().overrides.task))
+    except BlueError as exc:
+        from blue_cli.reporting.console import err_console
+
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
+def _run_stats_hydra(args: list[str]) -> None:
+    """``blue stats -m ...`` through Hydra's own main: sweeps, launchers (joblib, submitit), job folders."""
+    import hydra
+
+    from blue_cli.config import conf_dir, register_configs
+
+    extra = []
+    if not any(a.startswith("hydra.sweep.subdir=") for a in args):
+        extra.append("hydra.sweep.subdir=${hydra.job.num}_stats_${model.name}")
+    if not any("hydra.callbacks" in a for a in args):
+        extra.append("~hydra.callbacks.sweep_report")  # no run summaries to compare
+    register_configs()
+    main = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_stats_job)
+    saved = sys.argv
+    sys.argv = ["blue", *args, *extra]
+    try:
+        main()
+    finally:
+        sys.argv = saved
+
+
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="run folders and/or sweep folders written by blue edit"),
@@ -246,8 +313,15 @@ def report(
     out: Path | None = typer.Option(None, "--out", help="write the report to this file (plots go beside it)"),
     baseline: str | None = typer.Option(None, "--baseline", help="KEY=VALUE, e.g. strategy=spread: add % change vs it"),
     plots: Path | None = typer.Option(None, "--plots", help="write PNG plots into this folder"),
+    paper: str | None = typer.Option(None, "--paper", help="put a paper's published numbers beside the runs' (e.g. blue_table)"),
+    paper_model: str | None = typer.Option(None, "--paper-model", help="with --paper: read every run as this paper model (e.g. llama3)"),
 ) -> None:
-    """Compare finished runs: one row per run (a sweep folder gives its jobs); one run alone reprints its tables."""
+    """Compare finished runs: one row per run (a sweep folder gives its jobs); one run alone reprints its tables.
+
+    With --paper NAME each run is matched to the paper's row of the same model, method,
+    strategy and dataset (--paper-model maps the runs' model, e.g. a tiny smoke run to
+    llama3) and shown x100 beside the published value and the difference.
+    """
     from blue_cli.cache import write_text_atomic
     from blue_cli.reporting.compare import compare, load_runs
     from blue_cli.reporting.console import console, err_console, show_run
@@ -257,12 +331,21 @@ def report(
     try:
         if fmt not in FORMATS:
             raise BlueError(f"unknown --format '{fmt}' (choose: {', '.join(FORMATS)})")
+        if paper_model is not None and paper is None:
+            raise BlueError("--paper-model needs --paper (e.g. --paper blue_table --paper-model llama3)")
+        if paper is not None and baseline is not None:
+            raise BlueError("--paper and --baseline do not combine (the paper column is the reference)")
         single = len(run_dirs) == 1 and (run_dirs[0] / SUMMARY).is_file()
-        if single and fmt == "table" and out is None and baseline is None and plots is None:
+        if single and fmt == "table" and out is None and baseline is None and plots is None and paper is None:
             show_run(run_dirs[0], read_summary(run_dirs[0]), read_jsonl(run_dirs[0] / BATCHES))
             return
         runs = load_runs(run_dirs)
-        comparison = compare(runs, baseline)
+        if paper is not None:
+            from blue_cli.reporting.paper import load_paper_table, paper_comparison
+
+            comparison = paper_comparison(runs, load_paper_table(paper), paper_model)
+        else:
+            comparison = compare(runs, baseline)
         text = render(comparison, fmt, width=console.width)
         if out is not None:
             write_text_atomic(out, text)

@@ -139,12 +139,18 @@ class StrategyConfig:
 
 @dataclass
 class StatsConfig:
-    """Covariance statistics: corpus (wikitext-bundled, wikipedia, wikitext or a file), windows, length."""
+    """Covariance statistics: corpus (wikitext-bundled, wikipedia, wikitext or a file), windows, length.
+
+    ``shard``/``shards``: ``blue stats stats.shard=i stats.shards=n`` collects the i-th of n
+    slices only (see editing/shards.py); runs merge the shards they find.
+    """
 
     corpus: str = "wikitext-bundled"
     samples: int = 100000
     max_length: int = 1024
     batch_tokens: int = 4096
+    shard: Optional[int] = None
+    shards: int = 1
 
 
 @dataclass

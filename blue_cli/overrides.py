@@ -69,12 +69,15 @@ def _expand(overrides: Sequence[str]) -> list[list[str]]:
 def _friendly(exc: Exception, overrides: Sequence[str]) -> str:
     text = str(exc)
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
-    if missing and missing.group(1) in GROUPS:
+    if missing and (missing.group(1) in GROUPS or (conf_dir() / missing.group(1)).is_dir()):
         group, value = missing.groups()
         return f"unknown {group} '{value}' (choose: {', '.join(group_choices(group))})"
     over = re.search(r"Could not override '([^']+)'", text)
     if over:
-        return _unknown_key(over.group(1))
+        group = over.group(1)
+        if group not in GROUPS and (conf_dir() / group).is_dir():
+            return f"'{group}' is not in the defaults list: add it with +{group}=... (choose: {', '.join(group_choices(group))})"
+        return _unknown_key(group)
     merge = re.search(r"Error merging override (\S+)", text)
     if merge:
         cause = exc.__cause__

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,38 @@ def load_corpus(spec: str, *, max_docs: int | None = None) -> list[str]:
     else:
         docs = _load_local(spec)
     return docs[:max_docs] if max_docs is not None else docs
+
+
+def iter_corpus(spec: str, *, max_docs: int | None = None) -> Iterator[str]:
+    """Documents of ``spec`` one at a time, in :func:`load_corpus`'s order.
+
+    Wikipedia streams from the Hub (:func:`stream_texts` over a streaming dataset), so
+    a consumer that stops early (statistics stop at ``stats.samples`` windows) never
+    downloads more than it reads; local and bundled corpora are read as by load_corpus.
+    """
+    if spec != "wikipedia":
+        yield from load_corpus(spec, max_docs=max_docs)
+        return
+    import datasets
+
+    try:
+        stream = datasets.load_dataset("wikimedia/wikipedia", "20231101.en", split="train", streaming=True)
+        stream = stream.shuffle(seed=WIKIPEDIA_SEED, buffer_size=_STREAM_BUFFER)
+        yield from stream_texts(stream, max_docs)
+    except _network_errors() as err:
+        raise _offline_error("wikipedia", err) from err
+
+
+def stream_texts(rows: Iterable[Any], max_docs: int | None = None, field: str = "text") -> Iterator[str]:
+    """The non-empty ``field`` of each row of a (streaming) dataset, read lazily, ``max_docs`` at most."""
+    count = 0
+    for row in rows:
+        if max_docs is not None and count >= max_docs:
+            return
+        text = row.get(field) if isinstance(row, dict) else None
+        if isinstance(text, str) and text.strip():
+            count += 1
+            yield text
 
 
 def split_articles(text: str) -> list[str]:

@@ -13,18 +13,23 @@ compute an entry once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from blue_cli.cache import atomic_path, cache_root, content_key, entry_lock, move_aside
+from blue_cli.cache import cache_root, content_key, entry_lock
+from blue_cli.editing.entries import (  # noqa: F401 (re-exported)
+    BadEntry,
+    read_entry,
+    read_valid_entry,
+    tensor_checksum,
+    write_entry,
+)
 from blue_cli.errors import ConfigError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import pad_right
@@ -32,7 +37,6 @@ from blue_cli.models.tokens import pad_right
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-Entry = tuple[dict[str, torch.Tensor], dict[str, str]]
 
 # Bump when the layout or meaning of a cache entry changes: older entries then fail
 # the metadata check and are rebuilt.
@@ -60,10 +64,6 @@ class SampleCounts:
     @property
     def shortfall(self) -> int:
         return max(0, self.requested - self.windows)
-
-
-class BadEntry(Exception):
-    """A cache entry that must not be used; the message is the reason, for the log line."""
 
 
 def model_fingerprint(adapter: ModelAdapter) -> str:
@@ -103,25 +103,52 @@ def accumulate_second_moments(
     progress: Progress | None = None,
 ) -> tuple[dict[int, torch.Tensor], int]:
     """{layer: C (d_k x d_k) float64 on CPU} over token ``windows``, and the token count N."""
+    sums, n_tokens = moment_sums(adapter, windows, layers, settings, progress=progress)
+    if n_tokens == 0:
+        raise ValueError("the statistics corpus produced no tokens")
+    return {l: a / n_tokens for l, a in sums.items()}, n_tokens
+
+
+@torch.no_grad()
+def moment_sums(
+    adapter: ModelAdapter,
+    windows: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    settings: StatsSettings,
+    batches: Sequence[int] | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[int, torch.Tensor], int]:
+    """{layer: S = sum_t k_t k_t^T (d_k x d_k) float64 on CPU} and the token count, over ``batches``.
+
+    The windows are cut into the one pass's batches (``batch_tokens`` worth each);
+    ``batches`` picks some of them (a shard, see shards.py), None takes all. Keys are
+    multiplied in float64 so that sums over any split of the batches add up to the one
+    pass's to ~1e-16 (a float32 product would already differ at ~1e-7).
+    ``progress(tokens_done, tokens_total)``; the rate is logged when done.
+    """
+    from blue_cli.editing.shards import batch_ranges
+
     tok = adapter.tok
-    per_batch = max(1, settings.batch_tokens // window_length(adapter, settings))
+    ranges = batch_ranges(len(windows), max(1, settings.batch_tokens // window_length(adapter, settings)))
+    picked = [ranges[b] for b in (range(len(ranges)) if batches is None else batches)]
+    total = sum(len(windows[i]) for r in picked for i in r)
     acc = {l: torch.zeros(adapter.key_size(l), adapter.key_size(l), dtype=torch.float64, device=adapter.device) for l in layers}
     n_tokens = 0
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for start in range(0, len(windows), per_batch):
-        chunk = [list(w) for w in windows[start : start + per_batch]]
-        batch = pad_right(chunk, pad, adapter.device)
+    started = time.perf_counter()
+    for rng in picked:
+        batch = pad_right([list(windows[i]) for i in rng], pad, adapter.device)
         acts = adapter.read_points(batch, [f"key.{l}" for l in layers])
         mask = batch["attention_mask"].bool()
         for l in layers:
-            x = acts[f"key.{l}"].to(adapter.device)[mask].float()
-            acc[l] += (x.T @ x).double()
+            x = acts[f"key.{l}"].to(adapter.device)[mask].double()
+            acc[l] += x.T @ x
         n_tokens += int(mask.sum())
         if progress:
-            progress(min(start + per_batch, len(windows)), len(windows))
-    if n_tokens == 0:
-        raise ValueError("the statistics corpus produced no tokens")
-    return {l: (a / n_tokens).cpu() for l, a in acc.items()}, n_tokens
+            progress(n_tokens, total)
+    seconds = time.perf_counter() - started
+    log.info("second moments: %d tokens in %.1f s (%.0f tokens/s)", n_tokens, seconds, n_tokens / max(seconds, 1e-9))
+    return {l: a.cpu() for l, a in acc.items()}, n_tokens
 
 
 def window_length(adapter: ModelAdapter, settings: StatsSettings) -> int:
@@ -145,74 +172,6 @@ def token_windows(tok, docs: Sequence[str], max_len: int, limit: int) -> list[li
     return windows[:limit]
 
 
-def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and raw bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
-    """Write ``tensors`` with ``metadata`` and their sha256 atomically; returns the sha256.
-
-    The caller holds ``entry_lock(path)``.
-    """
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    sha = tensor_checksum(tensors)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**metadata, "sha256": sha})
-    return sha
-
-
-def read_entry(path: Path, expected: Mapping[str, str]) -> Entry:
-    """(tensors, metadata) of the entry at ``path``; raises ``BadEntry`` saying why it is unusable.
-
-    Unusable: unreadable (missing, empty, truncated), metadata other than ``expected``,
-    a checksum that does not match the bytes, or non-finite values.
-    """
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            names = f.keys()
-            tensors = {k: f.get_tensor(k) for k in names}
-    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise BadEntry(f"unreadable: {lines[0]}") from None
-    if not meta:
-        raise BadEntry("no metadata (written by an older version)")
-    for key, want in expected.items():
-        if meta.get(key) != want:
-            raise BadEntry(f"metadata {key}={meta.get(key)!r}, expected {want!r}")
-    if tensor_checksum(tensors) != meta.get("sha256"):
-        raise BadEntry("sha256 of the tensors does not match the one recorded")
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise BadEntry(f"non-finite values in '{name}'")
-    return tensors, meta
-
-
-def read_valid_entry(path: Path, expected: Mapping[str, str], locked: bool = False) -> Entry | None:
-    """The entry at ``path`` if it is valid, else None (a bad one is moved aside first).
-
-    Moving aside happens only under the entry's lock (taken here unless ``locked``), and
-    after a second look: another job may have replaced the bad file with a good one.
-    """
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return read_entry(path, expected)
-    except BadEntry as bad:
-        if locked:
-            move_aside(path, str(bad))
-            return None
-    with entry_lock(path):
-        return read_valid_entry(path, expected, locked=True)
-
-
 def corpus_signature(corpus: str) -> str:
     """Size and mtime of a local corpus file, so editing the file invalidates its statistics."""
     path = Path(corpus).expanduser()
@@ -229,8 +188,10 @@ class CovarianceStore:
     statistics rest on; ``summary()`` condenses them for a run's summary.json.
     """
 
-    def __init__(self, adapter: ModelAdapter, settings: StatsSettings, root: Path | None = None):
+    def __init__(self, adapter: ModelAdapter, settings: StatsSettings, root: Path | None = None, remake_args: Sequence[str] = ()):
         self.adapter = adapter
+        # Overrides (besides stats.*) that remake a missing shard, for its error message.
+        self.remake_args = tuple(remake_args) or (f"model={adapter.name}",)
         self.settings = settings
         self.fingerprint = model_fingerprint(adapter)
         self.root = (root or cache_root() / "stats") / f"{_safe(adapter.name)}-{self.fingerprint}"
@@ -278,8 +239,101 @@ class CovarianceStore:
             for layer in sorted(set(todo)):
                 stack.enter_context(entry_lock(self.path(layer)))
             todo = [l for l in todo if not self._load(l, locked=True)]
+            todo = [l for l in todo if not self._merge_shards(l, strict=True)]
             if todo:
                 self._compute(todo, progress)
+
+    def merge_ready(self, layers: Sequence[int]) -> list[int]:
+        """Merge the layers whose shards are all on disk into their entries; returns those merged.
+
+        Unlike :meth:`ensure` this neither computes nor complains: a shard job calls it
+        after writing its shard, so whichever job finishes last leaves the merged entry.
+        """
+        merged = []
+        for layer in layers:
+            if self._load(layer):
+                continue
+            with entry_lock(self.path(layer)):
+                if self._load(layer, locked=True) or self._merge_shards(layer, strict=False):
+                    merged.append(layer)
+        return merged
+
+    def collect_shard(self, layers: Sequence[int], shard: int, shards: int, progress: Progress | None = None) -> list[Path]:
+        """Compute and cache shard ``shard`` of ``shards`` (sum of k k^T in float64, token count) per layer.
+
+        See shards.py for how the corpus is dealt out. Layers whose shard entry is
+        already valid are skipped; returns the shard files of all ``layers``.
+        """
+        from blue_cli.editing.shards import (
+            batch_ranges,
+            check_shard,
+            shard_batches,
+            shard_path,
+        )
+
+        check_shard(shard, shards)
+        paths = {l: shard_path(self.path(l), shard, shards) for l in layers}
+        with ExitStack() as stack:
+            for layer in sorted(set(layers)):
+                stack.enter_context(entry_lock(paths[layer]))
+            todo = [l for l in layers if read_valid_entry(paths[l], self._shard_meta(l, shard, shards), locked=True) is None]
+            if todo:
+                windows = self._windows()
+                per_batch = max(1, self.settings.batch_tokens // window_length(self.adapter, self.settings))
+                mine = shard_batches(len(batch_ranges(len(windows), per_batch)), shard, shards)
+                log.info("shard %d/%d: layers %s over %d of the batches of %d windows", shard, shards, todo, len(mine), len(windows))
+                sums, n_tokens = moment_sums(self.adapter, windows, todo, self.settings, batches=mine, progress=progress)
+                n_windows = sum(len(batch_ranges(len(windows), per_batch)[b]) for b in mine)
+                for layer in todo:
+                    meta = {**self._shard_meta(layer, shard, shards), "windows": str(n_windows), "tokens": str(n_tokens),
+                            "total_windows": str(len(windows))}
+                    write_entry(paths[layer], {"mom2_sum": sums[layer]}, meta)
+        return [paths[l] for l in layers]
+
+    def _shard_meta(self, layer: int, shard: int, shards: int) -> dict[str, str]:
+        return {**self.metadata(layer), "kind": "mom2_shard", "dtype": "float64", "shard": str(shard), "shards": str(shards)}
+
+    def _merge_shards(self, layer: int, strict: bool) -> bool:
+        """Merge a complete set of shards of ``layer`` into its entry (caller holds its lock).
+
+        No shards: False (compute in one pass). Some missing: with ``strict`` a
+        :class:`MissingShardError` naming the first missing shard and the command that makes it.
+        """
+        from blue_cli.editing.shards import (
+            MissingShardError,
+            complete_set,
+            merge_sums,
+            missing_shards,
+            shard_path,
+            shards_on_disk,
+        )
+
+        found = shards_on_disk(self.path(layer))
+        if not found:
+            return False
+        shards = complete_set(found)
+        if shards is None:
+            if not strict:
+                return False
+            n, missing = missing_shards(found)
+            stats = f"stats.corpus={self.settings.corpus} stats.samples={self.settings.samples} stats.max_length={self.settings.max_length}"
+            raise MissingShardError(
+                f"statistics for layer {layer} of '{self.adapter.name}' are sharded but shard {missing[0]} of {n} is missing "
+                f"(missing: {', '.join(map(str, missing))}); make it with: blue stats {' '.join(self.remake_args)} "
+                f"{stats} stats.shard={missing[0]} stats.shards={n}"
+            )
+        parts, windows = [], 0
+        for shard in range(shards):
+            entry = read_valid_entry(shard_path(self.path(layer), shard, shards), self._shard_meta(layer, shard, shards))
+            if entry is None:  # damaged (moved aside): that shard is missing now
+                return self._merge_shards(layer, strict)
+            tensors, meta = entry
+            parts.append((tensors["mom2_sum"], int(meta["tokens"])))
+            windows += int(meta["windows"])
+        C, n_tokens = merge_sums(parts)
+        log.info("merged %d shards of layer %d: %d windows, %d tokens", shards, layer, windows, n_tokens)
+        self._store(layer, C, SampleCounts(self.settings.samples, windows, n_tokens), merged_from=shards)
+        return True
 
     def get(self, layer: int) -> torch.Tensor:
         """C for ``layer`` (float32, CPU); computes it if needed."""
@@ -328,25 +382,35 @@ class CovarianceStore:
         self._remember(layer, tensors["mom2"], meta["sha256"], counts)
         return True
 
-    def _compute(self, layers: list[int], progress: Progress | None) -> None:
-        from blue_cli.data.corpus import load_corpus
+    def _windows(self) -> list[list[int]]:
+        """The token windows of the corpus, documents read (streamed) only until ``samples`` windows."""
+        from blue_cli.data.corpus import iter_corpus
 
         s = self.settings
-        docs = load_corpus(s.corpus, max_docs=s.samples)
-        windows = token_windows(self.adapter.tok, docs, window_length(self.adapter, s), s.samples)
-        log.info("collecting second moments for layers %s over %d windows of %d documents", layers, len(windows), len(docs))
+        return token_windows(self.adapter.tok, iter_corpus(s.corpus, max_docs=s.samples), window_length(self.adapter, s), s.samples)
+
+    def _compute(self, layers: list[int], progress: Progress | None) -> None:
+        s = self.settings
+        windows = self._windows()
+        log.info("collecting second moments for layers %s over %d windows", layers, len(windows))
         moments, n_tokens = accumulate_second_moments(self.adapter, windows, layers, s, progress)
         counts = SampleCounts(s.samples, len(windows), n_tokens)
         for layer, C in moments.items():
-            C = C.float().contiguous()
-            if not bool(torch.isfinite(C).all()):
-                raise ConfigError(
-                    f"statistics for layer {layer} of '{self.adapter.name}' are not finite "
-                    f"(model dtype {self.metadata(layer)['model_dtype']} overflowed? try model.dtype=float32)"
-                )
-            meta = {**self.metadata(layer), "windows": str(counts.windows), "tokens": str(counts.tokens)}
-            sha = write_entry(self.path(layer), {"mom2": C}, meta)
-            self._remember(layer, C, sha, counts)
+            self._store(layer, C, counts)
+
+    def _store(self, layer: int, C: torch.Tensor, counts: SampleCounts, merged_from: int | None = None) -> None:
+        """Check, cache (float32) and remember one layer's C; the caller holds its lock."""
+        C = C.float().contiguous()
+        if not bool(torch.isfinite(C).all()):
+            raise ConfigError(
+                f"statistics for layer {layer} of '{self.adapter.name}' are not finite "
+                f"(model dtype {self.metadata(layer)['model_dtype']} overflowed? try model.dtype=float32)"
+            )
+        meta = {**self.metadata(layer), "windows": str(counts.windows), "tokens": str(counts.tokens)}
+        if merged_from is not None:
+            meta["merged_from_shards"] = str(merged_from)
+        sha = write_entry(self.path(layer), {"mom2": C}, meta)
+        self._remember(layer, C, sha, counts)
 
     def _remember(self, layer: int, C: torch.Tensor, sha: str, counts: SampleCounts) -> None:
         self._memory[layer], self._sha[layer], self.counts[layer] = C, sha, counts

@@ -74,6 +74,7 @@ class Comparison:
     baseline: str | None = None
     average_change: float | None = None
     changes_counted: int = 0
+    notes: list[str] = field(default_factory=list)  # lines printed under the table (e.g. a paper's source)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -7,13 +7,34 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from blue_cli.reporting.results import HEADLINE
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Completed steps per second, e.g. "12,345 tokens/s" (the statistics pass's throughput)."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s")
 
 
 class RichProgress:
@@ -23,14 +44,17 @@ class RichProgress:
         self.console = target or console
 
     @contextmanager
-    def track(self, description: str, total: int) -> Iterator:
-        columns = (
+    def track(self, description: str, total: int, rate_unit: str | None = None) -> Iterator:
+        """A bar for ``total`` steps; ``rate_unit`` (e.g. "tokens") adds a steps-per-second column."""
+        columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-        )
+        ]
+        if rate_unit:
+            columns.append(RateColumn(rate_unit))
         with Progress(*columns, console=self.console, transient=False) as bar:
             task = bar.add_task(description, total=total)
 

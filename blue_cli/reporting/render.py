@@ -19,7 +19,9 @@ from rich.table import Table
 from blue_cli.reporting.compare import Comparison, short_run_name
 
 FORMATS = ("table", "md", "csv", "json")
-TEXT_COLUMNS = ("run", "model", "method", "strategy", "dataset")
+TEXT_COLUMNS = ("run", "model", "paper model", "method", "strategy", "dataset")
+# Columns on the paper's percent scale (blue report --paper): two decimals, like the paper.
+PAPER_SCALE = (" x100", " paper")
 
 
 def cell(value: Any, column: str = "") -> str:
@@ -29,7 +31,9 @@ def cell(value: Any, column: str = "") -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
-        return f"{value:+.2f}" if column.endswith("(%)") else f"{value:.4f}"
+        if column.endswith(("(%)", " diff")):
+            return f"{value:+.2f}"
+        return f"{value:.2f}" if column.endswith(PAPER_SCALE) else f"{value:.4f}"
     return str(value)
 
 
@@ -60,7 +64,8 @@ def to_markdown(comparison: Comparison) -> str:
         lines.append("| " + " | ".join(cell(row.get(c), c).replace("|", "\\|") for c in cols) + " |")
     text = "\n".join(lines) + "\n"
     note = average_line(comparison)
-    return text + (f"\n{note}\n" if note else "")
+    text += f"\n{note}\n" if note else ""
+    return text + ("\n" + "\n".join(f"- {n}" for n in comparison.notes) + "\n" if comparison.notes else "")
 
 
 def to_csv(comparison: Comparison) -> str:
@@ -81,6 +86,8 @@ def to_json(comparison: Comparison) -> str:
         "average_relative_change": comparison.average_change,
         "changes_counted": comparison.changes_counted,
     }
+    if comparison.notes:
+        payload["notes"] = comparison.notes
     return json.dumps(payload, indent=2) + "\n"
 
 
@@ -150,4 +157,6 @@ def render(comparison: Comparison, fmt: str, width: int = 120) -> str:
     note = average_line(comparison)
     if note:
         console.print(note, highlight=False, soft_wrap=True)
+    for line in comparison.notes:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
     return console.export_text()

@@ -1,0 +1,84 @@
+"""The paper as Hydra experiments: each one end to end on tiny-gpt2, then `blue report --paper`.
+
+Every experiment's sweep is cut to one job on the command line (command-line values
+replace the experiment's ``hydra.sweeper.params`` for the same key); the keys left to
+the experiment's sweep must come from it, and the paper's published value for the
+matching row must appear beside the measured one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from tests.e2e.conftest import run_blue, summary_of
+
+TINY = ["model=tiny-gpt2", "num_edits=4", "batch_size=2", "method.target.steps=3", "stats.samples=40",
+        "eval.generation=false", "eval.general_items=5", "~hydra.callbacks.sweep_report"]
+
+# experiment -> (command-line restriction, expected (method, strategy, dataset), paper model, published Eff)
+CASES = {
+    "blue_table": (["method=alphaedit", "strategy=blue", "dataset=counterfact"], ("alphaedit", "blue", "counterfact"), "llama3", 99.93),
+    "blue_llama3_counterfact": (["method=memit", "strategy=blue"], ("memit", "blue", "counterfact"), "llama3", 99.57),
+    "blue_zsre": (["method=memit", "strategy=spread"], ("memit", "spread", "zsre"), "llama3", 34.62),
+    "blue_gptj": (["method=memit", "strategy=blue", "dataset=counterfact"], ("memit", "blue", "counterfact"), "gpt-j", 99.70),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_experiment_runs_end_to_end_and_reports_the_paper(name, tmp_path):
+    restrict, (method, strategy, dataset), paper_model, eff = CASES[name]
+    sweep = tmp_path / "sweep"
+    proc = run_blue(["edit", "-m", f"+experiment={name}", *TINY, *restrict, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [p for p in sweep.iterdir() if (p / "summary.json").is_file()]
+    assert len(jobs) == 1, [p.name for p in sweep.iterdir()]
+    summary = summary_of(jobs[0])
+    assert (summary["model"], summary["method"], summary["strategy"], summary["dataset"]) == ("tiny-gpt2", method, strategy, dataset)
+    assert summary["num_edits"] == 4
+    # the experiment's general-capability settings reached the run: all six tasks measured
+    tasks = {k.split(".")[1] for k in summary if k.startswith("general.")}
+    assert tasks == {"sst2", "mrpc", "cola", "rte", "mmlu", "nli"}
+
+    rep = run_blue(["report", str(sweep), "--paper", "blue_table", "--paper-model", paper_model, "--format", "csv"], cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    (row,) = list(csv.DictReader(io.StringIO(rep.stdout)))
+    assert (row["method"], row["strategy"], row["dataset"], row["paper model"]) == (method, strategy, dataset, paper_model)
+    assert float(row["Eff paper"]) == pytest.approx(eff)
+    assert float(row["Eff x100"]) == pytest.approx(100 * summary["efficacy"])
+    assert float(row["Eff diff"]) == pytest.approx(100 * summary["efficacy"] - eff)
+    if dataset == "zsre":  # the paper reports no fluency or consistency on ZsRE
+        assert row["Flu paper"] == "n/r" and row["Consis paper"] == "n/r" and row["Flu diff"] == ""
+
+
+def test_table_report_prints_the_published_column(tmp_path):
+    """The human table: Llama3 MEMIT_BLUE CounterFact Eff 99.57 beside a tiny memit/blue run."""
+    run_dir = tmp_path / "run"
+    proc = run_blue(["edit", "+experiment=blue_llama3_counterfact", *TINY[:-1], f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(run_dir)
+    assert (summary["method"], summary["strategy"], summary["dataset"]) == ("memit", "blue", "counterfact")
+    rep = run_blue(["report", str(run_dir), "--paper", "blue_table", "--paper-model", "llama3"], cwd=tmp_path, env_extra={"COLUMNS": "400"})
+    assert rep.returncode == 0, rep.stderr
+    (line,) = [l for l in rep.stdout.splitlines() if "tiny-gpt2" in l]
+    cells = [c.strip() for c in line.strip("│ ").split("│")]
+    assert cells[1:5] == ["tiny-gpt2", "llama3", "memit", "blue"]
+    assert cells[7:10] == [f"{100 * summary['efficacy']:.2f}", "99.57", f"{100 * summary['efficacy'] - 99.57:+.2f}"]
+    assert "source: third-party notes" in rep.stdout and "n/r: not reported" in rep.stdout
+    # without the mapping the run matches no paper row: every published cell is n/r
+    rep = run_blue(["report", str(run_dir), "--paper", "blue_table", "--format", "json"], cwd=tmp_path)
+    assert rep.returncode == 0 and '"Eff paper": "n/r"' in rep.stdout
+
+
+def test_bad_paper_options_are_one_line(tmp_path):
+    for args, needle in (
+        (["--paper", "nope"], "unknown --paper 'nope' (choose: blue_table)"),
+        (["--paper", "blue_table", "--paper-model", "gpt3"], "unknown --paper-model 'gpt3'"),
+        (["--paper-model", "llama3"], "--paper-model needs --paper"),
+    ):
+        (tmp_path / "run").mkdir(exist_ok=True)
+        (tmp_path / "run" / "summary.json").write_text('{"model": "tiny-gpt2", "method": "memit", "strategy": "blue", "dataset": "counterfact"}')
+        proc = run_blue(["report", str(tmp_path / "run"), *args], cwd=tmp_path)
+        assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
