@@ -6,7 +6,7 @@ import pytest
 
 from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.overrides import compose_config
-from blue_cli.runner import stats_settings
+from blue_cli.editing.session import stats_settings
 from tests.e2e.conftest import run_blue
 
 BASE = ["model=tiny-gpt2", "stats.samples=40", "stats.batch_tokens=256"]  # tiny-gpt2: windows of 128, 2 a batch, 20 batches
