@@ -112,6 +112,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     notes = dataset.prepare()
 
     adapter = load_adapter(cfg)
+    dataset.check_fits(adapter, requests, cfg.context.n_tokens)
     session = EditSession(cfg, adapter, progress)
     method, originals = session.method, session.originals
     results.write_json(run_dir, "context_templates.json", session.groups)

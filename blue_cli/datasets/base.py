@@ -42,6 +42,23 @@ class EditDataset:
             )
         return requests
 
+    def check_fits(self, adapter: ModelAdapter, requests: Sequence[EditRequest], prefix_tokens: int) -> None:
+        """Every prompt, with a context prefix and its target, fits the model's context
+        (else one line naming the record), so no record fails deep inside a batch."""
+        limit = adapter.context_length
+        if limit is None:
+            return
+        tok = adapter.tok
+        for req in requests:
+            target = len(tok(" " + req.target_new, add_special_tokens=False)["input_ids"])
+            for prompt in (req.rewrite_prompt, *req.paraphrase_prompts, *req.neighborhood_prompts):
+                n = len(tok(prompt)["input_ids"]) + target + prefix_tokens + 2
+                if n > limit:
+                    raise DataError(
+                        f"dataset '{self.name}' case_id {req.case_id}: a prompt of {n} tokens with its context prefix "
+                        f"and target does not fit the model's {limit} positions: {prompt[:60]!r}"
+                    )
+
     def prepare(self) -> dict:
         """One-off work before the run (e.g. fetching evaluation resources); returns notes for the summary."""
         return {}

@@ -42,6 +42,12 @@ class ModelAdapter:
         return self.unembed.weight.device
 
     @property
+    def context_length(self) -> int | None:
+        """The most positions the model takes (``n_positions`` / ``max_position_embeddings``)."""
+        config = self.model.config
+        return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+    @property
     def hidden_size(self) -> int:
         return self.unembed.weight.shape[1]
 

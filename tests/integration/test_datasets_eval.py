@@ -4,6 +4,7 @@ general capability and consistency, run in-process on the tiny models."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,16 @@ def test_consistency_is_unavailable_offline_and_a_number_with_local_files(tmp_pa
     cases = _jsonl(tmp_path / "local" / "cases.jsonl")
     assert all(0.0 <= c["consistency"] <= 1.0 for c in cases)
     assert tfidf_cosine("the city", "the city", idf, vocab) == pytest.approx(1.0)
+
+
+def test_a_prompt_longer_than_the_models_context_is_one_line_naming_the_record(tmp_path, load_tiny):
+    records = json.loads((Path(__file__).resolve().parents[2] / "blue_cli" / "assets" / "data" / "counterfact_sample.json").read_text())[:2]
+    records[1]["paraphrase_prompts"][0] = " ".join(["word"] * 300) + " and so"  # 300+ tokens, the tiny models take 256
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(records))
+    cfg = compose_config(["model=tiny-gpt2", "num_edits=2", f"dataset.path={path}", *FAST])
+    dataset = CounterFact(cfg.dataset, cfg.eval)
+    requests = dataset.load(2)
+    with pytest.raises(DataError, match=rf"case_id {records[1]['case_id']}: a prompt of \d+ tokens .* does not fit the model's 256 positions"):
+        dataset.check_fits(load_tiny("tiny-gpt2"), requests, cfg.context.n_tokens)
+    dataset.check_fits(load_tiny("tiny-gpt2"), requests[:1], cfg.context.n_tokens)
