@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from blue_cli.errors import ConfigError
 from blue_cli.registry import dataset_schemas, method_schemas
+from blue_cli.reporting.tracking import check_logger
 
 
 @dataclass
@@ -181,6 +182,7 @@ class RunConfig:
     eval_every: Optional[int] = None
     resume: bool = True
     on_nan: str = "stop"  # a non-finite target/key/update: stop the run (exit 1), or skip the batch
+    logger: Optional[str] = None  # experiment tracking: none, tensorboard, wandb, mlflow (optional extras)
 
 
 def register_configs() -> None:
@@ -227,6 +229,7 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"method.target.chunk must be >= 1 or null, got {cfg.method.target.chunk}")
     if cfg.on_nan not in ("stop", "skip"):
         raise ConfigError(f"unknown on_nan '{cfg.on_nan}' (choose: stop, skip)")
+    check_logger(cfg.get("logger"))
     t = cfg.method.target
     if t.steps < 1:
         raise ConfigError(f"method.target.steps must be >= 1, got {t.steps}")
