@@ -34,6 +34,7 @@ from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.loading import load_model
 from blue_cli.registry import dataset_class
 from blue_cli.reporting import results
+from blue_cli.reporting.tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,17 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     if cfg.resume:
         checkpoint.check()
     run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = make_tracker(cfg.get("logger"), run_dir, cfg)
+    try:
+        summary = _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker)
+        tracker.log_summary(summary)
+        return summary
+    finally:
+        tracker.close()
+
+
+def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict:
+    """The body of :func:`run_experiment` once the run folder exists."""
     seed_everything(cfg.seed)
     write_text_atomic(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg))
     results.write_json(run_dir, results.RUN_INFO, run_info(cfg))
@@ -125,7 +137,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
         pre_cases = _evaluate(dataset, adapter, requests, progress, "pre-edit evaluation")
         results.write_jsonl(run_dir, results.PRE_CASES, pre_cases)
     eval_seconds = time.perf_counter() - t_eval
-    points = EvaluationPoints(cfg, dataset, batches, run_dir, progress)
+    points = EvaluationPoints(cfg, dataset, batches, run_dir, progress, tracker)
     if done == 0:
         points.reset()
         points.record(adapter, 0)
@@ -133,6 +145,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
         update(done)
         for b in range(done, len(batches)):
             rows.append(session.edit_batch(batches[b], b))
+            tracker.log_batch(rows[-1], step=b + 1)
             checkpoint.save(b + 1, adapter, originals, method, rows)
             if b + 1 < len(batches) and points.due(b + 1):
                 with swapped_weights(adapter, session.final_weights()[0]):

@@ -29,7 +29,7 @@ def check_general_tasks(eval_cfg) -> None:
 class EvaluationPoints:
     """Decides when to evaluate during the batch loop and appends the rows to evals.jsonl."""
 
-    def __init__(self, cfg, dataset, batches: Sequence[Sequence[EditRequest]], run_dir: Path, progress):
+    def __init__(self, cfg, dataset, batches: Sequence[Sequence[EditRequest]], run_dir: Path, progress, tracker=None):
         self.every = cfg.eval_every
         self.eval_cfg = cfg.eval
         self.dataset = dataset
@@ -37,6 +37,7 @@ class EvaluationPoints:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.rows = results.read_jsonl(self.run_dir / results.EVALS)
+        self.tracker = tracker  # an experiment tracker (reporting.tracking), or None
 
     def reset(self) -> None:
         """A fresh run: forget the rows of an earlier run in this folder."""
@@ -73,6 +74,8 @@ class EvaluationPoints:
         if len(row) > 2:
             self.rows = [r for r in self.rows if r["batches"] != done] + [row]
             results.write_jsonl(self.run_dir, results.EVALS, self.rows)
+            if self.tracker is not None:
+                self.tracker.log_eval(row, step=row["edits"])
         return row
 
     def general_summary(self, final_row: dict) -> dict:

@@ -135,3 +135,20 @@ def test_a_prompt_longer_than_the_models_context_is_one_line_naming_the_record(t
     with pytest.raises(DataError, match=rf"case_id {records[1]['case_id']}: a prompt of \d+ tokens .* does not fit the model's 256 positions"):
         dataset.check_fits(load_tiny("tiny-gpt2"), requests, cfg.context.n_tokens)
     dataset.check_fits(load_tiny("tiny-gpt2"), requests[:1], cfg.context.n_tokens)
+
+
+def test_logger_tensorboard_logs_every_batch_and_evaluation_point(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = compose_config(["model=tiny-gpt2", "num_edits=4", "batch_size=2", "eval_every=1", "eval.generation=false",
+                          "logger=tensorboard", *FAST])
+    s = runner.run_experiment(cfg, tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    batches = _jsonl(tmp_path / "batches.jsonl")
+    write_errors = acc.Scalars("batch/write_error")
+    assert [e.step for e in write_errors] == [1, 2]
+    assert [e.value for e in write_errors] == pytest.approx([b["write_error"] for b in batches], rel=1e-6)
+    efficacy = acc.Scalars("eval/efficacy")
+    assert [e.step for e in efficacy] == [2, 4]
+    assert efficacy[-1].value == pytest.approx(s["efficacy"])
