@@ -43,7 +43,7 @@ def test_a_nan_in_c_stops_the_run_and_keeps_the_last_good_batch(tmp_path, monkey
     tensors, meta = _checkpoint(tmp_path)
     assert meta["batches_done"] == "1"
     assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
-    assert any(k.startswith("C_prev.") for k in tensors)
+    assert any(k.startswith("keys.") for k in tensors)  # C_prev as the keys of batch 0
 
 
 def test_on_nan_skip_skips_and_counts_the_batch(tmp_path, monkeypatch, fresh_tiny):
