@@ -17,7 +17,7 @@ install: ## install the package and its dependencies (torch as your platform pro
 	$(PIP) install -q -e ".[test]"
 
 test: ## unit, integration and end-to-end tests on the tiny models (< 10 min on 2 cores)
-	$(PYTHON) -m pytest -m "not slow and not gpu" -q
+	$(PYTHON) -m pytest -m "not slow and not gpu" -q --durations=25
 
 test-all: ## everything, the slow tests included
 	$(PYTHON) -m pytest -q
