@@ -180,6 +180,7 @@ def list_choices() -> None:
     table.add_column("choices")
     for group in GROUPS:
         table.add_row(group, ", ".join(group_choices(group)))
+    table.add_row("+experiment", ", ".join(group_choices("experiment")))
     console.print(table)
 
 

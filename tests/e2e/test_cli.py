@@ -54,7 +54,7 @@ def test_cfg_job_prints_config_without_running(tmp_path):
 def test_list_shows_every_group(tmp_path):
     proc = run_blue(["list"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 0
-    for word in ("model", "tiny-gpt2", "llama3", "counterfact", "memit", "blue", "spread"):
+    for word in ("model", "tiny-gpt2", "llama3", "counterfact", "zsre", "memit_seq", "blue", "spread", "+experiment", "blue_table"):
         assert word in proc.stdout
 
 
