@@ -121,17 +121,6 @@ def show_run(run_dir: Path, summary: dict, batches: list[dict]) -> None:
     console.print(summary_table(summary, title=f"{Path(run_dir).name}"))
 
 
-def sweep_table(summaries: list[tuple[str, dict]]) -> Table:
-    """One row per run of a sweep: the headline rates and the write diagnostics."""
-    table = Table(title="sweep")
-    cols = ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error", "seconds_per_batch")
-    for col in ("run", "model", "method", "strategy", *cols):
-        table.add_column(col, justify="left" if col in ("run", "model", "method", "strategy") else "right")
-    for name, s in summaries:
-        table.add_row(name, str(s.get("model")), str(s.get("method")), str(s.get("strategy")), *[_fmt(s.get(c)) for c in cols])
-    return table
-
-
 def _fmt(value) -> str:
     if value is None:
         return "-"
