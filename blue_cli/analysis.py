@@ -24,7 +24,6 @@ the editing and evaluation functions a run uses.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -32,9 +31,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors import safe_open
 
-from blue_cli.checkpoint import CHECKPOINT
 from blue_cli.config import check_run_config
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
@@ -50,12 +47,12 @@ from blue_cli.overrides import compose_config
 from blue_cli.registry import dataset_class, method_class, strategy_class
 from blue_cli.reporting import results
 from blue_cli.editing.session import seed_everything, stats_settings, target_settings
+from blue_cli.replay import replay_run
 from blue_cli.runner import NullProgress, load_adapter
 
 log = logging.getLogger(__name__)
 
 ANALYSIS = "analysis.json"
-CONTEXT = "context_templates.json"
 
 
 def summary_of(values: Sequence[float]) -> dict:
@@ -213,18 +210,6 @@ def run_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def read_checkpoint(run_dir: Path) -> tuple[dict[int, torch.Tensor], dict[str, torch.Tensor]]:
-    """A run's edited matrices ({layer: (out x in)}) and method state from its checkpoint."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise DataError(f"no {CHECKPOINT} in '{run_dir}' (the run wrote no batch yet)")
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    weights = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("weight.")}
-    state = {k: v for k, v in tensors.items() if not k.startswith("weight.")}
-    return weights, state
-
-
 def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, progress=None) -> dict:
     """Load the model (with a run's edited weights), ``records`` requests of the configured
     dataset, statistics and the method, and analyse every critical layer; returns the payload
@@ -233,7 +218,8 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
         raise ConfigError(f"--records must be >= 1, got {records}")
     progress = progress or NullProgress()
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(records)
-    adapter = load_adapter(cfg)
+    replayed = replay_run(run_dir, progress) if run_dir is not None else None
+    adapter = replayed[1] if replayed else load_adapter(cfg)
     critical = list(cfg.model.layers)
     stats = CovarianceStore(adapter, stats_settings(cfg))
     if stats.missing(critical):
@@ -243,13 +229,9 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
     method = method_class(cfg.method.name)(cfg.method, critical)
     method.prepare(stats, adapter.device)
     groups = None
-    if run_dir is not None:
-        weights, state = read_checkpoint(run_dir)
-        for layer, weight in weights.items():
-            adapter.set_rewrite(layer, weight)
-        method.load_state_dict(state)
-        if (Path(run_dir) / CONTEXT).is_file():
-            groups = json.loads((Path(run_dir) / CONTEXT).read_text(encoding="utf-8"))
+    if replayed:
+        method.C_prev.update(replayed[2].method.C_prev)  # the run's C_prev, by replay
+        groups = [list(g) for g in replayed[2].groups]
     if groups is None:
         seed_everything(cfg.seed)
         c = cfg.context

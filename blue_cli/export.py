@@ -1,11 +1,12 @@
 """Export a finished run's edited model as a standard Hugging Face folder.
 
-A run folder keeps only the edited matrices (``checkpoint.safetensors``: tensors
-``weight.<layer>``, float32, stored (d_out x d_in) whatever the module type), not
-the whole model. Exporting reloads the base model named in the run's config.yaml,
-writes those matrices into the rewrite modules through the adapter (which turns
-them back into GPT-2 Conv1D's (d_in x d_out) layout), and saves model + tokenizer
-with ``save_pretrained``, so ``AutoModelForCausalLM.from_pretrained`` loads it.
+A run folder keeps only what its batches wrote (``checkpoint.safetensors``: the
+residuals, see checkpoint.py), not the model. Exporting replays the run on the base
+model named in its config.yaml (with the run's cached statistics) to get the edited
+matrices (float32, (d_out x d_in) whatever the module type), writes them into a
+float32 copy of the base model through the adapter (which turns them back into
+GPT-2 Conv1D's (d_in x d_out) layout), and saves model + tokenizer with
+``save_pretrained``, so ``AutoModelForCausalLM.from_pretrained`` loads it.
 """
 
 from __future__ import annotations
@@ -33,22 +34,19 @@ class ExportError(BlueError):
     """A run folder that cannot be exported (unfinished, missing files) or a bad target."""
 
 
-def read_edited_weights(run_dir: Path) -> dict[int, torch.Tensor]:
-    """The checkpoint's final rewrite matrices by layer, (d_out x d_in); refuses unfinished runs."""
-    from safetensors import safe_open
+def check_finished(run_dir: Path) -> None:
+    """Refuse a run folder without a checkpoint, or whose run is not finished."""
+    from blue_cli.checkpoint import read_metadata
 
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
+    meta = read_metadata(run_dir)
+    if meta is None:
         raise ExportError(f"'{run_dir}' has no {CHECKPOINT} (give a run folder written by blue edit)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("finished") != "true":
-            done = meta.get("batches_done", "?")
-            raise ExportError(
-                f"the run in '{run_dir}' is not finished ({done} batches saved); "
-                f"resume it with blue edit hydra.run.dir={run_dir} before exporting"
-            )
-        return {int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys() if k.startswith("weight.")}
+    if meta.get("finished") != "true":
+        done = meta.get("batches_done", "?")
+        raise ExportError(
+            f"the run in '{run_dir}' is not finished ({done} batches saved); "
+            f"resume it with blue edit hydra.run.dir={run_dir} before exporting"
+        )
 
 
 def _run_config(run_dir: Path):
@@ -68,6 +66,7 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
     folder is built under a temporary name beside ``out_dir`` and renamed into place.
     """
     from blue_cli.models.loading import load_model
+    from blue_cli.replay import edited_weights
 
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"unknown --dtype '{dtype}' (choose: {', '.join(EXPORT_DTYPES)})")
@@ -76,14 +75,15 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
         raise ExportError(f"run folder '{run_dir}' does not exist")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"--out '{out_dir}' already exists and is not an empty folder (choose a new path)")
-    weights = read_edited_weights(run_dir)
+    check_finished(run_dir)
     cfg = _run_config(run_dir)
+    weights = edited_weights(run_dir)
     m = cfg.model
     adapter = load_model(m.source, name=m.name, device="cpu", dtype="float32", revision=m.get("revision"))
     for layer, matrix in sorted(weights.items()):
         if not 0 <= layer < adapter.n_layers or tuple(adapter.rewrite_weight(layer).shape) != tuple(matrix.shape):
             raise ExportError(
-                f"checkpoint matrix weight.{layer} {tuple(matrix.shape)} does not fit model '{m.source}' "
+                f"edited matrix of layer {layer} {tuple(matrix.shape)} does not fit model '{m.source}' "
                 f"({adapter.n_layers} layers); was the run made with another model?"
             )
         adapter.set_rewrite(layer, matrix)

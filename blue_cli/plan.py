@@ -54,8 +54,10 @@ STATE_MATRICES_DEFAULT = ("statistics C",)
 WEIGHT_COPIES = 3
 # Per edit, cases.jsonl + cases_pre.jsonl (measured: tiny-gpt2, generation on, ~0.97 KB).
 CASE_BYTES = 1000
-# Checkpoint metadata per batch (its JSON row) and fixed header.
+# Checkpoint metadata per batch (its JSON row) and fixed header; per write, its
+# fingerprint (two float64 in JSON), layer and tensor header.
 ROW_BYTES = 400
+FINGERPRINT_BYTES = 120
 # CounterFact token counts for the padded target-optimisation batch (BPE vocabularies of
 # 50k-150k): the longest prompt in a batch of requests, the longest and the mean target.
 PROMPT_TOKENS = 16
@@ -321,14 +323,14 @@ def statistics_items(shape: Shape, facts: RunFacts) -> list[Item]:
 
 
 def disk_items(shape: Shape, facts: RunFacts) -> list[Item]:
-    """The run folder: one checkpoint (rewritten each batch) and the per-case JSONL files."""
-    n = len(facts.written)
+    """The run folder: one checkpoint (rewritten each batch) and the per-case JSONL files.
+
+    The checkpoint holds each write's residual (d x batch float32; spread writes every
+    critical layer, blue two), not the weights or C_prev's keys: a resume replays."""
     batches = -(-facts.num_edits // facts.batch_size)
-    ckpt = n * shape.hidden_size * shape.intermediate_size * 4 + batches * ROW_BYTES
-    note = f"{n} written matrices float32"
-    if facts.sequential:  # C_prev is stored as the keys that built it (float32, d_k per edit)
-        ckpt += n * facts.num_edits * shape.intermediate_size * 4
-        note += f" + {n} x {facts.num_edits} keys float32"
+    writes = len(facts.written)
+    ckpt = batches * writes * shape.hidden_size * facts.batch_size * 4 + batches * (ROW_BYTES + writes * FINGERPRINT_BYTES)
+    note = f"{writes} residuals of d x {facts.batch_size} float32 per batch"
     return [
         Item("checkpoint (one file, rewritten each batch)", "disk", ckpt, note),
         Item("per-case JSONL", "disk", facts.num_edits * CASE_BYTES, f"{facts.num_edits} edits"),

@@ -5,7 +5,8 @@ strategy's writes, diagnostics, checkpoint, evaluation points -> the method's fi
 weights -> post-edit evaluation -> summary. The runner names no dataset, method or
 strategy: each comes from its registry.
 Every file is written through a temp file and a rename, and a checkpoint after
-each batch lets a killed run resume (``resume=true``, same ``hydra.run.dir``).
+each batch lets a killed run resume (``resume=true``, same ``hydra.run.dir``) by
+replaying the finished batches' writes (checkpoint.py).
 """
 
 from __future__ import annotations
@@ -126,11 +127,11 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     adapter = load_adapter(cfg)
     dataset.check_fits(adapter, requests, cfg.context.n_tokens)
     session = EditSession(cfg, adapter, progress)
-    method, originals = session.method, session.originals
     results.write_json(run_dir, "context_templates.json", session.groups)
 
     batches = batches_of(requests, cfg.batch_size)
-    done, rows, finished = checkpoint.load(adapter, originals, method) if cfg.resume else (0, [], False)
+    rows, finished = checkpoint.load(session, batches, progress) if cfg.resume else ([], False)
+    done = len(rows)
     pre_cases = results.read_jsonl(run_dir / results.PRE_CASES) if done else []
     t_eval = time.perf_counter()
     if len(pre_cases) != len(requests):
@@ -146,7 +147,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
         for b in range(done, len(batches)):
             rows.append(session.edit_batch(batches[b], b))
             tracker.log_batch(rows[-1], step=b + 1)
-            checkpoint.save(b + 1, adapter, originals, method, rows)
+            checkpoint.save(session, rows)
             if b + 1 < len(batches) and points.due(b + 1):
                 with swapped_weights(adapter, session.final_weights()[0]):
                     points.record(adapter, b + 1)
@@ -155,7 +156,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
         finish_info = checkpoint.finish_info
     else:
         finish_info = session.apply_final_weights()
-        checkpoint.save(len(batches), adapter, originals, method, rows, finished=True, info=finish_info)
+        checkpoint.save(session, rows, finished=True, info=finish_info)
 
     t_eval = time.perf_counter()
     post_cases = _evaluate(dataset, adapter, requests, progress, "post-edit evaluation")

@@ -11,17 +11,19 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
 
+from blue_cli.checkpoint import fingerprint
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore, StatsSettings
 from blue_cli.editing.diagnostics import batch_diagnostics, observe_before
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings
-from blue_cli.errors import NumericalError
+from blue_cli.errors import DataError, NumericalError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.registry import method_class, strategy_class
 
@@ -45,17 +47,37 @@ def stats_settings(cfg: DictConfig) -> StatsSettings:
     return StatsSettings(corpus=s.corpus, samples=s.samples, max_length=s.max_length, batch_tokens=s.batch_tokens)
 
 
-class EditSession:
-    """Built from a composed config and a loaded model; ``progress`` tracks the statistics."""
+@dataclass
+class BatchLog:
+    """What a finished batch did, enough to replay it (see checkpoint.py): each write's
+    layer and residual (on the CPU, in order; none for a skipped batch), and the
+    fingerprint of every written matrix's change afterwards."""
 
-    def __init__(self, cfg: DictConfig, adapter: ModelAdapter, progress=None):
+    writes: list[tuple[int, torch.Tensor]]
+    fingerprint: dict[int, list[float]]
+
+
+class EditSession:
+    """Built from a composed config and a loaded model; ``progress`` tracks the statistics.
+
+    ``compute_stats=False`` refuses to compute missing statistics (replaying a finished
+    run for export or analysis must use the run's own, not hours of new ones).
+    """
+
+    def __init__(self, cfg: DictConfig, adapter: ModelAdapter, progress=None, compute_stats: bool = True):
         self.cfg, self.adapter = cfg, adapter
         self.strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
         self.critical = list(cfg.model.layers)
         self.written = self.strategy.written_layers(self.critical)
         self.stats = CovarianceStore(adapter, stats_settings(cfg))
         t0 = time.perf_counter()
-        if self.stats.missing(self.written):
+        missing = self.stats.missing(self.written)
+        if missing and not compute_stats:
+            raise DataError(
+                f"no cached statistics for layers {missing} of '{adapter.name}' under '{self.stats.root}' "
+                "(replaying a run needs the run's statistics: run blue stats with the run's config there)"
+            )
+        if missing:
             if progress is None:
                 self.stats.ensure(self.written)
             else:
@@ -72,6 +94,7 @@ class EditSession:
         self.ctx = EditContext(adapter, self.groups, target_settings(t), batched=t.batched, chunk=t.chunk,
                                memory_budget_gb=t.memory_budget_gb)
         self.originals = {l: adapter.rewrite_weight(l).detach().clone() for l in self.written}
+        self.log: list[BatchLog] = []
 
     def edit_batch(self, requests: Sequence[EditRequest], index: int) -> dict:
         """Edit one batch; returns its row (timings and diagnostics). A non-finite value
@@ -83,7 +106,18 @@ class EditSession:
             if self.cfg.get("on_nan", "stop") != "skip":
                 raise
             log.warning("skipped: %s", exc)
+            self._record([])
             return {"batch": index, "edits": 0, "case_ids": [r.case_id for r in requests], "skipped": str(exc)}
+
+    def replay_batch(self, requests: Sequence[EditRequest], writes: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """Redo a finished batch from its recorded residuals (resume, export, analysis):
+        the strategy's write path without target optimisation or diagnostics."""
+        if writes:
+            self.strategy.edit_batch(self.method, self.ctx, requests, self.critical, replay=writes)
+        self._record(list(writes))
+
+    def _record(self, writes: list[tuple[int, torch.Tensor]]) -> None:
+        self.log.append(BatchLog(writes, fingerprint(self.adapter, self.originals)))
 
     def _edit(self, requests: Sequence[EditRequest], index: int) -> dict:
         adapter, method = self.adapter, self.method
@@ -98,6 +132,7 @@ class EditSession:
             ids = [r.case_id for r in requests]
             raise NumericalError(f"batch {index} (case_ids {ids[0]}..{ids[-1]}): {exc}; the weights are as before this batch") from None
         edit_seconds = time.perf_counter() - t_edit
+        self._record([(w.layer, w.residual) for w in trace.writes])
         diag = batch_diagnostics(adapter, method, requests, trace, before)
         return {
             "batch": index,

@@ -374,6 +374,7 @@ def assert_same_results(a: Path, b: Path) -> None:
             ta, tb = fa.get_tensor(key), fb.get_tensor(key)
             assert ta.dtype == tb.dtype and torch.equal(ta, tb), key
         rows_a, rows_b = (json.loads(f.metadata()["batches"]) for f in (fa, fb))
+        assert fa.metadata()["fingerprints"] == fb.metadata()["fingerprints"]  # the weights after every batch
     assert [_timing_free(r) for r in rows_a] == [_timing_free(r) for r in rows_b]
 
 

@@ -13,6 +13,7 @@ from blue_cli import runner
 from blue_cli.editing import session as session_module
 from blue_cli.editing.methods.memit import Memit
 from blue_cli.overrides import compose_config
+from blue_cli.replay import edited_weights
 
 SMALL = ["model=tiny-gpt2", "num_edits=4", "batch_size=2", "method.target.steps=4", "stats.samples=40"]
 
@@ -44,22 +45,23 @@ def test_every_evaluation_point_and_the_checkpoint_see_the_methods_final_view(tm
     assert evals[0]["efficacy"] == first_two
     assert evals[0]["rewrite_logprob_new"] == sum(c["rewrite_logprob_new"] for c in pre[:2]) / 2
     assert summary["efficacy"] == summary["pre_efficacy"] and summary["undone"] == 1.0
-    tensors, meta = _checkpoint(tmp_path)
+    _, meta = _checkpoint(tmp_path)
+    assert json.loads(meta["finished"]) is True
+    weights = edited_weights(tmp_path)  # what export and analyze see: the replay, then the final view
     original = fresh_tiny("tiny-gpt2")
     for layer in summary["written_layers"]:
-        assert torch.equal(tensors[f"weight.{layer}"], original.rewrite_weight(layer).detach())
-    assert json.loads(meta["finished"]) is True
+        assert torch.equal(weights[layer], original.rewrite_weight(layer).detach())
 
 
 def test_prune_checkpoint_holds_the_restrained_change(tmp_path, fresh_tiny):
     cfg = compose_config([*SMALL, "method=prune", "model_hparams.prune_log_base=1.2", "method.cov_weight=1"])
     summary = runner.run_experiment(cfg, tmp_path)
-    tensors, _ = _checkpoint(tmp_path)
+    weights = edited_weights(tmp_path)
     original = fresh_tiny("tiny-gpt2")
     active = 0
     for layer in summary["written_layers"]:
         W0 = original.rewrite_weight(layer).detach().double()
-        change = tensors[f"weight.{layer}"].double() - W0
+        change = weights[layer].double() - W0
         bound = float(torch.linalg.svdvals(W0).max())
         before = summary[f"prune_max_sv_before.{layer}"]
         top = float(torch.linalg.svdvals(change).max())

@@ -3,6 +3,8 @@ checkpoint or the summary: the run stops (or skips the batch with on_nan=skip)."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -12,6 +14,7 @@ from blue_cli.editing import session as session_module
 from blue_cli.editing.methods.memit import Memit
 from blue_cli.errors import NumericalError
 from blue_cli.overrides import compose_config
+from blue_cli.replay import edited_weights
 
 SMALL = ["model=tiny-gpt2", "method=memit_seq", "num_edits=4", "batch_size=2", "method.target.steps=3",
          "stats.samples=40", "eval.generation=false"]
@@ -42,8 +45,9 @@ def test_a_nan_in_c_stops_the_run_and_keeps_the_last_good_batch(tmp_path, monkey
     assert not (tmp_path / "summary.json").exists()
     tensors, meta = _checkpoint(tmp_path)
     assert meta["batches_done"] == "1"
+    assert tensors and all(k.startswith("residual.0.") for k in tensors)  # batch 0's writes only
     assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
-    assert any(k.startswith("keys.") for k in tensors)  # C_prev as the keys of batch 0
+    assert len(json.loads(meta["fingerprints"])) == 1
 
 
 def test_on_nan_skip_skips_and_counts_the_batch(tmp_path, monkeypatch, fresh_tiny):
@@ -57,10 +61,14 @@ def test_on_nan_skip_skips_and_counts_the_batch(tmp_path, monkeypatch, fresh_tin
     # the skipped batch left no trace: the weights equal a run that edited the first batch only
     NanFromSecondBatch.solves = -10**9  # never NaN
     first_only = runner.run_experiment(compose_config([*SMALL, "num_edits=2"]), tmp_path / "first")
-    ref, _ = _checkpoint(tmp_path / "first")
-    for key in (k for k in ref if k.startswith("weight.")):
-        assert torch.equal(tensors[key], ref[key]), key
+    ref, ref_meta = _checkpoint(tmp_path / "first")
+    assert json.loads(meta["writes"])[1] == []  # nothing written for the skipped batch
+    assert ref.keys() == tensors.keys() and all(torch.equal(tensors[k], ref[k]) for k in ref)
+    prints = json.loads(meta["fingerprints"])
+    assert prints[0] == prints[1] == json.loads(ref_meta["fingerprints"])[0]  # weights as after batch 0, bit for bit
     assert first_only["skipped_batches"] == 0
+    skipped, first = edited_weights(tmp_path), edited_weights(tmp_path / "first")  # the replay skips it too
+    assert skipped.keys() == first.keys() and all(torch.equal(skipped[l], first[l]) for l in first)
 
 
 def test_on_nan_takes_only_stop_or_skip():

@@ -12,12 +12,15 @@ separately as tensor nbytes and added.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from blue_cli.checkpoint import Checkpoint
+from blue_cli.checkpoint import Checkpoint, fingerprint
+from blue_cli.editing.session import BatchLog
 from blue_cli.data.counterfact import load_counterfact
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore
@@ -100,7 +103,7 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
     # A whole batch as the runner runs it, resident state included.
     with LiveStorages() as tracked:
         observe_before(adapter, method, requests, written, critical[-1])
-        strategy.edit_batch(method, ctx, requests, critical)
+        trace = strategy.edit_batch(method, ctx, requests, critical)
     state = sum(t.nbytes for t in [*method.P.values(), *method.C_prev.values()])
     planned_state = items["projector P"] + items["C_prev"]
     assert state == planned_state
@@ -112,7 +115,8 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
 
     # The checkpoint the runner writes after this batch.
     checkpoint = Checkpoint(tmp_path, "key")
-    checkpoint.save(1, adapter, originals, method, [{"batch": 0, "edits": 10, "case_ids": [r.case_id for r in requests]}])
+    session = SimpleNamespace(log=[BatchLog([(w.layer, w.residual) for w in trace.writes], fingerprint(adapter, originals))])
+    checkpoint.save(session, [{"batch": 0, "edits": 10, "case_ids": [r.case_id for r in requests]}])
     size = checkpoint.path.stat().st_size
     assert close(items["checkpoint (one file, rewritten each batch)"], size), (items, size)
     print(f"planned/measured: targets {planned_targets / ratio_base[0]:.3f}, solve {items['solve temporaries'] / ratio_base[1]:.3f}, "

@@ -1,17 +1,20 @@
-"""Method state that stays small: C_prev checkpointed as the keys that built it,
+"""Method state that stays small: a checkpoint of residuals that a resume replays,
 float32 storage, and target optimisation in chunks that give the same targets."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from blue_cli import runner
+from blue_cli import registry, runner
 from blue_cli.checkpoint import Checkpoint
+from blue_cli.editing.session import EditSession
+from blue_cli.replay import replay_run
 from blue_cli.editing.context import context_templates
-from blue_cli.editing.covariance import CovarianceStore, StatsSettings
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.editing.targets import TargetSettings, requests_per_chunk
 from blue_cli.overrides import compose_config
@@ -26,19 +29,44 @@ def _tensors(path):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-def test_checkpoint_holds_the_keys_not_c_prev_and_a_resume_is_bit_identical(tmp_path, monkeypatch):
-    full = runner.run_experiment(compose_config(SMALL), tmp_path / "full")
-    tensors, _ = _tensors(tmp_path / "full" / "checkpoint.safetensors")
-    keys = sorted(k for k in tensors if k.startswith("keys."))
-    assert keys and not any(k.startswith("C_prev") for k in tensors)
-    assert all(t.shape[1] == 2 for k, t in tensors.items() if k.startswith("keys."))  # d_k x n per batch
-    assert len([k for k in keys if k.startswith("keys.1.")]) == 3  # one entry per batch
+class _Recorder:
+    """Wraps ``Strategy.write_layer`` to note each write's residual and the keys it saw."""
 
+    def __init__(self, monkeypatch):
+        self.writes: list[tuple[int, torch.Tensor]] = []
+        real = Strategy.write_layer
+
+        def spy(method, ctx, requests, layer, residual):
+            self.writes.append((layer, residual.detach().clone()))
+            return real(method, ctx, requests, layer, residual)
+
+        monkeypatch.setattr(Strategy, "write_layer", staticmethod(spy))
+
+
+def test_checkpoint_holds_each_writes_residual_not_weights_or_keys(tmp_path, monkeypatch):
+    recorder = _Recorder(monkeypatch)
+    runner.run_experiment(compose_config([*SMALL, "strategy=spread"]), tmp_path / "full")
+    tensors, meta = _tensors(tmp_path / "full" / "checkpoint.safetensors")
+    # spread over tiny-gpt2's 3 critical layers, 3 batches of 2: nine writes, d x n each
+    assert sorted(tensors) == sorted(f"residual.{b}.{i}" for b in range(3) for i in range(3))
+    assert json.loads(meta["writes"]) == [[1, 2, 3]] * 3
+    assert len(recorder.writes) == 9
+    for n, (layer, residual) in enumerate(recorder.writes):
+        b, i = divmod(n, 3)
+        assert json.loads(meta["writes"])[b][i] == layer
+        assert torch.equal(tensors[f"residual.{b}.{i}"], residual), (b, i)  # exactly what the layer was asked to write
+    assert meta["format"] == "replay-1" and json.loads(meta["finished"]) is True
+
+
+def test_a_killed_run_resumes_by_replay_bit_identically(tmp_path, monkeypatch):
+    cfg = compose_config(SMALL)
+    full = runner.run_experiment(cfg, tmp_path / "full")
+    tensors, meta = _tensors(tmp_path / "full" / "checkpoint.safetensors")
     saves = {"n": 0}
     real_save = Checkpoint.save
 
-    def save_then_die(self, done, *args, **kwargs):
-        real_save(self, done, *args, **kwargs)
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
         saves["n"] += 1
         if saves["n"] == 2:
             raise KeyboardInterrupt
@@ -47,30 +75,53 @@ def test_checkpoint_holds_the_keys_not_c_prev_and_a_resume_is_bit_identical(tmp_
     with pytest.raises(KeyboardInterrupt):
         runner.run_experiment(compose_config(SMALL), tmp_path / "killed")
     monkeypatch.setattr(Checkpoint, "save", real_save)
+    replays = []
+    real_replay = EditSession.replay_batch
+
+    def counted(self, requests, writes):
+        replays.append(len(writes))
+        return real_replay(self, requests, writes)
+
+    monkeypatch.setattr(EditSession, "replay_batch", counted)
     resumed = runner.run_experiment(compose_config(SMALL), tmp_path / "killed")
-    again, _ = _tensors(tmp_path / "killed" / "checkpoint.safetensors")
+    assert replays == [2, 2]  # the two saved batches (two blue writes each) were replayed, not re-optimised
+    again, again_meta = _tensors(tmp_path / "killed" / "checkpoint.safetensors")
     assert again.keys() == tensors.keys()
     for k in tensors:
         assert torch.equal(again[k], tensors[k]), k
+    assert again_meta["fingerprints"] == meta["fingerprints"]  # every batch's weights, bit for bit
     for key in ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error"):
         assert resumed[key] == full[key], key
 
 
-def test_loading_the_keys_rebuilds_c_prev_exactly(fresh_tiny):
-    adapter = fresh_tiny("tiny-gpt2")
-    stats = CovarianceStore(adapter, StatsSettings(samples=40, max_length=64))
-    cfg = OmegaConf.create({"name": "memit_seq", "cov_weight": 1.0, "sequential": True, "state_dtype": "float32", "target": {}})
-    a, b = method_class("memit_seq")(cfg, [1]), method_class("memit_seq")(cfg, [1])
-    a.prepare(stats, adapter.device)
-    b.prepare(stats, adapter.device)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        a.record_keys(1, torch.randn(adapter.key_size(1), 4, generator=gen))
-    b.load_state_dict(a.state_dict())
-    assert a.C_prev[1].dtype == torch.float32
-    assert torch.equal(a.C_prev[1], b.C_prev[1])
-    K = torch.cat(a.key_log[1], dim=1).double()
-    assert torch.allclose(b.C_prev[1].double(), K @ K.T, rtol=1e-5, atol=1e-4)
+def test_replay_rebuilds_the_weights_and_c_prev_exactly(tmp_path):
+    """The replayed session holds the live run's weights and C_prev = sum of K K^T over
+    the keys collected after each batch, recomputed here from the replayed model."""
+    cfg = compose_config(SMALL)
+    runner.run_experiment(cfg, tmp_path / "run")
+    live = runner.load_adapter(cfg)
+    _, adapter, session = replay_run(tmp_path / "run")
+    assert len(session.log) == 3
+    _, meta = _tensors(tmp_path / "run" / "checkpoint.safetensors")
+    recorded = json.loads(meta["fingerprints"])  # measured on the live run's weights
+    assert [{str(l): v for l, v in e.fingerprint.items()} for e in session.log] == recorded
+    requests = [r for batch in runner.batches_of(
+        registry.dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(cfg.num_edits), cfg.batch_size) for r in batch]
+    # C_prev from keys collected on the replayed weights after each batch: rebuild it by
+    # replaying batch by batch in a second session and collecting keys independently.
+    from blue_cli.editing.keys import collect_keys
+    from blue_cli.editing.session import EditSession as Session
+    fresh = Session(cfg, live)
+    expected = {l: torch.zeros_like(session.method.C_prev[l], dtype=torch.float64) for l in session.written}
+    for b, entry in enumerate(session.log):
+        batch = requests[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        fresh.replay_batch(batch, entry.writes)
+        for layer, K in collect_keys(live, batch, fresh.groups, session.written).items():
+            expected[layer] += K.double() @ K.double().T
+    for layer in session.written:
+        assert torch.equal(adapter.rewrite_weight(layer), live.rewrite_weight(layer))
+        assert torch.allclose(session.method.C_prev[layer].double(), expected[layer], rtol=1e-10, atol=1e-9)
+        assert session.method.C_prev[layer].abs().sum() > 0
 
 
 def test_targets_in_chunks_equal_one_chunk(load_tiny, requests10):

@@ -33,7 +33,6 @@ class EditMethod:
         self.layers = list(layers)
         self.sequential = bool(cfg.sequential)
         self.C_prev: dict[int, torch.Tensor] = {}
-        self.key_log: dict[int, list[torch.Tensor]] = {}
 
     def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
         """One-off work before the first batch (load C, build projectors) on ``device``.
@@ -74,14 +73,13 @@ class EditMethod:
     def record_keys(self, layer: int, K: torch.Tensor) -> None:
         """Sequential editing: add this batch's K K^T so later batches preserve these keys.
 
-        The keys themselves (d_k x n, float32) are kept too: the checkpoint stores them
-        instead of C_prev and a resume replays these same additions, bit-identically.
+        Nothing of it is checkpointed: a resume replays the batches, which recollects
+        these keys on the replayed weights (checkpoint.py).
         """
         C_prev = self.previous_keys(layer)
         if C_prev is not None:
             K64 = K.to(device=self.device, dtype=torch.float64)
             C_prev += (K64 @ K64.T).to(C_prev.device, C_prev.dtype)
-            self.key_log.setdefault(layer, []).append(K.detach().to("cpu", torch.float32))
 
     def revise_batch(self, changes: dict[int, torch.Tensor], before: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """After every layer of a batch is written: the changes (d x d_k) to keep, per layer.
@@ -98,15 +96,3 @@ class EditMethod:
         Evaluation points, the final checkpoint and exports all see these. Default: as edited.
         """
         return current, {}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The keys of every finished batch per layer (``keys.<layer>.<batch>``, d_k x n):
-        n x d_k per batch instead of a d_k x d_k matrix rewritten every batch."""
-        return {f"keys.{l}.{i}": K.contiguous() for l, Ks in self.key_log.items() for i, K in enumerate(Ks)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Rebuild C_prev by replaying the recorded additions in their order."""
-        self.C_prev, self.key_log = {}, {}
-        entries = sorted((int(k.split(".")[1]), int(k.split(".")[2]), v) for k, v in state.items() if k.startswith("keys."))
-        for layer, _, K in entries:
-            self.record_keys(layer, K)

@@ -64,12 +64,14 @@ class EditContext:
 
 @dataclass
 class LayerWrite:
-    """One closed-form write: layer, norms of residual and update, relative fit on its keys."""
+    """One closed-form write: layer, norms of residual and update, relative fit on its
+    keys, and the residual itself (CPU copy), which is all a replay needs."""
 
     layer: int
     residual_norm: float
     update_norm: float
     key_fit_error: float
+    residual: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -102,14 +104,29 @@ class Strategy:
         raise NotImplementedError
 
     def edit_batch(
-        self, method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], critical: Sequence[int]
+        self,
+        method: EditMethod,
+        ctx: EditContext,
+        requests: Sequence[EditRequest],
+        critical: Sequence[int],
+        replay: Sequence[tuple[int, torch.Tensor]] | None = None,
     ) -> BatchTrace:
         """One batch: the strategy's writes, the method's revision of them (RECT), then
-        the keys on the edited model into C_prev (sequential methods)."""
+        the keys on the edited model into C_prev (sequential methods).
+
+        ``replay``: the (layer, residual) writes a finished batch made, redone in order
+        instead of :meth:`write_batch` (no targets are optimised); everything after the
+        residuals (keys, solves, revision, C_prev) is this same code path.
+        """
         written = self.written_layers(critical)
         adapter = ctx.adapter
         before = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
-        trace = self.write_batch(method, ctx, requests, critical)
+        if replay is None:
+            trace = self.write_batch(method, ctx, requests, critical)
+        else:
+            trace = BatchTrace(writes=[
+                self.write_layer(method, ctx, requests, layer, residual.to(adapter.device)) for layer, residual in replay
+            ])
         changes = {l: adapter.rewrite_weight(l).detach() - before[l] for l in written}
         kept = method.revise_batch(changes, before)
         if kept is not changes:
@@ -155,6 +172,7 @@ class Strategy:
             residual_norm=float(residual.norm()),
             update_norm=float(delta.norm()),
             key_fit_error=float(fit.norm() / residual.norm().clamp_min(1e-12)),
+            residual=residual.detach().to("cpu", copy=True),
         )
 
     @staticmethod
