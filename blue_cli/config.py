@@ -144,6 +144,8 @@ class StatsConfig:
 
     ``shard``/``shards``: ``blue stats stats.shard=i stats.shards=n`` collects the i-th of n
     slices only (see editing/shards.py); runs merge the shards they find.
+    ``precision``: dtype of the per-batch key products (auto: float64 on CPU, float32 on
+    CUDA, where float64 is slow on most GPUs; see editing/precision.py).
     """
 
     corpus: str = "wikitext-bundled"
@@ -152,6 +154,7 @@ class StatsConfig:
     batch_tokens: int = 4096
     shard: Optional[int] = None
     shards: int = 1
+    precision: str = "auto"
 
 
 @dataclass
@@ -225,6 +228,8 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"dataset.offset must be >= 0, got {cfg.dataset.offset}")
     if cfg.method.state_dtype not in ("auto", "float32", "float64"):
         raise ConfigError(f"unknown method.state_dtype '{cfg.method.state_dtype}' (choose: auto, float32, float64)")
+    if cfg.stats.precision not in ("auto", "float32", "float64"):
+        raise ConfigError(f"unknown stats.precision '{cfg.stats.precision}' (choose: auto, float32, float64)")
     if cfg.method.target.chunk is not None and cfg.method.target.chunk < 1:
         raise ConfigError(f"method.target.chunk must be >= 1 or null, got {cfg.method.target.chunk}")
     if cfg.on_nan not in ("stop", "skip"):

@@ -214,10 +214,12 @@ class RunFacts:
     device: str
     stats_max_length: int
     stats_batch_tokens: int
+    stats_precision: str = "auto"  # dtype of the statistics pass's key products (auto: by device)
 
 
 def run_facts(cfg: DictConfig) -> RunFacts:
     """Read the plan's inputs from ``cfg``; the device is CUDA unless ``device`` says cpu."""
+    from blue_cli.editing.precision import product_precision
     from blue_cli.registry import method_class, strategy_class
 
     critical = tuple(cfg.model.layers)
@@ -242,6 +244,7 @@ def run_facts(cfg: DictConfig) -> RunFacts:
         chunk=min(chunk, cfg.batch_size), num_edits=cfg.num_edits, n_templates=1 + cfg.context.n_prefixes,
         prefix_tokens=cfg.context.n_tokens, model_dtype=dtype, state_dtype=state, device=device,
         stats_max_length=cfg.stats.max_length, stats_batch_tokens=cfg.stats.batch_tokens,
+        stats_precision=product_precision(cfg.stats.get("precision", "auto"), device),
     )
 
 
@@ -309,16 +312,21 @@ def target_items(shape: Shape, facts: RunFacts, seq_len: int | None = None, targ
 
 
 def statistics_items(shape: Shape, facts: RunFacts) -> list[Item]:
-    """The covariance pass: float64 accumulators for every written layer, one float32
-    product and its float64 copy, and each layer's captured keys for one forward."""
+    """The covariance pass: float64 accumulators for every written layer, one product x^T x
+    (float32 products: plus its float64 copy), and each layer's captured keys for one
+    forward plus one layer's keys cast to the product's precision."""
+    from blue_cli.editing.precision import product_precision
+
     dk, n = shape.intermediate_size, len(facts.written)
     b = DTYPE_BYTES[facts.model_dtype]
     window = min(facts.stats_max_length, shape.max_positions)  # covariance.window_length
     tokens = max(1, facts.stats_batch_tokens // window) * window
+    precision = product_precision(facts.stats_precision, facts.device)
+    update, note = (dk * dk * (4 + 8), "x^T x in float32, then float64") if precision == "float32" else (dk * dk * 8, "x^T x in float64")
     return [
         Item("C accumulators", "statistics", n * dk * dk * 8, f"{n} x d_k^2 float64"),
-        Item("C update temporaries", "statistics", dk * dk * (4 + 8), "x^T x in float32, then float64"),
-        Item("captured keys", "statistics", tokens * dk * (n * b + 4), f"{tokens} tokens x d_k per layer"),
+        Item("C update temporaries", "statistics", update, note),
+        Item("captured keys", "statistics", tokens * dk * (n * b + DTYPE_BYTES[precision]), f"{tokens} tokens x d_k per layer"),
     ]
 
 
@@ -339,6 +347,8 @@ def disk_items(shape: Shape, facts: RunFacts) -> list[Item]:
 
 def make_plan(shape: Shape, facts: RunFacts, budget: int | None = None) -> Plan:
     """Every item of the plan; the peak per device and whether it fits ``budget`` bytes."""
+    from blue_cli.editing.precision import product_precision
+
     n = len(facts.written)
     d, dk = shape.hidden_size, shape.intermediate_size
     items = [Item("model weights", "resident", weight_bytes(shape, facts.model_dtype, n),
@@ -352,7 +362,8 @@ def make_plan(shape: Shape, facts: RunFacts, budget: int | None = None) -> Plan:
     items.append(Item("statistics cache (outside the run folder)", "host", n * dk * dk * 4, f"{n} x d_k^2 float32 on disk and in RAM"))
     plan_facts = {"written_layers": list(facts.written), "target_layers": list(facts.target_layers), "method": facts.method,
                   "strategy": facts.strategy, "batch_size": facts.batch_size, "chunk": facts.chunk, "model_dtype": facts.model_dtype,
-                  "state_dtype": facts.state_dtype, "device": facts.device, "d": d, "d_k": dk}
+                  "state_dtype": facts.state_dtype, "device": facts.device, "d": d, "d_k": dk,
+                  "stats_precision": product_precision(facts.stats_precision, facts.device)}
     return Plan(items, budget, plan_facts)
 
 

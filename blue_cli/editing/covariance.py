@@ -3,7 +3,16 @@
 C = (1/N) sum_t k_t k_t^T over all non-pad tokens t (uncentred, as the reference's
 ``layer_stats`` mom2). Differs from reference: all layers are collected in one
 forward pass that stops after the deepest layer, accumulated in float64.
-Cached on disk, keyed by model fingerprint, layer, corpus, sample count and length.
+Cached on disk, keyed by model fingerprint, layer, corpus, sample count and length
+(and ``precision: float32`` when the products are float32; see below).
+
+Differs from reference: the per-batch products x^T x are taken in ``stats.precision``
+(auto: float64 on CPU, float32 on CUDA; see precision.py; the reference: float32),
+always added to a float64 sum. float64 products make sums over any split of the
+batches match the one pass to ~1e-16; float32 products (~1e-7 relative from float64)
+still make shards match the one pass exactly up to float64 summation order, because
+shards split by batch and each batch's product is the same number in both. Entries
+of the two precisions live at different cache paths and record their precision.
 
 Differs from reference: a cache entry carries its metadata and a sha256 of its
 tensors, checked on every load; a bad entry is moved aside and rebuilt instead of
@@ -30,6 +39,7 @@ from blue_cli.editing.entries import (  # noqa: F401 (re-exported)
     tensor_checksum,
     write_entry,
 )
+from blue_cli.editing.precision import exact_float32_matmul, product_precision
 from blue_cli.errors import ConfigError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import pad_right
@@ -45,12 +55,14 @@ FORMAT_VERSION = "2"
 
 @dataclass(frozen=True)
 class StatsSettings:
-    """Which corpus, how many documents, truncated to how many tokens."""
+    """Which corpus, how many documents, truncated to how many tokens; ``precision`` of
+    the per-batch key products (auto, float32, float64; see :func:`product_precision`)."""
 
     corpus: str = "wikitext-bundled"
     samples: int = 100000
     max_length: int = 1024
     batch_tokens: int = 4096
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -121,10 +133,13 @@ def moment_sums(
     """{layer: S = sum_t k_t k_t^T (d_k x d_k) float64 on CPU} and the token count, over ``batches``.
 
     The windows are cut into the one pass's batches (``batch_tokens`` worth each);
-    ``batches`` picks some of them (a shard, see shards.py), None takes all. Keys are
-    multiplied in float64 so that sums over any split of the batches add up to the one
-    pass's to ~1e-16 (a float32 product would already differ at ~1e-7).
-    ``progress(tokens_done, tokens_total)``; the rate is logged when done.
+    ``batches`` picks some of them (a shard, see shards.py), None takes all. Each batch's
+    x^T x is taken in ``settings.precision`` (:func:`product_precision`) and added to a
+    float64 sum. float64 products make sums over any split of the batches match the one
+    pass to ~1e-16; float32 products (~1e-7 relative from float64) are the same numbers
+    in a shard as in the one pass, since shards split by batch, so shards still match
+    it up to float64 summation order. ``progress(tokens_done, tokens_total)``; the rate
+    is logged when done.
     """
     from blue_cli.editing.shards import batch_ranges
 
@@ -132,6 +147,7 @@ def moment_sums(
     ranges = batch_ranges(len(windows), max(1, settings.batch_tokens // window_length(adapter, settings)))
     picked = [ranges[b] for b in (range(len(ranges)) if batches is None else batches)]
     total = sum(len(windows[i]) for r in picked for i in r)
+    dtype = getattr(torch, product_precision(settings.precision, adapter.device))
     acc = {l: torch.zeros(adapter.key_size(l), adapter.key_size(l), dtype=torch.float64, device=adapter.device) for l in layers}
     n_tokens = 0
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -141,13 +157,15 @@ def moment_sums(
         acts = adapter.read_points(batch, [f"key.{l}" for l in layers])
         mask = batch["attention_mask"].bool()
         for l in layers:
-            x = acts[f"key.{l}"].to(adapter.device)[mask].double()
-            acc[l] += x.T @ x
+            x = acts[f"key.{l}"].to(adapter.device)[mask].to(dtype)
+            with exact_float32_matmul():
+                acc[l] += (x.T @ x).to(torch.float64)
         n_tokens += int(mask.sum())
         if progress:
             progress(n_tokens, total)
     seconds = time.perf_counter() - started
-    log.info("second moments: %d tokens in %.1f s (%.0f tokens/s)", n_tokens, seconds, n_tokens / max(seconds, 1e-9))
+    log.info("second moments: %d tokens in %.1f s (%.0f tokens/s, %s products)", n_tokens, seconds,
+             n_tokens / max(seconds, 1e-9), dtype)
     return {l: a.cpu() for l, a in acc.items()}, n_tokens
 
 
@@ -193,6 +211,7 @@ class CovarianceStore:
         # Overrides (besides stats.*) that remake a missing shard, for its error message.
         self.remake_args = tuple(remake_args) or (f"model={adapter.name}",)
         self.settings = settings
+        self.precision = product_precision(settings.precision, adapter.device)
         self.fingerprint = model_fingerprint(adapter)
         self.root = (root or cache_root() / "stats") / f"{_safe(adapter.name)}-{self.fingerprint}"
         self.counts: dict[int, SampleCounts] = {}
@@ -201,8 +220,12 @@ class CovarianceStore:
         self._warned_shortfall = False
 
     def path(self, layer: int) -> Path:
+        """The entry's file; float64 entries keep the key they had before ``stats.precision`` existed."""
         s = self.settings
-        key = content_key({"corpus": s.corpus, "samples": s.samples, "max_length": s.max_length})
+        fields = {"corpus": s.corpus, "samples": s.samples, "max_length": s.max_length}
+        if self.precision == "float32":
+            fields["precision"] = "float32"
+        key = content_key(fields)
         return self.root / f"{_safe(s.corpus)}-{key}" / f"layer{layer}_mom2_{s.samples}.safetensors"
 
     def metadata(self, layer: int) -> dict[str, str]:
@@ -219,8 +242,15 @@ class CovarianceStore:
             "corpus_file": corpus_signature(s.corpus),
             "samples": str(s.samples),
             "max_length": str(s.max_length),
+            "precision": self.precision,
             "dtype": "float32",
         }
+
+    def _expected(self, meta: dict[str, str]) -> dict:
+        """``meta`` as checked on load: float64 entries written before the ``precision`` key existed are valid."""
+        if self.precision == "float64":
+            return {**meta, "precision": ("float64", None)}
+        return meta
 
     def missing(self, layers: Sequence[int]) -> list[int]:
         """Layers without a valid cached entry (valid ones are loaded, bad ones moved aside)."""
@@ -259,7 +289,7 @@ class CovarianceStore:
         return merged
 
     def collect_shard(self, layers: Sequence[int], shard: int, shards: int, progress: Progress | None = None) -> list[Path]:
-        """Compute and cache shard ``shard`` of ``shards`` (sum of k k^T in float64, token count) per layer.
+        """Compute and cache shard ``shard`` of ``shards`` (float64 sum of k k^T, token count) per layer.
 
         See shards.py for how the corpus is dealt out. Layers whose shard entry is
         already valid are skipped; returns the shard files of all ``layers``.
@@ -276,7 +306,8 @@ class CovarianceStore:
         with ExitStack() as stack:
             for layer in sorted(set(layers)):
                 stack.enter_context(entry_lock(paths[layer]))
-            todo = [l for l in layers if read_valid_entry(paths[l], self._shard_meta(l, shard, shards), locked=True) is None]
+            wanted = {l: self._expected(self._shard_meta(l, shard, shards)) for l in layers}
+            todo = [l for l in layers if read_valid_entry(paths[l], wanted[l], locked=True) is None]
             if todo:
                 windows = self._windows()
                 per_batch = max(1, self.settings.batch_tokens // window_length(self.adapter, self.settings))
@@ -317,6 +348,8 @@ class CovarianceStore:
                 return False
             n, missing = missing_shards(found)
             stats = f"stats.corpus={self.settings.corpus} stats.samples={self.settings.samples} stats.max_length={self.settings.max_length}"
+            if self.settings.precision != "auto" or self.precision == "float32":  # the same entry on any device
+                stats += f" stats.precision={self.precision}"
             raise MissingShardError(
                 f"statistics for layer {layer} of '{self.adapter.name}' are sharded but shard {missing[0]} of {n} is missing "
                 f"(missing: {', '.join(map(str, missing))}); make it with: blue stats {' '.join(self.remake_args)} "
@@ -324,7 +357,8 @@ class CovarianceStore:
             )
         parts, windows = [], 0
         for shard in range(shards):
-            entry = read_valid_entry(shard_path(self.path(layer), shard, shards), self._shard_meta(layer, shard, shards))
+            wanted = self._expected(self._shard_meta(layer, shard, shards))
+            entry = read_valid_entry(shard_path(self.path(layer), shard, shards), wanted)
             if entry is None:  # damaged (moved aside): that shard is missing now
                 return self._merge_shards(layer, strict)
             tensors, meta = entry
@@ -374,7 +408,7 @@ class CovarianceStore:
     def _load(self, layer: int, locked: bool = False) -> bool:
         if layer in self._memory:
             return True
-        entry = read_valid_entry(self.path(layer), self.metadata(layer), locked)
+        entry = read_valid_entry(self.path(layer), self._expected(self.metadata(layer)), locked)
         if entry is None:
             return False
         tensors, meta = entry

@@ -18,6 +18,8 @@ from safetensors.torch import save_file
 from blue_cli.cache import atomic_path, entry_lock, move_aside
 
 Entry = tuple[dict[str, torch.Tensor], dict[str, str]]
+# Metadata an entry must carry: a value, or a tuple of the values accepted (None: absent).
+Expected = Mapping[str, "str | tuple[str | None, ...]"]
 
 
 class BadEntry(Exception):
@@ -46,11 +48,12 @@ def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mappi
     return sha
 
 
-def read_entry(path: Path, expected: Mapping[str, str]) -> Entry:
+def read_entry(path: Path, expected: Expected) -> Entry:
     """(tensors, metadata) of the entry at ``path``; raises ``BadEntry`` saying why it is unusable.
 
     Unusable: unreadable (missing, empty, truncated), metadata other than ``expected``,
-    a checksum that does not match the bytes, or non-finite values.
+    a checksum that does not match the bytes, or non-finite values. An expected tuple
+    lists the values accepted, None meaning absent (entries older than the key).
     """
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -63,7 +66,7 @@ def read_entry(path: Path, expected: Mapping[str, str]) -> Entry:
     if not meta:
         raise BadEntry("no metadata (written by an older version)")
     for key, want in expected.items():
-        if meta.get(key) != want:
+        if meta.get(key) not in (want if isinstance(want, tuple) else (want,)):
             raise BadEntry(f"metadata {key}={meta.get(key)!r}, expected {want!r}")
     if tensor_checksum(tensors) != meta.get("sha256"):
         raise BadEntry("sha256 of the tensors does not match the one recorded")
@@ -73,7 +76,7 @@ def read_entry(path: Path, expected: Mapping[str, str]) -> Entry:
     return tensors, meta
 
 
-def read_valid_entry(path: Path, expected: Mapping[str, str], locked: bool = False) -> Entry | None:
+def read_valid_entry(path: Path, expected: Expected, locked: bool = False) -> Entry | None:
     """The entry at ``path`` if it is valid, else None (a bad one is moved aside first).
 
     Moving aside happens only under the entry's lock (taken here unless ``locked``), and

@@ -44,7 +44,7 @@ def target_settings(t: DictConfig) -> TargetSettings:
 
 def stats_settings(cfg: DictConfig) -> StatsSettings:
     s = cfg.stats
-    return StatsSettings(corpus=s.corpus, samples=s.samples, max_length=s.max_length, batch_tokens=s.batch_tokens)
+    return StatsSettings(corpus=s.corpus, samples=s.samples, max_length=s.max_length, batch_tokens=s.batch_tokens, precision=s.precision)
 
 
 @dataclass

@@ -2,14 +2,16 @@
 
 C = (1/N) sum_t k_t k_t^T is a sum over tokens, so disjoint parts of the corpus can be
 collected on different machines (sum of k k^T in float64 and token count each) and
-merged exactly: C = (sum_i S_i) / (sum_i N_i).
+merged exactly: C = (sum_i S_i) / (sum_i N_i). Each batch's k k^T is taken in
+``stats.precision`` (float32 or float64) before it is added to the float64 sum; a
+shard entry's path and metadata carry that precision like the full entry's.
 
 The slices are the one pass's own batches (``settings.batch_tokens`` worth of
 consecutive token windows of consecutive documents), dealt round-robin: shard i gets
 batches i, i+n, i+2n, ... Differs from the issue's "by document": a batch of other
 composition would run the model on other padded shapes, whose float32 activations
 differ from the one pass's at ~1e-7; with the same batches every k k^T product is
-bit-identical and only the float64 summation order differs (~1e-16). Every shard
+bit-identical (in float32 as in float64) and only the float64 summation order differs. Every shard
 therefore tokenises the same document prefix (cheap, and it is what decides where the
 ``stats.samples`` windows end) but runs the model on its own batches only.
 
