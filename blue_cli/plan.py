@@ -50,8 +50,8 @@ SOLVE_MATRICES_DEFAULT = 3
 STATE_MATRICES = {"alphaedit": ("projector P",)}
 STATE_MATRICES_DEFAULT = ("statistics C",)
 # Copies of each written matrix (float32, d x d_k) the runner holds during a batch: the
-# originals, the pre-batch weights for diagnostics and the pre-batch weights for revision.
-WEIGHT_COPIES = 3
+# originals and the pre-batch weights (shared by diagnostics, NaN restore and revision).
+WEIGHT_COPIES = 2
 # Per edit, cases.jsonl + cases_pre.jsonl (measured: tiny-gpt2, generation on, ~0.97 KB).
 CASE_BYTES = 1000
 # Checkpoint metadata per batch (its JSON row) and fixed header; per write, its

@@ -26,7 +26,6 @@ from blue_cli.cache import content_key, write_text_atomic
 from blue_cli.checkpoint import Checkpoint
 from blue_cli.config import check_run_config
 from blue_cli.data.records import EditRequest
-from blue_cli.editing.diagnostics import swapped_weights
 from blue_cli.editing.session import EditSession, seed_everything
 from blue_cli.errors import ConfigError
 from blue_cli.evaluation.summary import summarise
@@ -149,7 +148,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
             tracker.log_batch(rows[-1], step=b + 1)
             checkpoint.save(session, rows)
             if b + 1 < len(batches) and points.due(b + 1):
-                with swapped_weights(adapter, session.final_weights()[0]):
+                with session.final_view():
                     points.record(adapter, b + 1)
             update(b + 1)
     if finished:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,7 @@ from blue_cli.checkpoint import fingerprint
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore, StatsSettings
-from blue_cli.editing.diagnostics import batch_diagnostics, observe_before
+from blue_cli.editing.diagnostics import batch_diagnostics, observe_before, swapped_weights
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings
 from blue_cli.errors import DataError, NumericalError
@@ -125,7 +126,7 @@ class EditSession:
         before = observe_before(adapter, method, requests, self.written, self.critical[-1])
         t_edit = time.perf_counter()
         try:
-            trace = self.strategy.edit_batch(method, self.ctx, requests, self.critical)
+            trace = self.strategy.edit_batch(method, self.ctx, requests, self.critical, before=before.weights)
         except NumericalError as exc:
             for layer, weight in before.weights.items():
                 adapter.set_rewrite(layer, weight)
@@ -147,6 +148,16 @@ class EditSession:
         """The written matrices as the method leaves them (PRUNE's restraint), and its diagnostics."""
         current = {l: self.adapter.rewrite_weight(l).detach() for l in self.originals}
         return self.method.final_weights(current, self.originals)
+
+    @contextmanager
+    def final_view(self) -> Iterator[None]:
+        """The method's final view in place for an evaluation point (PRUNE); a no-op,
+        no copy, for methods whose final view is the weights as edited."""
+        if not self.method.final_view:
+            yield
+            return
+        with swapped_weights(self.adapter, self.final_weights()[0]):
+            yield
 
     def apply_final_weights(self) -> dict[str, float]:
         """Put the method's final view in place (after the last batch); returns its diagnostics."""

@@ -26,6 +26,8 @@ def _checkpoint(run_dir):
 class UndoAtTheEnd(Memit):
     """A method whose final view is the unedited model: every evaluation must then equal pre-edit."""
 
+    final_view = True
+
     def final_weights(self, current, originals):
         return {l: w.clone() for l, w in originals.items()}, {"undone": 1.0}
 

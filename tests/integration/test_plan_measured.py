@@ -102,8 +102,8 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
 
     # A whole batch as the runner runs it, resident state included.
     with LiveStorages() as tracked:
-        observe_before(adapter, method, requests, written, critical[-1])
-        trace = strategy.edit_batch(method, ctx, requests, critical)
+        before = observe_before(adapter, method, requests, written, critical[-1])
+        trace = strategy.edit_batch(method, ctx, requests, critical, before=before.weights)
     state = sum(t.nbytes for t in [*method.P.values(), *method.C_prev.values()])
     planned_state = items["projector P"] + items["C_prev"]
     assert state == planned_state

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from blue_cli import registry, runner
 from blue_cli.checkpoint import Checkpoint
 from blue_cli.editing.session import EditSession
+from blue_cli.errors import ConfigError
 from blue_cli.replay import replay_run
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.strategies.base import EditContext, Strategy
@@ -141,3 +142,52 @@ def test_requests_per_chunk_follows_the_activation_estimate():
     assert requests_per_chunk(hidden=4096, tokens_per_request=140, blocks=24, elem_bytes=2, budget_bytes=10 * per_request + 1) == 10
     assert requests_per_chunk(hidden=4096, tokens_per_request=140, blocks=24, elem_bytes=4, budget_bytes=10 * per_request + 1) == 5
     assert requests_per_chunk(hidden=4096, tokens_per_request=140, blocks=24, elem_bytes=2, budget_bytes=1.0) == 1
+
+
+def _rewrite_meta(path, **changes):
+    from safetensors.torch import save_file
+
+    tensors, meta = _tensors(path)
+    save_file(tensors, str(path), metadata={**meta, **changes})
+
+
+def _killed_after_one_batch(tmp_path, monkeypatch):
+    real_save = Checkpoint.save
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(compose_config(SMALL), tmp_path)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
+    return tmp_path / "checkpoint.safetensors"
+
+
+def test_a_replay_that_diverges_is_refused_and_float_rounding_is_reported(tmp_path, monkeypatch, caplog):
+    path = _killed_after_one_batch(tmp_path / "a", monkeypatch)
+    prints = json.loads(_tensors(path)[1]["fingerprints"])
+    layer = next(iter(prints[0]))
+    far = [{**prints[0], layer: [prints[0][layer][0] * 1.01, prints[0][layer][1]]}]
+    _rewrite_meta(path, fingerprints=json.dumps(far))
+    with pytest.raises(ConfigError, match=rf"diverged at batch 0, layer {layer}: change norm"):
+        runner.run_experiment(compose_config(SMALL), tmp_path / "a")
+
+    path = _killed_after_one_batch(tmp_path / "b", monkeypatch)
+    prints = json.loads(_tensors(path)[1]["fingerprints"])
+    near = [{**prints[0], layer: [prints[0][layer][0] * (1 + 1e-9), prints[0][layer][1]]}]
+    _rewrite_meta(path, fingerprints=json.dumps(near))
+    with caplog.at_level("WARNING"):
+        summary = runner.run_experiment(compose_config(SMALL), tmp_path / "b")
+    assert "not bit for bit" in caplog.text and summary["efficacy"] >= 0
+
+
+def test_a_checkpoint_of_whole_matrices_is_refused_in_one_line(tmp_path, monkeypatch):
+    path = _killed_after_one_batch(tmp_path, monkeypatch)
+    _, meta = _tensors(path)
+    from safetensors.torch import save_file
+
+    save_file({"weight.1": torch.zeros(2, 2)}, str(path), metadata={k: v for k, v in meta.items() if k != "format"})
+    with pytest.raises(ConfigError, match=r"written by an older blue .* resume=false"):
+        runner.run_experiment(compose_config(SMALL), tmp_path)

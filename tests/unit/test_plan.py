@@ -30,7 +30,7 @@ def test_every_item_by_hand():
     assert b["projector P"] == 2 * 20 * 20 * 8
     assert b["C_prev"] == 2 * 20 * 20 * 8
     assert "statistics C" not in b  # AlphaEdit keeps P, not C
-    assert b["written-matrix copies"] == 3 * 2 * 10 * 20 * 4
+    assert b["written-matrix copies"] == 2 * 2 * 10 * 20 * 4
     assert b["solve temporaries"] == 4 * 20 * 20 * 8
     # 4 requests x 7 sequences x (10 + 2 + 16 + 4 - 1 = 31) tokens; from layer 1: 4 blocks + 1 transient;
     # per block: fp16 (4 h + 3 d_k) + 2 float32 norm inputs; outside: 3 h fp16.
@@ -52,7 +52,7 @@ def b_ckpt(facts):
 
 def test_peaks_and_fit():
     plan = make_plan(SHAPE, FACTS, budget=40_000)
-    resident = 2800 + 6400 + 6400 + 4800
+    resident = 2800 + 6400 + 6400 + 3200  # weights, P, C_prev, 2 copies of the written matrices
     assert plan.phase_peak("solve") == resident + 12800
     assert plan.phase_peak("statistics") == resident + 6400 + 4800 + 20480
     assert plan.peak == plan.phase_peak("targets") == resident + 1_267_280 + 74_400

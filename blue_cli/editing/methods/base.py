@@ -20,13 +20,16 @@ class EditMethod:
     Declared properties, read by strategies:
     ``points``: where target vectors are optimised (kinds of the adapter's hook points);
     ``write_point``: the point whose residual is written (the rewrite matrix adds into it);
-    ``residual_split``: how ``spread`` shares a residual over layers ("linear" or "sqrt").
+    ``residual_split``: how ``spread`` shares a residual over layers ("linear" or "sqrt");
+    ``final_view``: whether :meth:`final_weights` differs from the weights as edited
+    (PRUNE), so evaluation points swap it in only when it does.
     """
 
     name = "base"
     points: tuple[str, ...] = ("block",)
     write_point = "block"
     residual_split = "linear"
+    final_view = False
 
     def __init__(self, cfg, layers: Sequence[int]):
         self.cfg = cfg

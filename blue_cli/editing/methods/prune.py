@@ -28,6 +28,8 @@ class Prune(Memit):
     editing goes on from the unrestrained ones, and every evaluation point, the final
     checkpoint and exports see the restrained ones."""
 
+    final_view = True
+
     def final_weights(self, current, originals):
         weights: dict[int, torch.Tensor] = {}
         info: dict[str, float] = {}

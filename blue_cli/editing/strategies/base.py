@@ -110,6 +110,7 @@ class Strategy:
         requests: Sequence[EditRequest],
         critical: Sequence[int],
         replay: Sequence[tuple[int, torch.Tensor]] | None = None,
+        before: dict[int, torch.Tensor] | None = None,
     ) -> BatchTrace:
         """One batch: the strategy's writes, the method's revision of them (RECT), then
         the keys on the edited model into C_prev (sequential methods).
@@ -117,10 +118,14 @@ class Strategy:
         ``replay``: the (layer, residual) writes a finished batch made, redone in order
         instead of :meth:`write_batch` (no targets are optimised); everything after the
         residuals (keys, solves, revision, C_prev) is this same code path.
+        ``before``: copies of the written matrices as the batch finds them, when the
+        caller already holds them (the session's, for its diagnostics and NaN restore):
+        one copy per batch instead of two.
         """
         written = self.written_layers(critical)
         adapter = ctx.adapter
-        before = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
+        if before is None:
+            before = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
         if replay is None:
             trace = self.write_batch(method, ctx, requests, critical)
         else:
