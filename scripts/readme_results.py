@@ -14,7 +14,9 @@ import json
 import os
 from pathlib import Path
 
-from blue_cli.reporting.readme_results import BENCH_BEGIN, BENCH_END, collect, newest_bench, render, render_bench, replace_block
+from blue_cli.reporting.readme_results import (
+    BENCH_BEGIN, BENCH_END, SCALE_BEGIN, SCALE_END, collect, newest_bench, render, render_bench, render_scale, replace_block,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +43,8 @@ def main() -> None:
     readme = replace_block(args.readme.read_text(encoding="utf-8"), render(rows))
     bench = newest_bench(args.store.parent)
     readme = replace_block(readme, render_bench(json.loads(bench.read_text()), bench.name), BENCH_BEGIN, BENCH_END)
+    scale = newest_bench(args.store.parent, "scale")
+    readme = replace_block(readme, render_scale(json.loads(scale.read_text()), scale.name), SCALE_BEGIN, SCALE_END)
     for target, text in ((args.store, json.dumps(rows, indent=1) + "\n"), (args.readme, readme)):
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

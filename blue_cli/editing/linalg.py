@@ -32,13 +32,17 @@ def memit_update(
     """Delta = R K^T (cov_weight C + C_prev + K K^T)^{-1}  (MEMIT eq. 14, sequential form).
 
     The system matrix is symmetric positive (semi)definite, so it is solved with a
-    Cholesky factorisation; Delta^T = A^{-1} K R^T avoids forming the inverse.
+    Cholesky factorisation, for the n columns of Q = A^{-1} K, then Delta = R Q^T:
+    the same algebra as solving for Delta^T = A^{-1} (K R^T), without the d right-hand
+    sides (on Llama3, d_k = 14336, n = 100, d = 4096: 0.04 instead of 1.7 TFLOP of
+    triangular solves beside the 1 TFLOP factorisation; the reference solves for
+    the d columns).
     """
     K64, R64 = _f64(K), _f64(R)
     A = cov_weight * _f64(C) + K64 @ K64.T
     if C_prev is not None:
         A = A + _f64(C_prev)
-    return _solve_spd(A, K64 @ R64.T).T
+    return R64 @ _solve_spd(A, K64).T
 
 
 def nullspace_projector(C: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -58,14 +62,16 @@ def alphaedit_update(
 ) -> torch.Tensor:
     """Delta with Delta^T = solve(P (K K^T + C_prev) + l2 I, P K R^T)  (AlphaEdit eq. 13).
 
-    The system matrix is not symmetric, so a general LU solve is used.
+    The system matrix is not symmetric, so a general LU solve is used, for the n
+    columns of Q = A^{-1} P K, then Delta = R Q^T (n right-hand sides, not d; see
+    :func:`memit_update`).
     """
     K64, R64, P64 = _f64(K), _f64(R), _f64(P)
     M = K64 @ K64.T
     if C_prev is not None:
         M = M + _f64(C_prev)
     A = P64 @ M + l2 * torch.eye(M.shape[0], dtype=torch.float64, device=M.device)
-    return torch.linalg.solve(A, P64 @ K64 @ R64.T).T
+    return R64 @ torch.linalg.solve(A, P64 @ K64).T
 
 
 def split_residual(R: torch.Tensor, layers_left: int, rule: str = "linear") -> torch.Tensor:

@@ -15,6 +15,10 @@ BEGIN = "<!-- results:begin (make readme-results writes this block) -->"
 END = "<!-- results:end -->"
 BENCH_BEGIN = "<!-- bench:begin (make readme-results writes this block from the newest make bench file) -->"
 BENCH_END = "<!-- bench:end -->"
+SCALE_BEGIN = "<!-- scale:begin (make readme-results writes this block from the newest make bench-scale file) -->"
+SCALE_END = "<!-- scale:end -->"
+SCALE_PHASES = (("targets", "target optimisation"), ("keys", "key collection"), ("solves", "solves"),
+                ("writes", "writes"), ("diagnostics", "diagnostics"), ("edit", "whole edit"))
 KEPT = (
     "model", "method", "strategy", "dataset", "num_edits", "batch_size",
     "efficacy", "generalization", "specificity", "pre_efficacy", "pre_generalization", "pre_specificity",
@@ -91,6 +95,32 @@ def render_bench(bench: dict, name: str) -> str:
     ])
 
 
+def render_scale(scale: dict, name: str) -> str:
+    """The phase table of a ``make bench-scale`` result file: seconds per phase under
+    each measured strategy and schedule, covariance throughput, peak memory, ratios."""
+    m = scale["model"]
+    runs = sorted(scale["seconds"])
+    size = f"{m['n_layers']}-layer slice of {m['model']}" if m["n_layers"] < m["of_layers"] else m["model"]
+    lines = [
+        f"_From `benchmarks/results/{name}`: {scale['device']} ({scale['threads']} threads), {size} "
+        f"(d={m['hidden_size']}, d_k={m['d_k']}, vocabulary {m['vocab']} of {m['real_vocab']}, {m['dtype']}), "
+        f"`{scale['method']}`, batch {scale['batch_size']}, {scale['target_steps']} target steps, "
+        f"written layers {m['critical_layers']}._",
+        "",
+        "| phase (seconds) | " + " | ".join(r.replace("/", ", ") + " schedule" for r in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for key, label in SCALE_PHASES:
+        lines.append(f"| {label} | " + " | ".join(f"{scale['seconds'][r][key]:.1f}" for r in runs) + " |")
+    cov = scale["covariance"]
+    ratios = "; ".join(f"{strategy}: " + ", ".join(f"{k} {v:.2f}×" for k, v in r.items())
+                       for strategy, r in scale["reference_over_blue"].items())
+    lines += ["", f"Covariance: {cov['tokens_per_second']:.1f} tokens/s ({cov['tokens']} tokens, layers {cov['layers']}); "
+              f"peak memory {scale['peak_memory_bytes'] / 1e9:.1f} GB ({scale['peak_memory_kind']}); "
+              f"reference schedule over blue's: {ratios}."]
+    return "\n".join(lines)
+
+
 def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
     """``text`` with the marked block replaced; a README without the markers is an error."""
     start, stop = text.index(begin) + len(begin), text.index(end)
@@ -101,5 +131,6 @@ def current_block(text: str, begin: str = BEGIN, end: str = END) -> str:
     return text[text.index(begin) + len(begin) : text.index(end)].strip("\n")
 
 
-def newest_bench(folder: Path) -> Path:
-    return sorted(folder.glob("bench-*.json"))[-1]
+def newest_bench(folder: Path, prefix: str = "bench") -> Path:
+    """The newest ``<prefix>-*.json`` (names end in a sortable time)."""
+    return max(folder.glob(f"{prefix}-*.json"), key=lambda p: p.stem.rsplit("-", 2)[-2:])

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from blue_cli.reporting.readme_results import (
-    BEGIN, BENCH_BEGIN, BENCH_END, END, collect, current_block, newest_bench, render, render_bench, replace_block,
+    BEGIN, BENCH_BEGIN, BENCH_END, END, SCALE_BEGIN, SCALE_END, collect, current_block, newest_bench, render, render_bench,
+    render_scale, replace_block,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,3 +60,33 @@ def test_render_bench_reads_the_ratios():
     text = render_bench({"rows": rows, "ratios": ratios, "batch_size": 10}, "bench-x.json")
     assert "| seconds per batch, ours | 1.00 | 2.50 |" in text
     assert "| reference schedule (×, seconds / FLOPs) | 3.00× / 1.50× | 3.00× / 1.50× |" in text
+
+
+def test_render_scale_reads_the_phases_and_ratios():
+    scale = {
+        "device": "cpu", "threads": 2, "batch_size": 4, "method": "memit", "target_steps": 5,
+        "model": {"model": "llama3-8b", "n_layers": 2, "of_layers": 32, "vocab": 4096, "real_vocab": 128256,
+                  "hidden_size": 4096, "d_k": 14336, "dtype": "float32", "critical_layers": [0]},
+        "covariance": {"tokens": 1024, "layers": [0], "tokens_per_second": 14.5},
+        "seconds": {"blue/blue": {"targets": 10.0, "keys": 1.0, "solves": 2.0, "writes": 0.5, "diagnostics": 3.0, "edit": 13.5},
+                    "blue/reference": {"targets": 30.0, "keys": 1.0, "solves": 2.0, "writes": 0.5, "diagnostics": 3.0, "edit": 33.5}},
+        "reference_over_blue": {"blue": {"targets": 3.0, "edit": 2.48}},
+        "peak_memory_bytes": 11.5e9, "peak_memory_kind": "max RSS",
+    }
+    text = render_scale(scale, "scale-cpu-x.json")
+    assert "2-layer slice of llama3-8b (d=4096, d_k=14336, vocabulary 4096 of 128256, float32)" in text
+    assert "| phase (seconds) | blue, blue schedule | blue, reference schedule |" in text
+    assert "| target optimisation | 10.0 | 30.0 |" in text and "| whole edit | 13.5 | 33.5 |" in text
+    assert "14.5 tokens/s" in text and "peak memory 11.5 GB (max RSS)" in text and "blue: targets 3.00×, edit 2.48×" in text
+
+
+def test_readme_scale_table_is_the_rendering_of_the_newest_scale_file():
+    scale = newest_bench(REPO / "benchmarks" / "results", "scale")
+    block = current_block((REPO / "README.md").read_text(encoding="utf-8"), SCALE_BEGIN, SCALE_END)
+    assert block == render_scale(json.loads(scale.read_text()), scale.name)
+
+
+def test_newest_bench_orders_by_the_time_in_the_name(tmp_path):
+    for name in ("scale-cpu-20261129-191841.json", "scale-cuda-h200-20261128-235959.json", "scale-cpu-20261129-091841.json"):
+        (tmp_path / name).write_text("{}")
+    assert newest_bench(tmp_path, "scale").name == "scale-cpu-20261129-191841.json"
