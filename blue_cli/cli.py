@@ -244,9 +244,12 @@ def plan(
     ctx: typer.Context,
     gpu_memory: str = typer.Option(None, "--gpu-memory", help="device memory to fit, e.g. 48GB (decimal) or 80GiB"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
+    gpu_name: str = typer.Option(None, "--gpu", help="also the FLOPs by phase and the least time at this GPU's peak: a40, a100, h100, h200"),
 ) -> None:
-    """The memory and disk plan of a run, from the model's shape (no download): blue plan [overrides] [--gpu-memory 48GB]."""
+    """The memory and disk plan of a run, from the model's shape (no download): blue plan [overrides] [--gpu-memory 48GB] [--gpu a40]."""
     import json
+
+    from blue_cli import compute_plan
 
     from blue_cli.overrides import compose_config
     from blue_cli.plan import largest_chunk, make_plan, parse_size, planned_facts
@@ -259,15 +262,24 @@ def plan(
         shape, facts = planned_facts(cfg, budget)
         result = make_plan(shape, facts, budget)
         chunk = largest_chunk(shape, facts, budget) if budget is not None and not result.fits else None
+        card = compute_plan.gpu(gpu_name) if gpu_name is not None else None
     except BlueError as exc:
         _fail(exc)
+    batches = -(-facts.num_edits // facts.batch_size)
+    compute = compute_plan.phases(shape, facts) if card else None
     if as_json:
-        print(json.dumps({**result.as_dict(), "largest_chunk_that_fits": chunk}, indent=2))
+        extra = {"compute": compute_plan.as_dict(compute, card, batches)} if card else {}
+        print(json.dumps({**result.as_dict(), "largest_chunk_that_fits": chunk, **extra}, indent=2))
         return
     title = (f"{cfg.model.name} {facts.method}+{facts.strategy}: batch {facts.batch_size}, {facts.num_edits} edits, "
              f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, target chunk {facts.chunk}, written layers {list(facts.written)}")
     console.print(plan_table(result, title))
     console.print(plan_verdict(result, chunk), soft_wrap=True, highlight=False)
+    if card:
+        from blue_cli.reporting.plan_table import compute_table, compute_verdict
+
+        console.print(compute_table(compute, card))
+        console.print(compute_verdict(compute, card, batches), soft_wrap=True, highlight=False)
 
 
 def _stats_job(cfg) -> None:

@@ -215,6 +215,9 @@ class RunFacts:
     stats_max_length: int
     stats_batch_tokens: int
     stats_precision: str = "auto"  # dtype of the statistics pass's key products (auto: by device)
+    stats_samples: int = 100_000
+    target_steps: int = 25
+    reuse_prefix: bool = True
 
 
 def run_facts(cfg: DictConfig) -> RunFacts:
@@ -245,6 +248,7 @@ def run_facts(cfg: DictConfig) -> RunFacts:
         prefix_tokens=cfg.context.n_tokens, model_dtype=dtype, state_dtype=state, device=device,
         stats_max_length=cfg.stats.max_length, stats_batch_tokens=cfg.stats.batch_tokens,
         stats_precision=product_precision(cfg.stats.get("precision", "auto"), device),
+        stats_samples=cfg.stats.samples, target_steps=t.steps, reuse_prefix=bool(t.get("reuse_prefix", True)),
     )
 
 

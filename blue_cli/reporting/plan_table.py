@@ -54,3 +54,32 @@ def plan_verdict(plan, chunk_that_fits: int | None) -> str:
     elif chunk_that_fits == 0:
         hint = "; no target chunk fits: the resident state alone is too large"
     return f"{text}; does NOT fit {human_bytes(plan.budget)}{hint}"
+
+
+def human_time(seconds: float) -> str:
+    for unit, scale in (("h", 3600), ("min", 60), ("s", 1)):
+        if seconds >= scale:
+            return f"{seconds / scale:.1f} {unit}"
+    return f"{seconds * 1000:.1f} ms"
+
+
+def compute_table(phases, card) -> Table:
+    """FLOPs of each phase and the time they take at ``card``'s peak (lower bounds)."""
+    from blue_cli.compute_plan import seconds_at_peak
+
+    table = Table(title=f"compute at the datasheet peak of an {card.name} (lower bounds)", title_justify="left")
+    for column, justify in (("phase", "left"), ("TFLOP", "right"), ("dtype", "left"), ("at peak", "right"), ("detail", "left")):
+        table.add_column(column, justify=justify)
+    for once in (False, True):
+        for p in (p for p in phases if p.per_batch != once):
+            table.add_row(p.name, f"{p.flops / 1e12:.2f}", p.dtype, human_time(seconds_at_peak(p, card)), p.note)
+        table.add_section()
+    return table
+
+
+def compute_verdict(phases, card, batches: int) -> str:
+    from blue_cli.compute_plan import run_seconds
+
+    edit, stats = run_seconds(phases, card, batches)
+    return (f"at peak on an {card.name}: at least {human_time(edit / batches)} per batch, {human_time(edit)} for "
+            f"{batches} batches; the statistics pass (once per model) at least {human_time(stats)} per 100M tokens")
