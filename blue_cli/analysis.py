@@ -218,7 +218,7 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
         raise ConfigError(f"--records must be >= 1, got {records}")
     progress = progress or NullProgress()
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(records)
-    replayed = replay_run(run_dir, progress) if run_dir is not None else None
+    replayed = replay_run(run_dir, progress, cfg) if run_dir is not None else None
     adapter = replayed[1] if replayed else load_adapter(cfg)
     critical = list(cfg.model.layers)
     stats = CovarianceStore(adapter, stats_settings(cfg))

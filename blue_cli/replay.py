@@ -28,14 +28,18 @@ def run_config(run_dir: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def replay_run(run_dir: Path, progress=None) -> tuple[DictConfig, ModelAdapter, EditSession]:
-    """(the run's config, its model with the edited weights, the session with C_prev)."""
+def replay_run(run_dir: Path, progress=None, cfg: DictConfig | None = None) -> tuple[DictConfig, ModelAdapter, EditSession]:
+    """(the config, the model with the run's edited weights, the session with C_prev).
+
+    ``cfg``: the run's config with changes (``blue analyze --run ... device=cpu``); one
+    that changes what the batches wrote (another lambda, other statistics) is refused
+    by the checkpoint's fingerprints, one that only changes rounding is reported."""
     from blue_cli.runner import batches_of, load_adapter
 
     run_dir = Path(run_dir)
     if read_metadata(run_dir) is None:
         raise DataError(f"no {CHECKPOINT} in '{run_dir}' (the run wrote no batch yet)")
-    cfg = run_config(run_dir)
+    cfg = cfg if cfg is not None else run_config(run_dir)
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(cfg.num_edits)
     adapter = load_adapter(cfg)
     session = EditSession(cfg, adapter, progress, compute_stats=False)

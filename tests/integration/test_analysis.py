@@ -212,5 +212,8 @@ def test_analyze_rejects_bad_input(finished_run, tmp_path):
     assert result.exit_code == 2 and "stepz" in result.output and "steps" in result.output
     result = cli.invoke(app, ["analyze", "--run", str(finished_run), "model=tiny-llama"])
     assert result.exit_code == 2 and "cannot change 'model'" in result.output
+    # a setting that changes what the run's batches wrote cannot rebuild its weights
+    result = cli.invoke(app, ["analyze", "--run", str(finished_run), "method.cov_weight=1"])
+    assert result.exit_code == 2 and "diverged at batch 0" in result.output
     result = cli.invoke(app, ["analyze", "--records", "0", "model=tiny-gpt2"])
     assert result.exit_code == 2 and "--records" in result.output
