@@ -81,20 +81,28 @@ def test_default_run_folder_is_timestamped_and_named(tmp_path):
     assert (runs[0] / "summary.json").exists()
 
 
-def test_same_config_and_seed_give_identical_numbers(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for d in (a, b):
-        proc = run_blue(["edit", *SMALL, f"hydra.run.dir={d}"], cwd=tmp_path)
+KILLABLE = ["edit", *SMALL, "num_edits=8"]  # four batches: a Ctrl-C can land between them
+
+
+@pytest.fixture(scope="module")
+def twice(tmp_path_factory):
+    """The same config and seed run twice, in two folders."""
+    root = tmp_path_factory.mktemp("twice")
+    for d in (root / "a", root / "b"):
+        proc = run_blue([*KILLABLE, f"hydra.run.dir={d}"], cwd=root)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    sa, sb = summary_of(a), summary_of(b)
+    return root / "a", root / "b"
+
+
+def test_same_config_and_seed_give_identical_numbers(twice):
+    sa, sb = summary_of(twice[0]), summary_of(twice[1])
     for key in ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error", "edit_gain"):
         assert sa[key] == sb[key], key
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    args = ["edit", *SMALL, "num_edits=8"]
-    full = tmp_path / "full"
-    assert run_blue([*args, f"hydra.run.dir={full}"], cwd=tmp_path).returncode == 0
+def test_killed_run_resumes_to_the_same_result(tmp_path, twice):
+    args = KILLABLE
+    full = twice[0]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(blue_exe() + [*args, f"hydra.run.dir={killed}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600

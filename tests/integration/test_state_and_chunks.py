@@ -4,6 +4,7 @@ float32 storage, and target optimisation in chunks that give the same targets.""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -59,10 +60,16 @@ def test_checkpoint_holds_each_writes_residual_not_weights_or_keys(tmp_path, mon
     assert meta["format"] == "replay-1" and json.loads(meta["finished"]) is True
 
 
-def test_a_killed_run_resumes_by_replay_bit_identically(tmp_path, monkeypatch):
-    cfg = compose_config(SMALL)
-    full = runner.run_experiment(cfg, tmp_path / "full")
-    tensors, meta = _tensors(tmp_path / "full" / "checkpoint.safetensors")
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """SMALL run to the end: (its folder, its summary)."""
+    run_dir = tmp_path_factory.mktemp("full")
+    return run_dir, runner.run_experiment(compose_config(SMALL), run_dir)
+
+
+def test_a_killed_run_resumes_by_replay_bit_identically(tmp_path, monkeypatch, full_run):
+    full_dir, full = full_run
+    tensors, meta = _tensors(full_dir / "checkpoint.safetensors")
     saves = {"n": 0}
     real_save = Checkpoint.save
 
@@ -95,15 +102,14 @@ def test_a_killed_run_resumes_by_replay_bit_identically(tmp_path, monkeypatch):
         assert resumed[key] == full[key], key
 
 
-def test_replay_rebuilds_the_weights_and_c_prev_exactly(tmp_path):
+def test_replay_rebuilds_the_weights_and_c_prev_exactly(full_run):
     """The replayed session holds the live run's weights and C_prev = sum of K K^T over
     the keys collected after each batch, recomputed here from the replayed model."""
     cfg = compose_config(SMALL)
-    runner.run_experiment(cfg, tmp_path / "run")
     live = runner.load_adapter(cfg)
-    _, adapter, session = replay_run(tmp_path / "run")
+    _, adapter, session = replay_run(full_run[0])
     assert len(session.log) == 3
-    _, meta = _tensors(tmp_path / "run" / "checkpoint.safetensors")
+    _, meta = _tensors(full_run[0] / "checkpoint.safetensors")
     recorded = json.loads(meta["fingerprints"])  # measured on the live run's weights
     assert [{str(l): v for l, v in e.fingerprint.items()} for e in session.log] == recorded
     requests = [r for batch in runner.batches_of(
@@ -151,22 +157,30 @@ def _rewrite_meta(path, **changes):
     save_file(tensors, str(path), metadata={**meta, **changes})
 
 
-def _killed_after_one_batch(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def killed_once(tmp_path_factory):
+    """A SMALL run killed after its first checkpoint; tests copy it before changing it."""
+    run_dir = tmp_path_factory.mktemp("killed")
     real_save = Checkpoint.save
 
     def save_then_die(self, *args, **kwargs):
         real_save(self, *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(compose_config(SMALL), tmp_path)
-    monkeypatch.setattr(Checkpoint, "save", real_save)
-    return tmp_path / "checkpoint.safetensors"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Checkpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_experiment(compose_config(SMALL), run_dir)
+    return run_dir
 
 
-def test_a_replay_that_diverges_is_refused_and_float_rounding_is_reported(tmp_path, monkeypatch, caplog):
-    path = _killed_after_one_batch(tmp_path / "a", monkeypatch)
+def _copy(killed_once, to):
+    shutil.copytree(killed_once, to)
+    return to / "checkpoint.safetensors"
+
+
+def test_a_replay_that_diverges_is_refused_and_float_rounding_is_reported(tmp_path, killed_once, caplog):
+    path = _copy(killed_once, tmp_path / "a")
     prints = json.loads(_tensors(path)[1]["fingerprints"])
     layer = next(iter(prints[0]))
     far = [{**prints[0], layer: [prints[0][layer][0] * 1.01, prints[0][layer][1]]}]
@@ -174,7 +188,7 @@ def test_a_replay_that_diverges_is_refused_and_float_rounding_is_reported(tmp_pa
     with pytest.raises(ConfigError, match=rf"diverged at batch 0, layer {layer}: change norm"):
         runner.run_experiment(compose_config(SMALL), tmp_path / "a")
 
-    path = _killed_after_one_batch(tmp_path / "b", monkeypatch)
+    path = _copy(killed_once, tmp_path / "b")
     prints = json.loads(_tensors(path)[1]["fingerprints"])
     near = [{**prints[0], layer: [prints[0][layer][0] * (1 + 1e-9), prints[0][layer][1]]}]
     _rewrite_meta(path, fingerprints=json.dumps(near))
@@ -183,11 +197,11 @@ def test_a_replay_that_diverges_is_refused_and_float_rounding_is_reported(tmp_pa
     assert "not bit for bit" in caplog.text and summary["efficacy"] >= 0
 
 
-def test_a_checkpoint_of_whole_matrices_is_refused_in_one_line(tmp_path, monkeypatch):
-    path = _killed_after_one_batch(tmp_path, monkeypatch)
+def test_a_checkpoint_of_whole_matrices_is_refused_in_one_line(tmp_path, killed_once):
+    path = _copy(killed_once, tmp_path / "run")
     _, meta = _tensors(path)
     from safetensors.torch import save_file
 
     save_file({"weight.1": torch.zeros(2, 2)}, str(path), metadata={k: v for k, v in meta.items() if k != "format"})
     with pytest.raises(ConfigError, match=r"written by an older blue .* resume=false"):
-        runner.run_experiment(compose_config(SMALL), tmp_path)
+        runner.run_experiment(compose_config(SMALL), tmp_path / "run")
