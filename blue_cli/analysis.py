@@ -47,6 +47,7 @@ from blue_cli.overrides import compose_config
 from blue_cli.registry import dataset_class, method_class, strategy_class
 from blue_cli.reporting import results
 from blue_cli.editing.session import seed_everything, stats_settings, target_settings
+from blue_cli import replay
 from blue_cli.replay import replay_run
 from blue_cli.runner import NullProgress, load_adapter
 
@@ -189,10 +190,7 @@ def batch_layer_statistics(rows: Sequence[dict], written: Sequence[int]) -> dict
 def run_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
     """A run folder's config.yaml with ``key=value`` overrides of existing settings (the
     model and config groups are fixed: the checkpoint belongs to them)."""
-    path = Path(run_dir) / results.CONFIG
-    if not path.is_file():
-        raise DataError(f"no {results.CONFIG} in '{run_dir}' (give a run folder written by blue edit)")
-    cfg = OmegaConf.load(path)
+    cfg = replay.run_config(run_dir)
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or key.startswith(("+", "~")):

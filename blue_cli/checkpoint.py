@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -120,7 +121,8 @@ class Checkpoint:
             raise ConfigError(f"'{self.path}' holds {done} batches but the run has only {len(batches)}")
         log.info("replaying %d finished batches", done)
         inexact = 0.0
-        with _track(progress, "replaying finished batches", done) as update:
+        track = progress.track("replaying finished batches", done) if progress is not None else nullcontext(lambda *a, **k: None)
+        with track as update:
             for b in range(done):
                 _check_cases(b, rows[b], batches[b])
                 writes = [(layer, tensors[f"residual.{b}.{i}"]) for i, layer in enumerate(layers[b])]
@@ -166,19 +168,6 @@ def _compare(b: int, recorded: dict[str, list[float]], replayed: dict[int, list[
             )
         worst = max(worst, rel, 1e-16)
     return worst
-
-
-class _track:
-    """``progress.track`` when a progress sink is given, else a no-op."""
-
-    def __init__(self, progress, label: str, total: int):
-        self.inner = progress.track(label, total) if progress is not None and total else None
-
-    def __enter__(self):
-        return self.inner.__enter__() if self.inner else (lambda *a, **k: None)
-
-    def __exit__(self, *exc):
-        return self.inner.__exit__(*exc) if self.inner else False
 
 
 def fingerprint(adapter, originals: dict[int, torch.Tensor]) -> dict[int, list[float]]:

@@ -25,7 +25,6 @@ from blue_cli.errors import BlueError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.safetensors"
 EXPORT_INFO = "blue_export.json"
 EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,7 +35,7 @@ class ExportError(BlueError):
 
 def check_finished(run_dir: Path) -> None:
     """Refuse a run folder without a checkpoint, or whose run is not finished."""
-    from blue_cli.checkpoint import read_metadata
+    from blue_cli.checkpoint import CHECKPOINT, read_metadata
 
     meta = read_metadata(run_dir)
     if meta is None:
@@ -49,15 +48,6 @@ def check_finished(run_dir: Path) -> None:
         )
 
 
-def _run_config(run_dir: Path):
-    from omegaconf import OmegaConf
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ExportError(f"'{run_dir}' has no config.yaml (give a run folder written by blue edit)")
-    return OmegaConf.load(path)
-
-
 def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
     """Write the run's edited model to ``out_dir`` (which must not exist or be empty).
 
@@ -66,7 +56,7 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
     folder is built under a temporary name beside ``out_dir`` and renamed into place.
     """
     from blue_cli.models.loading import load_model
-    from blue_cli.replay import edited_weights
+    from blue_cli.replay import edited_weights, run_config
 
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"unknown --dtype '{dtype}' (choose: {', '.join(EXPORT_DTYPES)})")
@@ -76,7 +66,7 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"--out '{out_dir}' already exists and is not an empty folder (choose a new path)")
     check_finished(run_dir)
-    cfg = _run_config(run_dir)
+    cfg = run_config(run_dir)
     weights = edited_weights(run_dir)
     m = cfg.model
     adapter = load_model(m.source, name=m.name, device="cpu", dtype="float32", revision=m.get("revision"))
