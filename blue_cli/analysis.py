@@ -219,7 +219,8 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
     replayed = replay_run(run_dir, progress, cfg) if run_dir is not None else None
     adapter = replayed[1] if replayed else load_adapter(cfg)
     critical = list(cfg.model.layers)
-    stats = CovarianceStore(adapter, stats_settings(cfg))
+    # the replay loaded the written layers' statistics (same settings): load only the rest
+    stats = replayed[2].stats if replayed else CovarianceStore(adapter, stats_settings(cfg))
     if stats.missing(critical):
         with progress.track("covariance statistics", 1) as update:
             stats.ensure(critical, progress=update)

@@ -174,6 +174,7 @@ def fingerprint(adapter, originals: dict[int, torch.Tensor]) -> dict[int, list[f
     """Per written layer: [||W - W0||_F, sum(W - W0)] in float64, to check a replay."""
     out = {}
     for layer, W0 in originals.items():
-        change = (adapter.rewrite_weight(layer).detach() - W0.to(adapter.rewrite_weight(layer).device)).double()
+        W = adapter.rewrite_weight(layer).detach()
+        change = (W - W0.to(W.device)).double()
         out[layer] = [float(change.norm()), float(change.sum())]
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,15 @@ def requests10():
     from blue_cli.data.counterfact import load_counterfact
 
     return load_counterfact("bundled", limit=10)
+
+
+@pytest.fixture
+def model_without_tokenizer(tmp_path):
+    """A saved model (config + weights of tiny-gpt2) whose tokenizer was never saved."""
+    from blue_cli.models.tiny import tiny_model_dir
+
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir("tiny-gpt2") / name, folder / name)
+    return folder

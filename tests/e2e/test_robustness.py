@@ -27,7 +27,6 @@ from blue_cli.config import group_choices
 from blue_cli.data.counterfact import BUNDLED_PATH, load_counterfact
 from blue_cli.data.files import MAX_TEXT_CHARS
 from blue_cli.errors import ConfigError, DataError, NumericalError
-from blue_cli.models.tiny import tiny_model_dir
 from blue_cli.overrides import validate_overrides
 from tests.e2e.conftest import blue_exe, run_blue
 
@@ -181,15 +180,6 @@ def test_second_run_in_a_busy_folder_fails_at_once(tmp_path):
 
 
 # -- 4. tracebacks that became one line ----------------------------------------------------
-
-
-@pytest.fixture
-def model_without_tokenizer(tmp_path):
-    folder = tmp_path / "no-tokenizer"
-    folder.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(tiny_model_dir("tiny-gpt2") / name, folder / name)
-    return folder
 
 
 def test_folder_without_tokenizer_is_one_line(tmp_path, model_without_tokenizer):

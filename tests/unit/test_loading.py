@@ -14,15 +14,6 @@ from blue_cli.models.source import check_model_available, check_model_source, is
 from blue_cli.models.tiny import tiny_model_dir
 
 
-@pytest.fixture
-def model_without_tokenizer(tmp_path):
-    """A saved model (config + weights of tiny-gpt2) whose tokenizer was never saved."""
-    folder = tmp_path / "no-tokenizer"
-    folder.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(tiny_model_dir("tiny-gpt2") / name, folder / name)
-    return folder
-
 
 def test_sources_that_exist_are_classified():
     assert check_model_source("tiny-gpt2") == "tiny"
