@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-all mutate demo bench bench-scale readme-results tiny-models clean
+.PHONY: help install install-cpu test test-all lint format mutate demo bench bench-scale readme-results tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,14 @@ test: ## unit, integration and end-to-end tests on the tiny models (< 10 min on 
 
 test-all: ## everything, the slow tests included
 	$(PYTHON) -m pytest -q
+
+lint: ## ruff: lint and format check (line length 120, settings in pyproject.toml)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: ## ruff: format the code and apply the safe lint fixes
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .
 
 # One BLAS/OpenMP thread: mutmut forks per mutant, and a forked child of a torch process
 # that already started its thread pool can hang in linalg.solve (seen as timeouts).

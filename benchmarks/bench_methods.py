@@ -22,8 +22,21 @@ from pathlib import Path
 METHODS = ("memit", "memit_seq", "alphaedit", "pmet", "pmet_seq", "rect", "prune")
 STRATEGIES = ("spread", "blue")
 RESULTS = Path(__file__).resolve().parent / "results"
-COLUMNS = ("model", "method", "strategy", "variant", "sec_per_batch", "gflop_per_batch", "cov_sec", "peak_mb",
-           "efficacy", "generalization", "specificity", "target_logprob_gain", "write_error")
+COLUMNS = (
+    "model",
+    "method",
+    "strategy",
+    "variant",
+    "sec_per_batch",
+    "gflop_per_batch",
+    "cov_sec",
+    "peak_mb",
+    "efficacy",
+    "generalization",
+    "specificity",
+    "target_logprob_gain",
+    "write_error",
+)
 VARIANTS = {
     "batched": [],
     "one-at-a-time": ["method.target.batched=false"],
@@ -38,9 +51,9 @@ def first_batch_flops(cfg) -> float:
     from blue_cli.data.counterfact import load_counterfact
     from blue_cli.editing.context import context_templates
     from blue_cli.editing.covariance import CovarianceStore
+    from blue_cli.editing.session import stats_settings, target_settings
     from blue_cli.editing.strategies.base import EditContext
     from blue_cli.registry import method_class, strategy_class
-    from blue_cli.editing.session import stats_settings, target_settings
     from blue_cli.runner import load_adapter
 
     adapter = load_adapter(cfg)
@@ -49,7 +62,12 @@ def first_batch_flops(cfg) -> float:
     written = strategy.written_layers(list(cfg.model.layers))
     method = method_class(cfg.method.name)(cfg.method, written)
     method.prepare(CovarianceStore(adapter, stats_settings(cfg)), adapter.device)
-    ctx = EditContext(adapter, context_templates(adapter, seed=cfg.seed), target_settings(cfg.method.target), cfg.method.target.batched)
+    ctx = EditContext(
+        adapter,
+        context_templates(adapter, seed=cfg.seed),
+        target_settings(cfg.method.target),
+        cfg.method.target.batched,
+    )
     counter = FlopCounterMode(display=False)
     with counter:
         strategy.edit_batch(method, ctx, requests, list(cfg.model.layers))
@@ -79,7 +97,9 @@ def run_one(overrides: list[str]) -> dict:
 
 def spawn(overrides: list[str]) -> dict:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(overrides)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(overrides)], capture_output=True, text=True, env=env
+    )
     if proc.returncode != 0:
         raise SystemExit(f"benchmark run failed for {overrides}:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -103,28 +123,60 @@ def main() -> None:
     from rich.table import Table
 
     rows = []
-    plan = [(m, me, s, "batched") for m in args.models.split(",") for me in args.methods.split(",") for s in args.strategies.split(",")]
+    plan = [
+        (m, me, s, "batched")
+        for m in args.models.split(",")
+        for me in args.methods.split(",")
+        for s in args.strategies.split(",")
+    ]
     first = args.models.split(",")[0]
     plan += [(first, "memit_seq", s, v) for s in ("spread", "blue") for v in ("one-at-a-time", "reference-schedule")]
     for model, method, strategy, variant in plan:
         edits = args.num_edits if variant == "batched" else args.variant_edits
-        overrides = [f"model={model}", f"method={method}", f"strategy={strategy}", f"num_edits={edits}",
-                     f"batch_size={args.batch_size}", "device=auto", *VARIANTS[variant]]
+        overrides = [
+            f"model={model}",
+            f"method={method}",
+            f"strategy={strategy}",
+            f"num_edits={edits}",
+            f"batch_size={args.batch_size}",
+            "device=auto",
+            *VARIANTS[variant],
+        ]
         start = time.perf_counter()
         s = spawn(overrides)
-        row = {"model": model, "method": method, "strategy": strategy, "variant": variant,
-               "sec_per_batch": s["sec_per_batch"], "gflop_per_batch": s["gflop_per_batch"], "cov_sec": s["covariance_seconds"], "peak_mb": s["peak_mb"],
-               **{k: s[k] for k in COLUMNS[7:]}, "wall_sec": time.perf_counter() - start}
+        row = {
+            "model": model,
+            "method": method,
+            "strategy": strategy,
+            "variant": variant,
+            "sec_per_batch": s["sec_per_batch"],
+            "gflop_per_batch": s["gflop_per_batch"],
+            "cov_sec": s["covariance_seconds"],
+            "peak_mb": s["peak_mb"],
+            **{k: s[k] for k in COLUMNS[7:]},
+            "wall_sec": time.perf_counter() - start,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
+
     def pick(strategy, variant):
-        return next(r for r in rows if r["model"] == first and r["method"] == "memit_seq" and r["strategy"] == strategy and r["variant"] == variant)
+        return next(
+            r
+            for r in rows
+            if r["model"] == first
+            and r["method"] == "memit_seq"
+            and r["strategy"] == strategy
+            and r["variant"] == variant
+        )
 
     ratios = {
         strategy: {
-            "batching_speedup": pick(strategy, "one-at-a-time")["sec_per_batch"] / pick(strategy, "batched")["sec_per_batch"],
-            "reference_over_ours_seconds": pick(strategy, "reference-schedule")["sec_per_batch"] / pick(strategy, "batched")["sec_per_batch"],
-            "reference_over_ours_flops": pick(strategy, "reference-schedule")["gflop_per_batch"] / pick(strategy, "batched")["gflop_per_batch"],
+            "batching_speedup": pick(strategy, "one-at-a-time")["sec_per_batch"]
+            / pick(strategy, "batched")["sec_per_batch"],
+            "reference_over_ours_seconds": pick(strategy, "reference-schedule")["sec_per_batch"]
+            / pick(strategy, "batched")["sec_per_batch"],
+            "reference_over_ours_flops": pick(strategy, "reference-schedule")["gflop_per_batch"]
+            / pick(strategy, "batched")["gflop_per_batch"],
         }
         for strategy in ("spread", "blue")
     }
@@ -138,14 +190,18 @@ def main() -> None:
     console.print(table)
     for strategy, r in ratios.items():
         console.print(
-            f"MEMIT_seq+{strategy} on {first}: batching speed-up {r['batching_speedup']:.2f}x; reference schedule costs "
+            f"MEMIT_seq+{strategy} on {first}: batching speed-up {r['batching_speedup']:.2f}x; "
+            "reference schedule costs "
             f"{r['reference_over_ours_seconds']:.2f}x the seconds and {r['reference_over_ours_flops']:.2f}x the FLOPs"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"rows": rows, "ratios": ratios, "num_edits": args.num_edits,
-                               "batch_size": args.batch_size}, indent=2))
+    tmp.write_text(
+        json.dumps(
+            {"rows": rows, "ratios": ratios, "num_edits": args.num_edits, "batch_size": args.batch_size}, indent=2
+        )
+    )
     os.replace(tmp, out)
     console.print(f"written {out}")
 

@@ -29,7 +29,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-MODELS = {"llama3-8b": ("llama3", "tiny-llama"), "gpt-j-6b": ("gpt-j", "tiny-gptj"), "gpt2-xl": ("gpt2-xl", "tiny-gpt2")}
+MODELS = {
+    "llama3-8b": ("llama3", "tiny-llama"),
+    "gpt-j-6b": ("gpt-j", "tiny-gptj"),
+    "gpt2-xl": ("gpt2-xl", "tiny-gpt2"),
+}
 SCHEDULES = {"blue": [], "reference": ["method.target.batched=false", "method.target.reuse_prefix=false"]}
 
 
@@ -38,16 +42,36 @@ def hf_config(shape, n_layers: int, vocab: int):
     from transformers import GPT2Config, GPTJConfig, LlamaConfig, Qwen2Config
 
     if shape.family == "gpt2":
-        return GPT2Config(n_embd=shape.hidden_size, n_inner=shape.intermediate_size, n_layer=n_layers, n_head=shape.n_heads,
-                          vocab_size=vocab, n_positions=shape.max_positions)
+        return GPT2Config(
+            n_embd=shape.hidden_size,
+            n_inner=shape.intermediate_size,
+            n_layer=n_layers,
+            n_head=shape.n_heads,
+            vocab_size=vocab,
+            n_positions=shape.max_positions,
+        )
     if shape.family == "gptj":  # GPT-J-6B rotates a quarter of each head (rotary_dim 64 of 256)
-        return GPTJConfig(n_embd=shape.hidden_size, n_inner=shape.intermediate_size, n_layer=n_layers, n_head=shape.n_heads,
-                          vocab_size=vocab, n_positions=shape.max_positions, rotary_dim=shape.hidden_size // shape.n_heads // 4,
-                          tie_word_embeddings=False)
+        return GPTJConfig(
+            n_embd=shape.hidden_size,
+            n_inner=shape.intermediate_size,
+            n_layer=n_layers,
+            n_head=shape.n_heads,
+            vocab_size=vocab,
+            n_positions=shape.max_positions,
+            rotary_dim=shape.hidden_size // shape.n_heads // 4,
+            tie_word_embeddings=False,
+        )
     cls = LlamaConfig if shape.family == "llama" else Qwen2Config
-    return cls(hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size, num_hidden_layers=n_layers,
-               num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_kv_heads or shape.n_heads, vocab_size=vocab,
-               max_position_embeddings=shape.max_positions, tie_word_embeddings=False)
+    return cls(
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=n_layers,
+        num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_kv_heads or shape.n_heads,
+        vocab_size=vocab,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=False,
+    )
 
 
 class Timer:
@@ -68,6 +92,7 @@ class Timer:
         def timed(*args, **kwargs):
             with self(name):
                 return fn(*args, **kwargs)
+
         return timed
 
 
@@ -104,7 +129,9 @@ def build(args):
     from blue_cli.plan import model_shape
 
     yaml_name, tiny = MODELS[args.model]
-    cfg = compose_config([f"model={yaml_name}", f"method={args.method}", f"batch_size={args.batch_size}", f"num_edits={args.batch_size}"])
+    cfg = compose_config(
+        [f"model={yaml_name}", f"method={args.method}", f"batch_size={args.batch_size}", f"num_edits={args.batch_size}"]
+    )
     shape = model_shape(cfg.model)
     cuda = torch.cuda.is_available()
     n_layers = args.layers or shape.n_layers
@@ -123,9 +150,18 @@ def build(args):
     adapter = ModelAdapter(model, tok, name=args.model)
     real = [l for l in cfg.model.layers if l < n_layers - 1]
     critical = real or list(range(max(1, min(len(cfg.model.layers), n_layers - 1))))
-    info = {"model": args.model, "n_layers": n_layers, "of_layers": shape.n_layers, "vocab": vocab, "real_vocab": shape.vocab_size,
-            "hidden_size": shape.hidden_size, "d_k": shape.intermediate_size, "dtype": str(dtype).removeprefix("torch."),
-            "critical_layers": critical, "n_params": sum(p.numel() for p in model.parameters())}
+    info = {
+        "model": args.model,
+        "n_layers": n_layers,
+        "of_layers": shape.n_layers,
+        "vocab": vocab,
+        "real_vocab": shape.vocab_size,
+        "hidden_size": shape.hidden_size,
+        "d_k": shape.intermediate_size,
+        "dtype": str(dtype).removeprefix("torch."),
+        "critical_layers": critical,
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }
     return cfg, adapter, critical, info
 
 
@@ -136,22 +172,26 @@ def covariance(adapter, layers, windows: int, length: int, timer: Timer):
     docs = load_corpus("wikitext-bundled", max_docs=windows * 4)
     chunks = token_windows(adapter.tok, docs, length, windows)
     with timer("covariance"):
-        moments, tokens = accumulate_second_moments(adapter, chunks, layers, StatsSettings(max_length=length, batch_tokens=length))
+        moments, tokens = accumulate_second_moments(
+            adapter, chunks, layers, StatsSettings(max_length=length, batch_tokens=length)
+        )
     for layer, C in moments.items():
         moments[layer] = (C + 1e-3 * C.diagonal().mean() * torch.eye(C.shape[0], dtype=C.dtype)).float()
     return moments, tokens
 
 
-def edit_once(cfg, adapter, critical, requests, moments, schedule: list[str], strategy_name: str, steps: int | None) -> dict:
+def edit_once(
+    cfg, adapter, critical, requests, moments, schedule: list[str], strategy_name: str, steps: int | None
+) -> dict:
     """One batch under one schedule, from the unedited weights; seconds per phase."""
     from omegaconf import OmegaConf
 
     import blue_cli.editing.strategies.base as strategy_base
     from blue_cli.editing.context import context_templates
     from blue_cli.editing.diagnostics import batch_diagnostics, observe_before
+    from blue_cli.editing.session import target_settings
     from blue_cli.overrides import compose_config
     from blue_cli.registry import method_class, strategy_class
-    from blue_cli.editing.session import target_settings
 
     over = [f"method={cfg.method.name}", f"strategy={strategy_name}", *schedule]
     scfg = compose_config([f"model={cfg.model.name}", *over])
@@ -193,11 +233,22 @@ def edit_once(cfg, adapter, critical, requests, moments, schedule: list[str], st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
-    parser.add_argument("--layers", type=int, default=None, help="build only the first N blocks (default: all on CUDA, 2 on CPU)")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="build only the first N blocks (default: all on CUDA, 2 on CPU)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="edits per batch (default: 100 on CUDA, 4 on CPU)")
     parser.add_argument("--method", default="memit")
-    parser.add_argument("--strategies", default=None, help="default: spread,blue on CUDA; blue on CPU (a 2-layer slice writes one layer, so both are the same)")
-    parser.add_argument("--steps", type=int, default=None, help="target optimisation steps (default: the model's hparams on CUDA, 5 on CPU)")
+    parser.add_argument(
+        "--strategies",
+        default=None,
+        help="default: spread,blue on CUDA; blue on CPU (a 2-layer slice writes one layer, so both are the same)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="target optimisation steps (default: the model's hparams on CUDA, 5 on CPU)",
+    )
     parser.add_argument("--windows", type=int, default=4, help="corpus windows for the covariance throughput")
     parser.add_argument("--window-length", type=int, default=256)
     args = parser.parse_args()
@@ -216,22 +267,43 @@ def main() -> None:
     timer = Timer()
     layers = sorted(set(critical))
     moments, tokens = covariance(adapter, layers, args.windows, args.window_length, timer)
-    cov = {"tokens": tokens, "layers": layers, "seconds": round(timer.seconds["covariance"], 3),
-           "tokens_per_second": round(tokens / timer.seconds["covariance"], 1)}
+    cov = {
+        "tokens": tokens,
+        "layers": layers,
+        "seconds": round(timer.seconds["covariance"], 3),
+        "tokens_per_second": round(tokens / timer.seconds["covariance"], 1),
+    }
     print(json.dumps({"model": info, "covariance": cov}), flush=True)
     runs = {}
     for strategy in args.strategies.split(","):
         for name, schedule in SCHEDULES.items():
-            runs[f"{strategy}/{name}"] = edit_once(cfg, adapter, critical, requests, moments, schedule, strategy, args.steps)
+            runs[f"{strategy}/{name}"] = edit_once(
+                cfg, adapter, critical, requests, moments, schedule, strategy, args.steps
+            )
             print(json.dumps({f"{strategy}/{name}": runs[f"{strategy}/{name}"]}), flush=True)
-    ratios = {s: {k: round(runs[f"{s}/reference"][k] / max(runs[f"{s}/blue"][k], 1e-9), 2) for k in ("targets", "edit", "total")}
-              for s in args.strategies.split(",")}
+    ratios = {
+        s: {
+            k: round(runs[f"{s}/reference"][k] / max(runs[f"{s}/blue"][k], 1e-9), 2)
+            for k in ("targets", "edit", "total")
+        }
+        for s in args.strategies.split(",")
+    }
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    result = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-              "method": args.method, "target_steps": args.steps or int(cfg.method.target.steps), "model": info,
-              "covariance": cov, "seconds": runs, "reference_over_blue": ratios, "peak_memory_bytes": peak_bytes(),
-              "peak_memory_kind": "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "max RSS",
-              "wall_seconds": round(time.perf_counter() - t0, 1)}
+    result = {
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "method": args.method,
+        "target_steps": args.steps or int(cfg.method.target.steps),
+        "model": info,
+        "covariance": cov,
+        "seconds": runs,
+        "reference_over_blue": ratios,
+        "peak_memory_bytes": peak_bytes(),
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "max RSS",
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in device.lower()).strip("-")
     out = RESULTS / f"scale-{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"

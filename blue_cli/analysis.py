@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from blue_cli import replay
 from blue_cli.config import check_run_config
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
@@ -39,16 +40,15 @@ from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.diagnostics import new_target_logprobs, swapped_weights
 from blue_cli.editing.linalg import split_residual
 from blue_cli.editing.methods.base import EditMethod
+from blue_cli.editing.session import seed_everything, stats_settings, target_settings
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.errors import ConfigError, DataError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import subject_last_index
 from blue_cli.overrides import compose_config
 from blue_cli.registry import dataset_class, method_class, strategy_class
-from blue_cli.reporting import results
-from blue_cli.editing.session import seed_everything, stats_settings, target_settings
-from blue_cli import replay
 from blue_cli.replay import replay_run
+from blue_cli.reporting import results
 from blue_cli.runner import NullProgress, load_adapter
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,10 @@ def summary_of(values: Sequence[float]) -> dict:
 
 
 def target_logprobs(
-    adapter: ModelAdapter, requests: Sequence[EditRequest], point: str | None = None, vectors: torch.Tensor | None = None
+    adapter: ModelAdapter,
+    requests: Sequence[EditRequest],
+    point: str | None = None,
+    vectors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log P(target_new | rewrite prompt) per request, with ``vectors`` (n x d) added at
     ``point`` at each request's subject-last token (none: the model as it is)."""
@@ -119,24 +122,26 @@ def analyse_layers(
             lp_w_share, fit_share = written_logprobs(method, ctx, requests, layer, share)
             lp_w_direct, fit_direct = written_logprobs(method, ctx, requests, layer, direct)
             share_norm, direct_norm = share.double().norm(dim=0), direct.double().norm(dim=0)
-            layers.append({
-                "layer": layer,
-                "cosine": summary_of(_cosines(share, direct)),
-                "norm_ratio": summary_of((share_norm / direct_norm).tolist()),
-                "share_norm": summary_of(share_norm.tolist()),
-                "direct_norm": summary_of(direct_norm.tolist()),
-                "direct_steps": summary_of(target.steps),
-                "p_spread": summary_of(lp_share.exp().tolist()),
-                "p_direct": summary_of(lp_direct.exp().tolist()),
-                "p_written_spread": summary_of(lp_w_share.exp().tolist()),
-                "p_written_direct": summary_of(lp_w_direct.exp().tolist()),
-                "logprob_spread": lp_share.tolist(),
-                "logprob_direct": lp_direct.tolist(),
-                "logprob_written_spread": lp_w_share.tolist(),
-                "logprob_written_direct": lp_w_direct.tolist(),
-                "key_fit_error_spread": fit_share,
-                "key_fit_error_direct": fit_direct,
-            })
+            layers.append(
+                {
+                    "layer": layer,
+                    "cosine": summary_of(_cosines(share, direct)),
+                    "norm_ratio": summary_of((share_norm / direct_norm).tolist()),
+                    "share_norm": summary_of(share_norm.tolist()),
+                    "direct_norm": summary_of(direct_norm.tolist()),
+                    "direct_steps": summary_of(target.steps),
+                    "p_spread": summary_of(lp_share.exp().tolist()),
+                    "p_direct": summary_of(lp_direct.exp().tolist()),
+                    "p_written_spread": summary_of(lp_w_share.exp().tolist()),
+                    "p_written_direct": summary_of(lp_w_direct.exp().tolist()),
+                    "logprob_spread": lp_share.tolist(),
+                    "logprob_direct": lp_direct.tolist(),
+                    "logprob_written_spread": lp_w_share.tolist(),
+                    "logprob_written_direct": lp_w_direct.tolist(),
+                    "key_fit_error_spread": fit_share,
+                    "key_fit_error_direct": fit_direct,
+                }
+            )
             update(i + 1)
     return {
         "z_layer": last,
@@ -170,13 +175,16 @@ def batch_layer_statistics(rows: Sequence[dict], written: Sequence[int]) -> dict
                 f"batch {r.get('batch')} of batches.jsonl has {len(entries)} target_steps and {len(errors)} "
                 f"key_fit_error entries for written layers {list(written)}"
             )
-        for layer, value in zip(written[len(written) - len(entries):], entries):
+        for layer, value in zip(written[len(written) - len(entries) :], entries):
             steps.setdefault(layer, []).append(value)
         for layer, value in zip(written, errors):
             fits.setdefault(layer, []).append(value)
 
     def pack(table: dict[int, list[float]]) -> list[dict]:
-        return [{"layer": layer, **{k: v for k, v in summary_of(vals).items() if k != "values"}} for layer, vals in sorted(table.items())]
+        return [
+            {"layer": layer, **{k: v for k, v in summary_of(vals).items() if k != "values"}}
+            for layer, vals in sorted(table.items())
+        ]
 
     return {
         "batches": len(edited),
@@ -200,7 +208,10 @@ def run_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
             parent = key.rpartition(".")[0]
             parent_node = OmegaConf.select(cfg, parent) if parent else cfg
             valid = ", ".join(parent_node.keys()) if isinstance(parent_node, DictConfig) else "none"
-            raise ConfigError(f"unknown config key '{key}' in the run's config (valid keys{' under ' + parent if parent else ''}: {valid})")
+            raise ConfigError(
+                f"unknown config key '{key}' in the run's config "
+                f"(valid keys{' under ' + parent if parent else ''}: {valid})"
+            )
         if isinstance(node, DictConfig):
             raise ConfigError(f"cannot change '{key}' with --run: the run's checkpoint belongs to its {key}")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))

@@ -86,7 +86,12 @@ def edit(
 
 
 def evaluate(
-    model, tokenizer, requests: Sequence[EditRequest | Mapping], *, dataset: str = "counterfact", overrides: Sequence[str] = ()
+    model,
+    tokenizer,
+    requests: Sequence[EditRequest | Mapping],
+    *,
+    dataset: str = "counterfact",
+    overrides: Sequence[str] = (),
 ) -> dict:
     """The dataset's rates (means over cases) for ``requests`` on ``model`` as it is now."""
     cfg = compose_config([f"dataset={dataset}", *overrides])

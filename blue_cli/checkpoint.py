@@ -65,7 +65,9 @@ class Checkpoint:
     def path(self) -> Path:
         return self.run_dir / CHECKPOINT
 
-    def save(self, session, batch_rows: list[dict], *, finished: bool = False, info: dict[str, float] | None = None) -> None:
+    def save(
+        self, session, batch_rows: list[dict], *, finished: bool = False, info: dict[str, float] | None = None
+    ) -> None:
         """Write every finished batch of ``session`` (an EditSession) and its rows."""
         tensors = {
             f"residual.{b}.{i}": residual.contiguous()
@@ -121,7 +123,11 @@ class Checkpoint:
             raise ConfigError(f"'{self.path}' holds {done} batches but the run has only {len(batches)}")
         log.info("replaying %d finished batches", done)
         inexact = 0.0
-        track = progress.track("replaying finished batches", done) if progress is not None else nullcontext(lambda *a, **k: None)
+        track = (
+            progress.track("replaying finished batches", done)
+            if progress is not None
+            else nullcontext(lambda *a, **k: None)
+        )
         with track as update:
             for b in range(done):
                 _check_cases(b, rows[b], batches[b])
@@ -133,8 +139,11 @@ class Checkpoint:
                 inexact = max(inexact, _compare(b, prints[b], session.log[-1].fingerprint, self.path))
                 update(b + 1)
         if inexact:
-            log.warning("the replay matches the run only to %.1e relative, not bit for bit "
-                        "(another device, thread count or library version)", inexact)
+            log.warning(
+                "the replay matches the run only to %.1e relative, not bit for bit "
+                "(another device, thread count or library version)",
+                inexact,
+            )
         finished = json.loads(meta.get("finished", "false"))
         self.finish_info = json.loads(meta.get("finish_info", "{}"))
         if finished:

@@ -210,10 +210,10 @@ def stats(ctx: typer.Context) -> None:
 def collect_stats(cfg, overrides: list[str]) -> None:
     """The statistics of ``cfg``'s written layers: one shard (stats.shard set), or all of them (merging shards)."""
     from blue_cli.editing.covariance import CovarianceStore
+    from blue_cli.editing.session import stats_settings
     from blue_cli.editing.shards import check_shard
     from blue_cli.registry import strategy_class
     from blue_cli.reporting.console import RichProgress, console
-    from blue_cli.editing.session import stats_settings
     from blue_cli.runner import load_adapter
 
     shard, shards = cfg.stats.shard, cfg.stats.shards
@@ -223,7 +223,9 @@ def collect_stats(cfg, overrides: list[str]) -> None:
     remake = [o for o in overrides if not o.lstrip("+~").startswith(("stats.", "hydra"))]
     store = CovarianceStore(adapter, stats_settings(cfg), remake_args=remake)
     if shard is not None:
-        with RichProgress().track(f"statistics shard {shard}/{shards}, layers {layers}", 1, rate_unit="tokens") as update:
+        with RichProgress().track(
+            f"statistics shard {shard}/{shards}, layers {layers}", 1, rate_unit="tokens"
+        ) as update:
             paths = store.collect_shard(layers, shard, shards, progress=update)
         for layer, path in zip(layers, paths):
             console.print(f"layer {layer} shard {shard}/{shards}: {path}", soft_wrap=True, highlight=False)
@@ -244,13 +246,17 @@ def plan(
     ctx: typer.Context,
     gpu_memory: str = typer.Option(None, "--gpu-memory", help="device memory to fit, e.g. 48GB (decimal) or 80GiB"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
-    gpu_name: str = typer.Option(None, "--gpu", help="also the FLOPs by phase and the least time at this GPU's peak: a40, a100, h100, h200"),
+    gpu_name: str = typer.Option(
+        None, "--gpu", help="also the FLOPs by phase and the least time at this GPU's peak: a40, a100, h100, h200"
+    ),
 ) -> None:
-    """The memory and disk plan of a run, from the model's shape (no download): blue plan [overrides] [--gpu-memory 48GB] [--gpu a40]."""
+    """The memory and disk plan of a run, from the model's shape (no download).
+
+    blue plan [overrides] [--gpu-memory 48GB] [--gpu a40]
+    """
     import json
 
     from blue_cli import compute_plan
-
     from blue_cli.overrides import compose_config
     from blue_cli.plan import largest_chunk, make_plan, parse_size, planned_facts
     from blue_cli.reporting.console import console
@@ -271,8 +277,11 @@ def plan(
         extra = {"compute": compute_plan.as_dict(compute, card, batches)} if card else {}
         print(json.dumps({**result.as_dict(), "largest_chunk_that_fits": chunk, **extra}, indent=2))
         return
-    title = (f"{cfg.model.name} {facts.method}+{facts.strategy}: batch {facts.batch_size}, {facts.num_edits} edits, "
-             f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, target chunk {facts.chunk}, written layers {list(facts.written)}")
+    title = (
+        f"{cfg.model.name} {facts.method}+{facts.strategy}: batch {facts.batch_size}, {facts.num_edits} edits, "
+        f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, target chunk {facts.chunk}, "
+        f"written layers {list(facts.written)}"
+    )
     console.print(plan_table(result, title))
     console.print(plan_verdict(result, chunk), soft_wrap=True, highlight=False)
     if card:
@@ -326,8 +335,12 @@ def report(
     out: Path | None = typer.Option(None, "--out", help="write the report to this file (plots go beside it)"),
     baseline: str | None = typer.Option(None, "--baseline", help="KEY=VALUE, e.g. strategy=spread: add % change vs it"),
     plots: Path | None = typer.Option(None, "--plots", help="write PNG plots into this folder"),
-    paper: str | None = typer.Option(None, "--paper", help="put a paper's published numbers beside the runs' (e.g. blue_table)"),
-    paper_model: str | None = typer.Option(None, "--paper-model", help="with --paper: read every run as this paper model (e.g. llama3)"),
+    paper: str | None = typer.Option(
+        None, "--paper", help="put a paper's published numbers beside the runs' (e.g. blue_table)"
+    ),
+    paper_model: str | None = typer.Option(
+        None, "--paper-model", help="with --paper: read every run as this paper model (e.g. llama3)"
+    ),
 ) -> None:
     """Compare finished runs: one row per run (a sweep folder gives its jobs); one run alone reprints its tables.
 
@@ -402,9 +415,14 @@ def analyze(
     ctx: typer.Context,
     run: Path | None = typer.Option(None, "--run", help="a run folder of blue edit: analyse its edited model"),
     records: int = typer.Option(10, "--records", help="how many records of the configured dataset"),
-    out: Path | None = typer.Option(None, "--out", help="output folder (default: RUN/analysis, or outputs/analysis/...)"),
+    out: Path | None = typer.Option(
+        None, "--out", help="output folder (default: RUN/analysis, or outputs/analysis/...)"
+    ),
 ) -> None:
-    """The BLUE paper's residual analysis per critical layer: blue analyze [--run RUN] [--records N] [--out DIR] KEY=VALUE ..."""
+    """The BLUE paper's residual analysis per critical layer.
+
+    blue analyze [--run RUN] [--records N] [--out DIR] KEY=VALUE ...
+    """
     import time
 
     from blue_cli.analysis import analysis_config, run_analysis, write_analysis
@@ -420,7 +438,11 @@ def analyze(
         _fail(exc)
     if out is None:
         stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
-        out = run / "analysis" if run is not None else Path("outputs/analysis") / f"{stamp}_{cfg.model.name}_{cfg.method.name}"
+        out = (
+            run / "analysis"
+            if run is not None
+            else Path("outputs/analysis") / f"{stamp}_{cfg.model.name}_{cfg.method.name}"
+        )
     path = write_analysis(payload, out)
     figures = write_figures(payload, out)
     console.print(layer_table(payload))

@@ -87,8 +87,13 @@ def head_flops(shape: Shape, rows: int) -> float:
 
 
 def target_flops(
-    shape: Shape, facts: RunFacts, layer: int, steps: int, reuse_prefix: bool = True,
-    seq_len: int | None = None, target_mean: float = TARGET_TOKENS_MEAN,
+    shape: Shape,
+    facts: RunFacts,
+    layer: int,
+    steps: int,
+    reuse_prefix: bool = True,
+    seq_len: int | None = None,
+    target_mean: float = TARGET_TOKENS_MEAN,
 ) -> float:
     """Optimising the targets of all ``batch_size`` requests at ``layer`` for ``steps`` steps.
 
@@ -139,20 +144,48 @@ def phases(shape: Shape, facts: RunFacts) -> list[Phase]:
     value_len = PROMPT_TOKENS
     values = writes * forward_flops(shape, facts.batch_size * value_len, max(facts.critical) + 1, value_len)
     diag_len = PROMPT_TOKENS + TARGET_TOKENS_MAX
-    diagnostics = DIAGNOSTIC_FORWARDS * (forward_flops(shape, facts.batch_size * diag_len, shape.n_layers, diag_len)
-                                         + head_flops(shape, facts.batch_size * diag_len))
+    diagnostics = DIAGNOSTIC_FORWARDS * (
+        forward_flops(shape, facts.batch_size * diag_len, shape.n_layers, diag_len)
+        + head_flops(shape, facts.batch_size * diag_len)
+    )
     window = min(facts.stats_max_length, shape.max_positions)
     tokens = STATS_TOKENS
     stats_forward = forward_flops(shape, tokens, max(facts.written) + 1, window)
     stats_products = writes * 2 * shape.intermediate_size**2 * tokens
     return [
-        Phase("target optimisation", targets, dtype, note=f"{steps} steps at layers {list(z_layers)}, {facts.batch_size} requests"),
-        Phase("key collection", keys + values, dtype, note=f"{writes} writes" + (" + C_prev's keys" if facts.sequential else "")),
-        Phase("solves", writes * solve_flops(shape, facts), "float64", note=f"{writes} x d_k={shape.intermediate_size} systems"),
+        Phase(
+            "target optimisation",
+            targets,
+            dtype,
+            note=f"{steps} steps at layers {list(z_layers)}, {facts.batch_size} requests",
+        ),
+        Phase(
+            "key collection",
+            keys + values,
+            dtype,
+            note=f"{writes} writes" + (" + C_prev's keys" if facts.sequential else ""),
+        ),
+        Phase(
+            "solves",
+            writes * solve_flops(shape, facts),
+            "float64",
+            note=f"{writes} x d_k={shape.intermediate_size} systems",
+        ),
         Phase("diagnostics", diagnostics, dtype, note=f"{DIAGNOSTIC_FORWARDS} forwards of the batch"),
-        Phase("statistics forward", stats_forward, dtype, per_batch=False, note=f"per 100M tokens ({samples} documents: up to {samples * window / 1e6:.0f}M)"),
-        Phase("statistics products", stats_products, product_precision(facts.stats_precision, facts.device), per_batch=False,
-              note=f"{writes} x d_k^2 per token"),
+        Phase(
+            "statistics forward",
+            stats_forward,
+            dtype,
+            per_batch=False,
+            note=f"per 100M tokens ({samples} documents: up to {samples * window / 1e6:.0f}M)",
+        ),
+        Phase(
+            "statistics products",
+            stats_products,
+            product_precision(facts.stats_precision, facts.device),
+            per_batch=False,
+            note=f"{writes} x d_k^2 per token",
+        ),
     ]
 
 

@@ -242,11 +242,19 @@ def check_run_config(cfg) -> None:
         if not (0 < t[key] < float("inf")):
             raise ConfigError(f"method.target.{key} must be positive and finite, got {t[key]}")
     if t.lr > MAX_TARGET_LR:  # larger steps overflow the target optimisation (inf, then NaN)
-        raise ConfigError(f"method.target.lr must be at most {MAX_TARGET_LR:g} (published settings use 0.1-5), got {t.lr}")
+        raise ConfigError(
+            f"method.target.lr must be at most {MAX_TARGET_LR:g} (published settings use 0.1-5), got {t.lr}"
+        )
     if "cov_weight" in cfg.method and not (0 < cfg.method.cov_weight < float("inf")):
         raise ConfigError(f"method.cov_weight must be positive and finite, got {cfg.method.cov_weight}")
     ev = cfg.eval
-    for key in ("generation_every_n_cases", "generation_length", "generation_top_k", "generation_batch_size", "general_items"):
+    for key in (
+        "generation_every_n_cases",
+        "generation_length",
+        "generation_top_k",
+        "generation_batch_size",
+        "general_items",
+    ):
         if ev[key] < 1:
             raise ConfigError(f"eval.{key} must be >= 1, got {ev[key]}")
     if ev.general_every is not None and ev.general_every < 1:

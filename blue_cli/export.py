@@ -83,8 +83,13 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
     try:
         adapter.model.save_pretrained(tmp)
         adapter.tok.save_pretrained(tmp)
-        info = {"run_dir": str(run_dir.resolve()), "model": m.name, "source": m.source,
-                "edited_layers": sorted(weights), "dtype": dtype}
+        info = {
+            "run_dir": str(run_dir.resolve()),
+            "model": m.name,
+            "source": m.source,
+            "edited_layers": sorted(weights),
+            "dtype": dtype,
+        }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         mask = current_umask()  # mkdtemp makes the folder 0700; give what mkdir would
         os.chmod(tmp, 0o777 & ~mask)

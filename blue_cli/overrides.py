@@ -20,7 +20,23 @@ from blue_cli.config import GROUPS, check_run_config, conf_dir, group_choices, r
 from blue_cli.errors import ConfigError
 
 # Hydra flags that take a value; everything else starting with "-" is a switch.
-VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--info", "-i", "--experimental-rerun", "--shell-completion", "-sc"}
+VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "-i",
+    "--experimental-rerun",
+    "--shell-completion",
+    "-sc",
+}
 
 
 def split_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -76,7 +92,8 @@ def _friendly(exc: Exception, overrides: Sequence[str]) -> str:
     if over:
         group = over.group(1)
         if group not in GROUPS and (conf_dir() / group).is_dir():
-            return f"'{group}' is not in the defaults list: add it with +{group}=... (choose: {', '.join(group_choices(group))})"
+            choices = ", ".join(group_choices(group))
+            return f"'{group}' is not in the defaults list: add it with +{group}=... (choose: {choices})"
         return _unknown_key(group)
     merge = re.search(r"Error merging override (\S+)", text)
     if merge:
@@ -95,7 +112,9 @@ def _unknown_key(key: str) -> str:
     parent, _, leaf = key.lstrip("+~").rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if isinstance(node, DictConfig):
-        return f"unknown config key '{key}' (valid keys{' under ' + parent if parent else ''}: {', '.join(node.keys())})"
+        return (
+            f"unknown config key '{key}' (valid keys{' under ' + parent if parent else ''}: {', '.join(node.keys())})"
+        )
     return f"unknown config key '{key}'"
 
 
@@ -138,7 +157,9 @@ def runs_no_job(args: Sequence[str]) -> bool:
 
 def is_multirun(args: Sequence[str]) -> bool:
     flags, overrides = split_args(args)
-    return any(f in ("-m", "--multirun") for f in flags) or any(o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in overrides)
+    return any(f in ("-m", "--multirun") for f in flags) or any(
+        o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in overrides
+    )
 
 
 def explicit_run_dir(args: Sequence[str]) -> str | None:

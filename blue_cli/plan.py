@@ -150,12 +150,29 @@ def shape_from_hf_config(config: dict) -> Shape:
     kind = config.get("model_type")
     if kind in ("gpt2", "gptj"):
         h = config["n_embd"]
-        return Shape(kind, h, config.get("n_inner") or 4 * h, config["n_layer"], config["n_head"], config["vocab_size"], 0,
-                     None, config.get("n_positions", 1024))
+        return Shape(
+            kind,
+            h,
+            config.get("n_inner") or 4 * h,
+            config["n_layer"],
+            config["n_head"],
+            config["vocab_size"],
+            0,
+            None,
+            config.get("n_positions", 1024),
+        )
     if kind in ("llama", "qwen2"):
-        return Shape(kind, config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"],
-                     config["num_attention_heads"], config["vocab_size"], 0, config.get("num_key_value_heads"),
-                     config.get("max_position_embeddings", 2048))
+        return Shape(
+            kind,
+            config["hidden_size"],
+            config["intermediate_size"],
+            config["num_hidden_layers"],
+            config["num_attention_heads"],
+            config["vocab_size"],
+            0,
+            config.get("num_key_value_heads"),
+            config.get("max_position_embeddings", 2048),
+        )
     raise ConfigError(f"unknown model_type '{kind}' in config.json (choose: {', '.join(FAMILIES)})")
 
 
@@ -167,7 +184,11 @@ def _tiny_shape(source: str) -> Shape:
     folder = tiny_model_dir(source)
     config = json.loads((folder / "config.json").read_text())
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-        n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys() if not (k == "lm_head.weight" and config.get("tie_word_embeddings")))
+        n_params = sum(
+            _numel(f.get_slice(k).get_shape())
+            for k in f.keys()
+            if not (k == "lm_head.weight" and config.get("tie_word_embeddings"))
+        )
     shape = shape_from_hf_config(config)
     return Shape(**{**shape.__dict__, "n_params": n_params})
 
@@ -190,7 +211,9 @@ def model_shape(model: DictConfig) -> Shape:
         return Shape(**s)
     if is_tiny(model.source):
         return _tiny_shape(model.source)
-    raise ConfigError(f"model '{model.name}' has no shape facts (add model.shape to its YAML: hidden_size, intermediate_size, ...)")
+    raise ConfigError(
+        f"model '{model.name}' has no shape facts (add model.shape to its YAML: hidden_size, intermediate_size, ...)"
+    )
 
 
 @dataclass(frozen=True)
@@ -241,14 +264,27 @@ def run_facts(cfg: DictConfig) -> RunFacts:
     if chunk < 1:
         raise ConfigError(f"method.target.chunk must be >= 1 or null, got {chunk}")
     return RunFacts(
-        method=cfg.method.name, strategy=cfg.strategy.name, sequential=bool(cfg.method.sequential),
-        critical=critical, written=written, target_layers=tuple(targets),
-        points=len(method_class(cfg.method.name).points), batch_size=cfg.batch_size,
-        chunk=min(chunk, cfg.batch_size), num_edits=cfg.num_edits, n_templates=1 + cfg.context.n_prefixes,
-        prefix_tokens=cfg.context.n_tokens, model_dtype=dtype, state_dtype=state, device=device,
-        stats_max_length=cfg.stats.max_length, stats_batch_tokens=cfg.stats.batch_tokens,
+        method=cfg.method.name,
+        strategy=cfg.strategy.name,
+        sequential=bool(cfg.method.sequential),
+        critical=critical,
+        written=written,
+        target_layers=tuple(targets),
+        points=len(method_class(cfg.method.name).points),
+        batch_size=cfg.batch_size,
+        chunk=min(chunk, cfg.batch_size),
+        num_edits=cfg.num_edits,
+        n_templates=1 + cfg.context.n_prefixes,
+        prefix_tokens=cfg.context.n_tokens,
+        model_dtype=dtype,
+        state_dtype=state,
+        device=device,
+        stats_max_length=cfg.stats.max_length,
+        stats_batch_tokens=cfg.stats.batch_tokens,
         stats_precision=product_precision(cfg.stats.get("precision", "auto"), device),
-        stats_samples=cfg.stats.samples, target_steps=t.steps, reuse_prefix=bool(t.get("reuse_prefix", True)),
+        stats_samples=cfg.stats.samples,
+        target_steps=t.steps,
+        reuse_prefix=bool(t.get("reuse_prefix", True)),
     )
 
 
@@ -277,7 +313,9 @@ def solve_bytes(shape: Shape, facts: RunFacts) -> int:
     return count * shape.intermediate_size**2 * 8
 
 
-def sequence_length(prefix_tokens: int, prompt_tokens: int = PROMPT_TOKENS, target_tokens: int = TARGET_TOKENS_MAX) -> int:
+def sequence_length(
+    prefix_tokens: int, prompt_tokens: int = PROMPT_TOKENS, target_tokens: int = TARGET_TOKENS_MAX
+) -> int:
     """Padded length of the target batch: prefix, ". ", the prompt, the target but its last token."""
     return prefix_tokens + 2 + prompt_tokens + target_tokens - 1
 
@@ -300,7 +338,9 @@ def logit_bytes(shape: Shape, dtype: str, rows: int, requests: int) -> int:
     return shape.vocab_size * (rows * per_row + requests * 4)
 
 
-def target_items(shape: Shape, facts: RunFacts, seq_len: int | None = None, target_mean: float = TARGET_TOKENS_MEAN) -> list[Item]:
+def target_items(
+    shape: Shape, facts: RunFacts, seq_len: int | None = None, target_mean: float = TARGET_TOKENS_MEAN
+) -> list[Item]:
     """Target optimisation of one chunk at the shallowest target layer (the most blocks to backprop)."""
     layer = min(facts.target_layers)
     blocks = shape.n_layers - layer - 1 + (1 if facts.points > 1 else 0)
@@ -308,10 +348,17 @@ def target_items(shape: Shape, facts: RunFacts, seq_len: int | None = None, targ
     sequences = facts.chunk * (facts.n_templates + 1)
     tokens = sequences * seq_len
     rows = int(round(facts.chunk * (facts.n_templates * target_mean + 1)))
-    note = f"{facts.chunk} requests x {facts.n_templates + 1} seqs x {seq_len} tokens, {blocks} blocks from layer {layer}"
+    note = (
+        f"{facts.chunk} requests x {facts.n_templates + 1} seqs x {seq_len} tokens, {blocks} blocks from layer {layer}"
+    )
     return [
         Item("activations", "targets", activation_bytes(shape, facts.model_dtype, blocks, tokens), note),
-        Item("logits", "targets", logit_bytes(shape, facts.model_dtype, rows, facts.chunk), f"{rows} rows x {shape.vocab_size} vocab"),
+        Item(
+            "logits",
+            "targets",
+            logit_bytes(shape, facts.model_dtype, rows, facts.chunk),
+            f"{rows} rows x {shape.vocab_size} vocab",
+        ),
     ]
 
 
@@ -326,11 +373,20 @@ def statistics_items(shape: Shape, facts: RunFacts) -> list[Item]:
     window = min(facts.stats_max_length, shape.max_positions)  # covariance.window_length
     tokens = max(1, facts.stats_batch_tokens // window) * window
     precision = product_precision(facts.stats_precision, facts.device)
-    update, note = (dk * dk * (4 + 8), "x^T x in float32, then float64") if precision == "float32" else (dk * dk * 8, "x^T x in float64")
+    update, note = (
+        (dk * dk * (4 + 8), "x^T x in float32, then float64")
+        if precision == "float32"
+        else (dk * dk * 8, "x^T x in float64")
+    )
     return [
         Item("C accumulators", "statistics", n * dk * dk * 8, f"{n} x d_k^2 float64"),
         Item("C update temporaries", "statistics", update, note),
-        Item("captured keys", "statistics", tokens * dk * (n * b + DTYPE_BYTES[precision]), f"{tokens} tokens x d_k per layer"),
+        Item(
+            "captured keys",
+            "statistics",
+            tokens * dk * (n * b + DTYPE_BYTES[precision]),
+            f"{tokens} tokens x d_k per layer",
+        ),
     ]
 
 
@@ -341,7 +397,9 @@ def disk_items(shape: Shape, facts: RunFacts) -> list[Item]:
     critical layer, blue two), not the weights or C_prev's keys: a resume replays."""
     batches = -(-facts.num_edits // facts.batch_size)
     writes = len(facts.written)
-    ckpt = batches * writes * shape.hidden_size * facts.batch_size * 4 + batches * (ROW_BYTES + writes * FINGERPRINT_BYTES)
+    ckpt = batches * writes * shape.hidden_size * facts.batch_size * 4 + batches * (
+        ROW_BYTES + writes * FINGERPRINT_BYTES
+    )
     note = f"{writes} residuals of d x {facts.batch_size} float32 per batch"
     return [
         Item("checkpoint (one file, rewritten each batch)", "disk", ckpt, note),
@@ -355,19 +413,49 @@ def make_plan(shape: Shape, facts: RunFacts, budget: int | None = None) -> Plan:
 
     n = len(facts.written)
     d, dk = shape.hidden_size, shape.intermediate_size
-    items = [Item("model weights", "resident", weight_bytes(shape, facts.model_dtype, n),
-                  f"{shape.n_params / 1e9:.2f}B params {facts.model_dtype}, written matrices float32")]
+    items = [
+        Item(
+            "model weights",
+            "resident",
+            weight_bytes(shape, facts.model_dtype, n),
+            f"{shape.n_params / 1e9:.2f}B params {facts.model_dtype}, written matrices float32",
+        )
+    ]
     items += state_items(shape, facts)
-    items.append(Item("written-matrix copies", "resident", WEIGHT_COPIES * n * d * dk * 4, f"{WEIGHT_COPIES} x {n} x d x d_k float32"))
+    items.append(
+        Item(
+            "written-matrix copies",
+            "resident",
+            WEIGHT_COPIES * n * d * dk * 4,
+            f"{WEIGHT_COPIES} x {n} x d x d_k float32",
+        )
+    )
     items += statistics_items(shape, facts)
     items += target_items(shape, facts)
     items.append(Item("solve temporaries", "solve", solve_bytes(shape, facts), "largest layer's system, float64"))
     items += disk_items(shape, facts)
-    items.append(Item("statistics cache (outside the run folder)", "host", n * dk * dk * 4, f"{n} x d_k^2 float32 on disk and in RAM"))
-    plan_facts = {"written_layers": list(facts.written), "target_layers": list(facts.target_layers), "method": facts.method,
-                  "strategy": facts.strategy, "batch_size": facts.batch_size, "chunk": facts.chunk, "model_dtype": facts.model_dtype,
-                  "state_dtype": facts.state_dtype, "device": facts.device, "d": d, "d_k": dk,
-                  "stats_precision": product_precision(facts.stats_precision, facts.device)}
+    items.append(
+        Item(
+            "statistics cache (outside the run folder)",
+            "host",
+            n * dk * dk * 4,
+            f"{n} x d_k^2 float32 on disk and in RAM",
+        )
+    )
+    plan_facts = {
+        "written_layers": list(facts.written),
+        "target_layers": list(facts.target_layers),
+        "method": facts.method,
+        "strategy": facts.strategy,
+        "batch_size": facts.batch_size,
+        "chunk": facts.chunk,
+        "model_dtype": facts.model_dtype,
+        "state_dtype": facts.state_dtype,
+        "device": facts.device,
+        "d": d,
+        "d_k": dk,
+        "stats_precision": product_precision(facts.stats_precision, facts.device),
+    }
     return Plan(items, budget, plan_facts)
 
 

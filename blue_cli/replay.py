@@ -28,7 +28,9 @@ def run_config(run_dir: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def replay_run(run_dir: Path, progress=None, cfg: DictConfig | None = None) -> tuple[DictConfig, ModelAdapter, EditSession]:
+def replay_run(
+    run_dir: Path, progress=None, cfg: DictConfig | None = None
+) -> tuple[DictConfig, ModelAdapter, EditSession]:
     """(the config, the model with the run's edited weights, the session with C_prev).
 
     ``cfg``: the run's config with changes (``blue analyze --run ... device=cpu``); one

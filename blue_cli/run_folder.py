@@ -39,7 +39,8 @@ def lock_run_folder(run_dir: Path) -> FileLock:
         lock.acquire(timeout=0)
     except Timeout:
         raise RunFolderError(
-            f"run folder '{run_dir}' is in use by another blue run (wait for it to end, or choose another hydra.run.dir)"
+            f"run folder '{run_dir}' is in use by another blue run "
+            "(wait for it to end, or choose another hydra.run.dir)"
         ) from None
     return lock
 

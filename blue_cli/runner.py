@@ -28,8 +28,8 @@ from blue_cli.config import check_run_config
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.session import EditSession, seed_everything
 from blue_cli.errors import ConfigError
-from blue_cli.evaluation.summary import summarise
 from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
+from blue_cli.evaluation.summary import summarise
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.loading import load_model
 from blue_cli.registry import dataset_class
@@ -49,7 +49,9 @@ class NullProgress:
 
 def load_adapter(cfg: DictConfig) -> ModelAdapter:
     m = cfg.model
-    adapter = load_model(m.source, name=m.name, device=cfg.device, dtype=m.dtype, revision=m.revision, device_map=m.device_map)
+    adapter = load_model(
+        m.source, name=m.name, device=cfg.device, dtype=m.dtype, revision=m.revision, device_map=m.device_map
+    )
     bad = [l for l in m.layers if not 0 <= l < adapter.n_layers]
     if bad:
         raise ConfigError(f"model.layers {bad} out of range for '{m.name}' (valid: 0..{adapter.n_layers - 1})")
@@ -62,7 +64,9 @@ def batches_of(requests: Sequence[EditRequest], size: int) -> list[list[EditRequ
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -160,7 +164,14 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     t_eval = time.perf_counter()
     post_cases = _evaluate(dataset, adapter, requests, progress, "post-edit evaluation")
     eval_seconds += time.perf_counter() - t_eval
-    results.write_jsonl(run_dir, results.CASES, [{**post, **{f"pre_{k}": v for k, v in pre.items() if k != "case_id"}} for pre, post in zip(pre_cases, post_cases)])
+    results.write_jsonl(
+        run_dir,
+        results.CASES,
+        [
+            {**post, **{f"pre_{k}": v for k, v in pre.items() if k != "case_id"}}
+            for pre, post in zip(pre_cases, post_cases)
+        ],
+    )
     final_row = points.record(adapter, len(batches), post_cases=post_cases)
     summary = build_summary(pre_cases, post_cases, rows, session.cov_seconds, finish_info)
     summary.update(points.general_summary(final_row))
@@ -170,7 +181,15 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     if "consistency_unavailable" in notes:
         summary["consistency"] = None  # unavailable, never 0
     summary["stats_counts"] = session.stats.summary()
-    summary.update(model=cfg.model.name, method=cfg.method.name, strategy=cfg.strategy.name, dataset=cfg.dataset.name, num_edits=len(requests), batch_size=cfg.batch_size, written_layers=session.written)
+    summary.update(
+        model=cfg.model.name,
+        method=cfg.method.name,
+        strategy=cfg.strategy.name,
+        dataset=cfg.dataset.name,
+        num_edits=len(requests),
+        batch_size=cfg.batch_size,
+        written_layers=session.written,
+    )
     results.write_json(run_dir, results.SUMMARY, summary)
     return summary
 
@@ -183,10 +202,16 @@ def _evaluate(dataset, adapter, requests, progress, label) -> list[dict]:
 def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> dict:
     """Top-level numbers: post and pre rates, target_logprob_gain and write_error
     (diagnostics over the batches that were edited, not those skipped for NaN)."""
-    rows = [r for r in all_rows if "skipped" not in r] or [{"write_error": float("nan"), "target_gain": float("nan"), "edit_gain": float("nan"), "edit_seconds": 0.0}]
+    rows = [r for r in all_rows if "skipped" not in r] or [
+        {"write_error": float("nan"), "target_gain": float("nan"), "edit_gain": float("nan"), "edit_seconds": 0.0}
+    ]
     post = summarise(post_cases)
     pre = summarise(pre_cases, prefix="pre_")
-    gain = [p["rewrite_logprob_new"] - q["rewrite_logprob_new"] for p, q in zip(post_cases, pre_cases) if "rewrite_logprob_new" in p]
+    gain = [
+        p["rewrite_logprob_new"] - q["rewrite_logprob_new"]
+        for p, q in zip(post_cases, pre_cases)
+        if "rewrite_logprob_new" in p
+    ]
     edit_secs = sorted(r["edit_seconds"] for r in rows)
     summary = {k: post[k] for k in post if not k.startswith("rewrite_")}
     summary.update({k: pre[k] for k in pre if not k.startswith("pre_rewrite_")})

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=args.out))
         last = {"shown": 0}
 
-        def progress(step: int, total: int, loss: float) -> None:
+        def progress(step: int, total: int, loss: float, last=last, name=name) -> None:
             if step == total or step - last["shown"] >= max(1, total // 10):
                 last["shown"] = step
                 print(f"  {name}: step {step}/{total} loss {loss:.3f}", flush=True)

@@ -15,7 +15,16 @@ import os
 from pathlib import Path
 
 from blue_cli.reporting.readme_results import (
-    BENCH_BEGIN, BENCH_END, SCALE_BEGIN, SCALE_END, collect, newest_bench, render, render_bench, render_scale, replace_block,
+    BENCH_BEGIN,
+    BENCH_END,
+    SCALE_BEGIN,
+    SCALE_END,
+    collect,
+    newest_bench,
+    render,
+    render_bench,
+    render_scale,
+    replace_block,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -68,8 +68,7 @@ def load_counterfact(
             request = parse_record(raw, source=str(file), index=index)
             if request.case_id in seen:
                 raise DataError(
-                    f"{file}: record {index}: case_id {request.case_id} "
-                    f"already appeared in {seen[request.case_id]}"
+                    f"{file}: record {index}: case_id {request.case_id} already appeared in {seen[request.case_id]}"
                 )
             seen[request.case_id] = file.name
             records.append(request)

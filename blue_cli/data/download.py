@@ -54,9 +54,7 @@ def download_file(
                     if progress is not None:
                         progress(done, total)
             if total is not None and done < total:
-                raise OfflineError(
-                    f"download of {url} stopped after {done} of {total} bytes; {by_hand}"
-                )
+                raise OfflineError(f"download of {url} stopped after {done} of {total} bytes; {by_hand}")
             if validate is not None:
                 _run_validate(validate, tmp, url)
     except urllib.error.HTTPError as err:

@@ -82,9 +82,7 @@ def load_zsre(
     records: list[EditRequest] = []
     for file in files:
         for index, raw in enumerate(read_json_list(file, name=str(file), label=_LABEL)):
-            records.append(
-                parse_zsre_record(raw, source=str(file), index=index, case_id=len(records))
-            )
+            records.append(parse_zsre_record(raw, source=str(file), index=index, case_id=len(records)))
     return select_range(records, offset, limit, describe_files(files))
 
 

@@ -63,6 +63,8 @@ class EditDataset:
         """One-off work before the run (e.g. fetching evaluation resources); returns notes for the summary."""
         return {}
 
-    def evaluate(self, adapter: ModelAdapter, requests: Sequence[EditRequest], progress: Progress | None = None) -> list[dict]:
+    def evaluate(
+        self, adapter: ModelAdapter, requests: Sequence[EditRequest], progress: Progress | None = None
+    ) -> list[dict]:
         """One dict per case: ``case_id``, the three rates, and any other per-case metric."""
         raise NotImplementedError

@@ -60,8 +60,14 @@ class CounterFact(EditDataset):
         if self.eval_cfg.generation:
             ev = self.eval_cfg
             generated = evaluate_generation(
-                adapter, requests, resources=self.resources, every_n_cases=ev.generation_every_n_cases,
-                max_length=ev.generation_length, top_k=ev.generation_top_k, seed=self.seed, batch_size=ev.generation_batch_size,
+                adapter,
+                requests,
+                resources=self.resources,
+                every_n_cases=ev.generation_every_n_cases,
+                max_length=ev.generation_length,
+                top_k=ev.generation_top_k,
+                seed=self.seed,
+                batch_size=ev.generation_batch_size,
             )
             by_id = {c["case_id"]: c for c in cases}
             for row in generated:

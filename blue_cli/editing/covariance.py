@@ -148,7 +148,10 @@ def moment_sums(
     picked = [ranges[b] for b in (range(len(ranges)) if batches is None else batches)]
     total = sum(len(windows[i]) for r in picked for i in r)
     dtype = getattr(torch, product_precision(settings.precision, adapter.device))
-    acc = {l: torch.zeros(adapter.key_size(l), adapter.key_size(l), dtype=torch.float64, device=adapter.device) for l in layers}
+    acc = {
+        l: torch.zeros(adapter.key_size(l), adapter.key_size(l), dtype=torch.float64, device=adapter.device)
+        for l in layers
+    }
     n_tokens = 0
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     started = time.perf_counter()
@@ -164,8 +167,13 @@ def moment_sums(
         if progress:
             progress(n_tokens, total)
     seconds = time.perf_counter() - started
-    log.info("second moments: %d tokens in %.1f s (%.0f tokens/s, %s products)", n_tokens, seconds,
-             n_tokens / max(seconds, 1e-9), dtype)
+    log.info(
+        "second moments: %d tokens in %.1f s (%.0f tokens/s, %s products)",
+        n_tokens,
+        seconds,
+        n_tokens / max(seconds, 1e-9),
+        dtype,
+    )
     return {l: a.cpu() for l, a in acc.items()}, n_tokens
 
 
@@ -206,7 +214,9 @@ class CovarianceStore:
     statistics rest on; ``summary()`` condenses them for a run's summary.json.
     """
 
-    def __init__(self, adapter: ModelAdapter, settings: StatsSettings, root: Path | None = None, remake_args: Sequence[str] = ()):
+    def __init__(
+        self, adapter: ModelAdapter, settings: StatsSettings, root: Path | None = None, remake_args: Sequence[str] = ()
+    ):
         self.adapter = adapter
         # Overrides (besides stats.*) that remake a missing shard, for its error message.
         self.remake_args = tuple(remake_args) or (f"model={adapter.name}",)
@@ -288,7 +298,9 @@ class CovarianceStore:
                     merged.append(layer)
         return merged
 
-    def collect_shard(self, layers: Sequence[int], shard: int, shards: int, progress: Progress | None = None) -> list[Path]:
+    def collect_shard(
+        self, layers: Sequence[int], shard: int, shards: int, progress: Progress | None = None
+    ) -> list[Path]:
         """Compute and cache shard ``shard`` of ``shards`` (float64 sum of k k^T, token count) per layer.
 
         See shards.py for how the corpus is dealt out. Layers whose shard entry is
@@ -312,17 +324,36 @@ class CovarianceStore:
                 windows = self._windows()
                 per_batch = max(1, self.settings.batch_tokens // window_length(self.adapter, self.settings))
                 mine = shard_batches(len(batch_ranges(len(windows), per_batch)), shard, shards)
-                log.info("shard %d/%d: layers %s over %d of the batches of %d windows", shard, shards, todo, len(mine), len(windows))
-                sums, n_tokens = moment_sums(self.adapter, windows, todo, self.settings, batches=mine, progress=progress)
+                log.info(
+                    "shard %d/%d: layers %s over %d of the batches of %d windows",
+                    shard,
+                    shards,
+                    todo,
+                    len(mine),
+                    len(windows),
+                )
+                sums, n_tokens = moment_sums(
+                    self.adapter, windows, todo, self.settings, batches=mine, progress=progress
+                )
                 n_windows = sum(len(batch_ranges(len(windows), per_batch)[b]) for b in mine)
                 for layer in todo:
-                    meta = {**self._shard_meta(layer, shard, shards), "windows": str(n_windows), "tokens": str(n_tokens),
-                            "total_windows": str(len(windows))}
+                    meta = {
+                        **self._shard_meta(layer, shard, shards),
+                        "windows": str(n_windows),
+                        "tokens": str(n_tokens),
+                        "total_windows": str(len(windows)),
+                    }
                     write_entry(paths[layer], {"mom2_sum": sums[layer]}, meta)
         return [paths[l] for l in layers]
 
     def _shard_meta(self, layer: int, shard: int, shards: int) -> dict[str, str]:
-        return {**self.metadata(layer), "kind": "mom2_shard", "dtype": "float64", "shard": str(shard), "shards": str(shards)}
+        return {
+            **self.metadata(layer),
+            "kind": "mom2_shard",
+            "dtype": "float64",
+            "shard": str(shard),
+            "shards": str(shards),
+        }
 
     def _merge_shards(self, layer: int, strict: bool) -> bool:
         """Merge a complete set of shards of ``layer`` into its entry (caller holds its lock).
@@ -347,11 +378,13 @@ class CovarianceStore:
             if not strict:
                 return False
             n, missing = missing_shards(found)
-            stats = f"stats.corpus={self.settings.corpus} stats.samples={self.settings.samples} stats.max_length={self.settings.max_length}"
+            s = self.settings
+            stats = f"stats.corpus={s.corpus} stats.samples={s.samples} stats.max_length={s.max_length}"
             if self.settings.precision != "auto" or self.precision == "float32":  # the same entry on any device
                 stats += f" stats.precision={self.precision}"
             raise MissingShardError(
-                f"statistics for layer {layer} of '{self.adapter.name}' are sharded but shard {missing[0]} of {n} is missing "
+                f"statistics for layer {layer} of '{self.adapter.name}' are sharded "
+                f"but shard {missing[0]} of {n} is missing "
                 f"(missing: {', '.join(map(str, missing))}); make it with: blue stats {' '.join(self.remake_args)} "
                 f"{stats} stats.shard={missing[0]} stats.shards={n}"
             )
@@ -382,7 +415,13 @@ class CovarianceStore:
         """
         C = self.get(layer)
         path = self.path(layer).with_name(f"layer{layer}_{_safe(name)}.safetensors")
-        expected = {"format": FORMAT_VERSION, "kind": "derived", "name": name, "layer": str(layer), "source_sha256": self._sha[layer]}
+        expected = {
+            "format": FORMAT_VERSION,
+            "kind": "derived",
+            "name": name,
+            "layer": str(layer),
+            "source_sha256": self._sha[layer],
+        }
         entry = read_valid_entry(path, expected)
         if entry is None:
             with entry_lock(path):
@@ -421,7 +460,9 @@ class CovarianceStore:
         from blue_cli.data.corpus import iter_corpus
 
         s = self.settings
-        return token_windows(self.adapter.tok, iter_corpus(s.corpus, max_docs=s.samples), window_length(self.adapter, s), s.samples)
+        return token_windows(
+            self.adapter.tok, iter_corpus(s.corpus, max_docs=s.samples), window_length(self.adapter, s), s.samples
+        )
 
     def _compute(self, layers: list[int], progress: Progress | None) -> None:
         s = self.settings
@@ -453,7 +494,9 @@ class CovarianceStore:
             log.warning(
                 "statistics corpus '%s' gave %d token windows but stats.samples asks for %d: "
                 "the statistics rest on fewer samples than configured",
-                self.settings.corpus, counts.windows, counts.requested,
+                self.settings.corpus,
+                counts.windows,
+                counts.requested,
             )
 
 

@@ -37,7 +37,9 @@ def swapped_weights(adapter: ModelAdapter, weights: dict[int, torch.Tensor]) -> 
 
 def new_target_logprobs(adapter: ModelAdapter, requests: Sequence[EditRequest]) -> torch.Tensor:
     """log P(target_new | rewrite prompt) per request (nats, float64)."""
-    scores = score_targets(adapter, [r.rewrite_prompt for r in requests], [r.target_new for r in requests], chunk=len(requests))
+    scores = score_targets(
+        adapter, [r.rewrite_prompt for r in requests], [r.target_new for r in requests], chunk=len(requests)
+    )
     return torch.tensor([s.logprob for s in scores], dtype=torch.float64)
 
 
@@ -80,7 +82,10 @@ def batch_diagnostics(
     write_error = ((z - h_after).norm(dim=0) / asked.clamp_min(1e-12)).mean()
     lp_after = new_target_logprobs(adapter, requests)
     positions = [subject_last_index(adapter.tok, r.prompt, r.subject) for r in requests]
-    with swapped_weights(adapter, before.weights), adapter.inject(point, (z - before.values).T, list(range(len(requests))), positions):
+    with (
+        swapped_weights(adapter, before.weights),
+        adapter.inject(point, (z - before.values).T, list(range(len(requests))), positions),
+    ):
         lp_target = new_target_logprobs(adapter, requests)
     return {
         "write_error": float(write_error),

@@ -42,7 +42,9 @@ def collect_keys(
     """Keys for every layer in one stopped forward pass per chunk: {layer: K (d_k x n) float32}."""
     seqs, positions, owners = key_sentences(adapter.tok, requests, groups)
     n, n_groups = len(requests), len(groups)
-    sums = {l: torch.zeros(n, n_groups, adapter.key_size(l), dtype=torch.float32, device=adapter.device) for l in layers}
+    sums = {
+        l: torch.zeros(n, n_groups, adapter.key_size(l), dtype=torch.float32, device=adapter.device) for l in layers
+    }
     counts = torch.zeros(n, n_groups, device=adapter.device)
     for start in range(0, len(seqs), CHUNK):
         stop = min(start + CHUNK, len(seqs))

@@ -38,14 +38,21 @@ def seed_everything(seed: int) -> None:
 
 def target_settings(t: DictConfig) -> TargetSettings:
     return TargetSettings(
-        lr=t.lr, steps=t.steps, clamp=t.clamp, kl_factor=t.kl_factor, weight_decay=t.weight_decay,
-        early_stop_loss=t.early_stop_loss, reuse_prefix=t.reuse_prefix,
+        lr=t.lr,
+        steps=t.steps,
+        clamp=t.clamp,
+        kl_factor=t.kl_factor,
+        weight_decay=t.weight_decay,
+        early_stop_loss=t.early_stop_loss,
+        reuse_prefix=t.reuse_prefix,
     )
 
 
 def stats_settings(cfg: DictConfig) -> StatsSettings:
     s = cfg.stats
-    return StatsSettings(corpus=s.corpus, samples=s.samples, max_length=s.max_length, batch_tokens=s.batch_tokens, precision=s.precision)
+    return StatsSettings(
+        corpus=s.corpus, samples=s.samples, max_length=s.max_length, batch_tokens=s.batch_tokens, precision=s.precision
+    )
 
 
 @dataclass
@@ -90,10 +97,18 @@ class EditSession:
         self.method.prepare(self.stats, adapter.device)
         seed_everything(cfg.seed)
         c = cfg.context
-        self.groups = context_templates(adapter, n_prefixes=c.n_prefixes, n_tokens=c.n_tokens, top_k=c.top_k, seed=cfg.seed)
+        self.groups = context_templates(
+            adapter, n_prefixes=c.n_prefixes, n_tokens=c.n_tokens, top_k=c.top_k, seed=cfg.seed
+        )
         t = cfg.method.target
-        self.ctx = EditContext(adapter, self.groups, target_settings(t), batched=t.batched, chunk=t.chunk,
-                               memory_budget_gb=t.memory_budget_gb)
+        self.ctx = EditContext(
+            adapter,
+            self.groups,
+            target_settings(t),
+            batched=t.batched,
+            chunk=t.chunk,
+            memory_budget_gb=t.memory_budget_gb,
+        )
         self.originals = {l: adapter.rewrite_weight(l).detach().clone() for l in self.written}
         self.log: list[BatchLog] = []
 
@@ -131,7 +146,9 @@ class EditSession:
             for layer, weight in before.weights.items():
                 adapter.set_rewrite(layer, weight)
             ids = [r.case_id for r in requests]
-            raise NumericalError(f"batch {index} (case_ids {ids[0]}..{ids[-1]}): {exc}; the weights are as before this batch") from None
+            raise NumericalError(
+                f"batch {index} (case_ids {ids[0]}..{ids[-1]}): {exc}; the weights are as before this batch"
+            ) from None
         edit_seconds = time.perf_counter() - t_edit
         self._record([(w.layer, w.residual) for w in trace.writes])
         diag = batch_diagnostics(adapter, method, requests, trace, before)

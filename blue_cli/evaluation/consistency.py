@@ -79,9 +79,7 @@ def tfidf_vector(text: str, idf: Sequence[float] | np.ndarray, vocab: Mapping[st
     return {col: n * float(idf[col]) for col, n in counts.items()}
 
 
-def tfidf_cosine(
-    text_a: str, text_b: str, idf: Sequence[float] | np.ndarray, vocab: Mapping[str, int]
-) -> float:
+def tfidf_cosine(text_a: str, text_b: str, idf: Sequence[float] | np.ndarray, vocab: Mapping[str, int]) -> float:
     """Cosine of the two texts' TF-IDF vectors; 0 if either has no vocabulary word."""
     a, b = tfidf_vector(text_a, idf, vocab), tfidf_vector(text_b, idf, vocab)
     norm_a = math.sqrt(sum(v * v for v in a.values()))

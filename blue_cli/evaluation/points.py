@@ -68,7 +68,9 @@ class EvaluationPoints:
         if self._general_due(done):
             ev = self.eval_cfg
             with self.progress.track("general capability", 1):
-                scores = evaluate_general(adapter, ev.general, n_items=ev.general_items, n_shots=ev.general_shots, path=ev.general_path)
+                scores = evaluate_general(
+                    adapter, ev.general, n_items=ev.general_items, n_shots=ev.general_shots, path=ev.general_path
+                )
             for task, values in scores.items():
                 row.update({f"general.{task}.{k}": values[k] for k in GENERAL_METRICS if k in values})
         if len(row) > 2:

@@ -22,7 +22,14 @@ _HUB_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _HUB_ID = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")
 
 # Any of these next to config.json means a tokenizer was saved with the model.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def is_hub_id(source: str) -> bool:

@@ -36,7 +36,6 @@ def tiny_model_dir(name: str) -> Path:
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
     if missing:
         raise ConfigError(
-            f"tiny model {name!r} is missing {', '.join(missing)} in {folder}; "
-            f"rebuild it with `{REBUILD_COMMAND}`"
+            f"tiny model {name!r} is missing {', '.join(missing)} in {folder}; rebuild it with `{REBUILD_COMMAND}`"
         )
     return folder

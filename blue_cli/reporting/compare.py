@@ -97,7 +97,9 @@ def expand_run_dirs(paths: Iterable[Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
-            raise ReportError(f"no {SUMMARY}: folder '{path}' does not exist (give run or sweep folders written by blue edit)")
+            raise ReportError(
+                f"no {SUMMARY}: folder '{path}' does not exist (give run or sweep folders written by blue edit)"
+            )
         if (path / SUMMARY).is_file():
             found.append(path)
             continue

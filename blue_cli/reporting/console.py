@@ -93,8 +93,14 @@ def batches_table(rows: list[dict]) -> Table:
         table.add_column(col, justify="right")
     for row in rows:
         table.add_row(
-            str(row["batch"]), str(row["edits"]), _fmt(row.get("seconds")),
-            *((_fmt(row.get(k)) for k in ("write_error", "target_gain", "edit_gain")) if "skipped" not in row else ("skipped", "", "")),
+            str(row["batch"]),
+            str(row["edits"]),
+            _fmt(row.get("seconds")),
+            *(
+                (_fmt(row.get(k)) for k in ("write_error", "target_gain", "edit_gain"))
+                if "skipped" not in row
+                else ("skipped", "", "")
+            ),
         )
     return table
 

@@ -91,8 +91,19 @@ def paper_comparison(runs: Sequence[Run], table: PaperTable, paper_model: str | 
     Published cells the paper does not report read ``n/r``; their difference is empty.
     """
     if paper_model is not None and paper_model not in table.models:
-        raise ReportError(f"unknown --paper-model '{paper_model}' for '{table.name}' (choose: {', '.join(table.models)})")
-    columns = ["run", "model", *(["paper model"] if paper_model else []), "method", "strategy", "dataset", "edits", *paper_columns()]
+        raise ReportError(
+            f"unknown --paper-model '{paper_model}' for '{table.name}' (choose: {', '.join(table.models)})"
+        )
+    columns = [
+        "run",
+        "model",
+        *(["paper model"] if paper_model else []),
+        "method",
+        "strategy",
+        "dataset",
+        "edits",
+        *paper_columns(),
+    ]
     rows, unmatched = [], []
     for run in runs:
         s, c = run.summary, run.config
@@ -100,8 +111,14 @@ def paper_comparison(runs: Sequence[Run], table: PaperTable, paper_model: str | 
         method, strategy = str(s.get("method", c.get("method.name"))), str(s.get("strategy", c.get("strategy.name")))
         dataset = str(s.get("dataset", c.get("dataset.name")))
         key = (paper_model or model, dataset, method, strategy)
-        row: dict[str, Any] = {"run": run.name, "model": model, "method": method, "strategy": strategy,
-                               "dataset": dataset, "edits": s.get("num_edits", c.get("num_edits"))}
+        row: dict[str, Any] = {
+            "run": run.name,
+            "model": model,
+            "method": method,
+            "strategy": strategy,
+            "dataset": dataset,
+            "edits": s.get("num_edits", c.get("num_edits")),
+        }
         if paper_model:
             row["paper model"] = paper_model
         if key not in table.rows:
@@ -117,7 +134,8 @@ def paper_comparison(runs: Sequence[Run], table: PaperTable, paper_model: str | 
     notes = [
         f"paper: {table.title}",
         f"source: {table.source}",
-        f"x100: measured rate x100 (the paper's scale); diff: measured - paper; {NOT_REPORTED}: not reported by the paper",
+        "x100: measured rate x100 (the paper's scale); diff: measured - paper; "
+        f"{NOT_REPORTED}: not reported by the paper",
     ]
     if unmatched:
         notes.append(

@@ -34,14 +34,22 @@ def plan_table(plan, title: str) -> Table:
         for k, item in enumerate(i for i in plan.items if i.phase == phase):
             table.add_row(TITLES[phase] if k == 0 else "", item.name, human_bytes(item.bytes), item.note)
         if phase != "resident" and phase in PHASES:
-            table.add_row("", f"[bold]device peak while {phase}[/bold]", f"[bold]{human_bytes(plan.phase_peak(phase))}[/bold]", "resident + this phase")
+            table.add_row(
+                "",
+                f"[bold]device peak while {phase}[/bold]",
+                f"[bold]{human_bytes(plan.phase_peak(phase))}[/bold]",
+                "resident + this phase",
+            )
         table.add_section()
     return table
 
 
 def plan_verdict(plan, chunk_that_fits: int | None) -> str:
     """The closing line: the peak, and whether it fits the budget (and with which chunk)."""
-    text = f"peak per device: {human_bytes(plan.peak)} ({plan.peak_phase}); with statistics cached: {human_bytes(plan.edit_peak)}"
+    text = (
+        f"peak per device: {human_bytes(plan.peak)} ({plan.peak_phase}); "
+        f"with statistics cached: {human_bytes(plan.edit_peak)}"
+    )
     if plan.budget is None:
         return text
     if plan.fits:
@@ -68,7 +76,13 @@ def compute_table(phases, card) -> Table:
     from blue_cli.compute_plan import seconds_at_peak
 
     table = Table(title=f"compute at the datasheet peak of an {card.name} (lower bounds)", title_justify="left")
-    for column, justify in (("phase", "left"), ("TFLOP", "right"), ("dtype", "left"), ("at peak", "right"), ("detail", "left")):
+    for column, justify in (
+        ("phase", "left"),
+        ("TFLOP", "right"),
+        ("dtype", "left"),
+        ("at peak", "right"),
+        ("detail", "left"),
+    ):
         table.add_column(column, justify=justify)
     for once in (False, True):
         for p in (p for p in phases if p.per_batch != once):
@@ -81,5 +95,7 @@ def compute_verdict(phases, card, batches: int) -> str:
     from blue_cli.compute_plan import run_seconds
 
     edit, stats = run_seconds(phases, card, batches)
-    return (f"at peak on an {card.name}: at least {human_time(edit / batches)} per batch, {human_time(edit)} for "
-            f"{batches} batches; the statistics pass (once per model) at least {human_time(stats)} per 100M tokens")
+    return (
+        f"at peak on an {card.name}: at least {human_time(edit / batches)} per batch, {human_time(edit)} for "
+        f"{batches} batches; the statistics pass (once per model) at least {human_time(stats)} per 100M tokens"
+    )

@@ -37,7 +37,9 @@ def curve_metrics(runs: Sequence[Run]) -> list[str]:
                 if key not in SKIPPED and isinstance(value, (int, float)) and not isinstance(value, bool):
                     keys.setdefault(key, None)
     order = {m: i for i, m in enumerate(HEADLINE)}
-    return sorted(keys, key=lambda k: (k.startswith("general."), k.startswith("first_batch."), order.get(k, len(order)), k))
+    return sorted(
+        keys, key=lambda k: (k.startswith("general."), k.startswith("first_batch."), order.get(k, len(order)), k)
+    )
 
 
 def run_labels(runs: Sequence[Run]) -> list[str]:
@@ -99,7 +101,9 @@ def bar_figure(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> Fig
             value = run.summary.get(metric)
             hatch = "//" if run.summary.get("strategy") == "spread" else None
             # NaN draws no bar: a metric the run did not measure is not a zero.
-            ax.bar(i, float(value) if _num(value) else float("nan"), 0.8, color=f"C{i % 10}", hatch=hatch, label=labels[i])
+            ax.bar(
+                i, float(value) if _num(value) else float("nan"), 0.8, color=f"C{i % 10}", hatch=hatch, label=labels[i]
+            )
         ax.set_title(metric, fontsize="medium")
         if metric in HEADLINE:
             ax.set_ylim(0, 1.05)  # rates: a shared scale makes panels comparable

@@ -17,13 +17,34 @@ BENCH_BEGIN = "<!-- bench:begin (make readme-results writes this block from the 
 BENCH_END = "<!-- bench:end -->"
 SCALE_BEGIN = "<!-- scale:begin (make readme-results writes this block from the newest make bench-scale file) -->"
 SCALE_END = "<!-- scale:end -->"
-SCALE_PHASES = (("targets", "target optimisation"), ("keys", "key collection"), ("solves", "solves"),
-                ("writes", "writes"), ("diagnostics", "diagnostics"), ("edit", "whole edit"))
+SCALE_PHASES = (
+    ("targets", "target optimisation"),
+    ("keys", "key collection"),
+    ("solves", "solves"),
+    ("writes", "writes"),
+    ("diagnostics", "diagnostics"),
+    ("edit", "whole edit"),
+)
 KEPT = (
-    "model", "method", "strategy", "dataset", "num_edits", "batch_size",
-    "efficacy", "generalization", "specificity", "pre_efficacy", "pre_generalization", "pre_specificity",
-    "target_logprob_gain", "write_error", "seconds_per_batch", "fluency", "pre_fluency",
-    "edit_seconds", "evaluation_seconds",
+    "model",
+    "method",
+    "strategy",
+    "dataset",
+    "num_edits",
+    "batch_size",
+    "efficacy",
+    "generalization",
+    "specificity",
+    "pre_efficacy",
+    "pre_generalization",
+    "pre_specificity",
+    "target_logprob_gain",
+    "write_error",
+    "seconds_per_batch",
+    "fluency",
+    "pre_fluency",
+    "edit_seconds",
+    "evaluation_seconds",
 )
 
 
@@ -39,7 +60,10 @@ def collect(run_dirs: Iterable[Path]) -> list[dict]:
 def _cell(row: dict | None) -> str:
     if row is None:
         return "–"
-    return " / ".join(f"{row[k]:.3f}" for k in ("efficacy", "generalization", "specificity")) + f" / {row['target_logprob_gain']:.2f}"
+    return (
+        " / ".join(f"{row[k]:.3f}" for k in ("efficacy", "generalization", "specificity"))
+        + f" / {row['target_logprob_gain']:.2f}"
+    )
 
 
 def render(rows: Sequence[dict]) -> str:
@@ -54,7 +78,9 @@ def render(rows: Sequence[dict]) -> str:
     for (model, method), by_strategy in pairs.items():
         any_row = next(iter(by_strategy.values()))
         pre = " / ".join(f"{any_row[f'pre_{k}']:.3f}" for k in ("efficacy", "generalization", "specificity"))
-        lines.append(f"| {model} | {method} | {_cell(by_strategy.get('spread'))} | {_cell(by_strategy.get('blue'))} | {pre} |")
+        lines.append(
+            f"| {model} | {method} | {_cell(by_strategy.get('spread'))} | {_cell(by_strategy.get('blue'))} | {pre} |"
+        )
     edits = {(r["num_edits"], r["batch_size"]) for r in rows}
     note = ", ".join(f"{n} edits in batches of {b}" for n, b in sorted(edits))
     return "\n".join([f"_{note}; rendered from `benchmarks/results/readme-runs.json`._", "", *lines, "", *_cost(rows)])
@@ -63,7 +89,8 @@ def render(rows: Sequence[dict]) -> str:
 def _cost(rows: Sequence[dict]) -> list[str]:
     """Evaluation cost against editing cost, and fluency, for the plain MEMIT runs."""
     lines = [
-        "| model | strategy | edit s (all batches) | evaluation s (pre + post, with generation) | ratio | fluency pre → post |",
+        "| model | strategy | edit s (all batches) | evaluation s (pre + post, with generation) "
+        "| ratio | fluency pre → post |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -71,7 +98,10 @@ def _cost(rows: Sequence[dict]) -> list[str]:
             continue
         flu = f"{r['pre_fluency']:.2f} → {r['fluency']:.2f}" if r.get("fluency") is not None else "–"
         ratio = r["evaluation_seconds"] / r["edit_seconds"]
-        lines.append(f"| {r['model']} | {r['strategy']} | {r['edit_seconds']:.1f} | {r['evaluation_seconds']:.1f} | {ratio:.2f}× | {flu} |")
+        lines.append(
+            f"| {r['model']} | {r['strategy']} | {r['edit_seconds']:.1f} | {r['evaluation_seconds']:.1f} "
+            f"| {ratio:.2f}× | {flu} |"
+        )
     return lines
 
 
@@ -81,18 +111,30 @@ def render_bench(bench: dict, name: str) -> str:
     ratios = bench["ratios"]
     first = bench["rows"][0]["model"]
     method = next(r["method"] for r in bench["rows"] if r["variant"] != "batched")
-    secs = {r["strategy"]: r["sec_per_batch"] for r in bench["rows"]
-            if r["model"] == first and r["method"] == method and r["variant"] == "batched"}
-    return "\n".join([
-        f"_From `benchmarks/results/{name}` ({bench['batch_size']} edits per batch; `{method}` as that file names it)._",
-        "",
-        f"| {first}, {method} | spread | blue |",
-        "|---|---|---|",
-        f"| seconds per batch, ours | {secs['spread']:.2f} | {secs['blue']:.2f} |",
-        "| one request at a time (×) | " + " | ".join(f"{ratios[s]['batching_speedup']:.2f}×" for s in ("spread", "blue")) + " |",
-        "| reference schedule (×, seconds / FLOPs) | " + " | ".join(
-            f"{ratios[s]['reference_over_ours_seconds']:.2f}× / {ratios[s]['reference_over_ours_flops']:.2f}×" for s in ("spread", "blue")) + " |",
-    ])
+    secs = {
+        r["strategy"]: r["sec_per_batch"]
+        for r in bench["rows"]
+        if r["model"] == first and r["method"] == method and r["variant"] == "batched"
+    }
+    return "\n".join(
+        [
+            f"_From `benchmarks/results/{name}` ({bench['batch_size']} edits per batch; "
+            f"`{method}` as that file names it)._",
+            "",
+            f"| {first}, {method} | spread | blue |",
+            "|---|---|---|",
+            f"| seconds per batch, ours | {secs['spread']:.2f} | {secs['blue']:.2f} |",
+            "| one request at a time (×) | "
+            + " | ".join(f"{ratios[s]['batching_speedup']:.2f}×" for s in ("spread", "blue"))
+            + " |",
+            "| reference schedule (×, seconds / FLOPs) | "
+            + " | ".join(
+                f"{ratios[s]['reference_over_ours_seconds']:.2f}× / {ratios[s]['reference_over_ours_flops']:.2f}×"
+                for s in ("spread", "blue")
+            )
+            + " |",
+        ]
+    )
 
 
 def render_scale(scale: dict, name: str) -> str:
@@ -113,11 +155,16 @@ def render_scale(scale: dict, name: str) -> str:
     for key, label in SCALE_PHASES:
         lines.append(f"| {label} | " + " | ".join(f"{scale['seconds'][r][key]:.1f}" for r in runs) + " |")
     cov = scale["covariance"]
-    ratios = "; ".join(f"{strategy}: " + ", ".join(f"{k} {v:.2f}×" for k, v in r.items())
-                       for strategy, r in scale["reference_over_blue"].items())
-    lines += ["", f"Covariance: {cov['tokens_per_second']:.1f} tokens/s ({cov['tokens']} tokens, layers {cov['layers']}); "
-              f"peak memory {scale['peak_memory_bytes'] / 1e9:.1f} GB ({scale['peak_memory_kind']}); "
-              f"reference schedule over blue's: {ratios}."]
+    ratios = "; ".join(
+        f"{strategy}: " + ", ".join(f"{k} {v:.2f}×" for k, v in r.items())
+        for strategy, r in scale["reference_over_blue"].items()
+    )
+    lines += [
+        "",
+        f"Covariance: {cov['tokens_per_second']:.1f} tokens/s ({cov['tokens']} tokens, layers {cov['layers']}); "
+        f"peak memory {scale['peak_memory_bytes'] / 1e9:.1f} GB ({scale['peak_memory_kind']}); "
+        f"reference schedule over blue's: {ratios}.",
+    ]
     return "\n".join(lines)
 
 

@@ -74,7 +74,12 @@ def to_csv(comparison: Comparison) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(comparison.columns)
     for row in comparison.rows:
-        writer.writerow(["" if row.get(c) is None else (repr(row[c]) if isinstance(row[c], float) else row[c]) for c in comparison.columns])
+        writer.writerow(
+            [
+                "" if row.get(c) is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
+                for c in comparison.columns
+            ]
+        )
     return buf.getvalue()
 
 
@@ -96,7 +101,9 @@ def average_line(comparison: Comparison) -> str | None:
     if comparison.baseline is None:
         return None
     if comparison.average_change is None:
-        return f"average relative change vs {comparison.baseline}: - (no run has a matching baseline with non-zero rates)"
+        return (
+            f"average relative change vs {comparison.baseline}: - (no run has a matching baseline with non-zero rates)"
+        )
     return (
         f"average relative change vs {comparison.baseline}: {comparison.average_change:+.2f}% "
         f"(mean over {comparison.changes_counted} run x metric values)"
@@ -113,8 +120,14 @@ def _width(column: str, comparison: Comparison) -> int:
 def rich_tables(comparison: Comparison, width: int, title: str = "runs") -> Group:
     """One or more rich tables whose columns fit ``width`` characters, run column repeated."""
     rows = [{**r, "run": short_run_name(str(r["run"]), r)} for r in comparison.rows]
-    comparison = Comparison(comparison.columns, rows, comparison.metrics, comparison.baseline,
-                            comparison.average_change, comparison.changes_counted)
+    comparison = Comparison(
+        comparison.columns,
+        rows,
+        comparison.metrics,
+        comparison.baseline,
+        comparison.average_change,
+        comparison.changes_counted,
+    )
     cols = comparison.columns
     key, rest = cols[0], cols[1:]
     # Each column costs its content plus 3 (two padding spaces and a border).
@@ -135,8 +148,11 @@ def rich_tables(comparison: Comparison, width: int, title: str = "runs") -> Grou
         for col in (key, *chunk):
             numeric = col not in TEXT_COLUMNS
             table.add_column(
-                wrap_header(col), justify="right" if numeric else "left", no_wrap=numeric,
-                overflow="fold", min_width=_width(col, comparison),
+                wrap_header(col),
+                justify="right" if numeric else "left",
+                no_wrap=numeric,
+                overflow="fold",
+                min_width=_width(col, comparison),
             )
         for row in comparison.rows:
             table.add_row(*(cell(row.get(c), c) for c in (key, *chunk)))

@@ -50,8 +50,11 @@ def layer_table(payload: dict) -> Table:
     table.add_column("fit W direct", justify="right")
     for row in payload["layers"]:
         table.add_row(
-            str(row["layer"]), _pm(row["cosine"]), _pm(row["norm_ratio"]),
-            *(_prob(row[key]) for key, _, _, _ in PROBABILITIES), f"{row['key_fit_error_direct']:.3f}",
+            str(row["layer"]),
+            _pm(row["cosine"]),
+            _pm(row["norm_ratio"]),
+            *(_prob(row[key]) for key, _, _, _ in PROBABILITIES),
+            f"{row['key_fit_error_direct']:.3f}",
         )
     table.caption = (
         "mean ± std over requests. share: spread's share of z - h_L for the layer; direct: z_l - h_l optimised "
@@ -79,9 +82,27 @@ def run_table(payload: dict) -> Table | None:
     return table
 
 
-def _bars(ax, layers: list[int], stats: list[dict], colour: str, label: str | None = None, offset: float = 0.0, width: float = 0.6):
+def _bars(
+    ax,
+    layers: list[int],
+    stats: list[dict],
+    colour: str,
+    label: str | None = None,
+    offset: float = 0.0,
+    width: float = 0.6,
+):
     xs = [i + offset for i in range(len(layers))]
-    ax.bar(xs, [s["mean"] for s in stats], width, yerr=[s["std"] for s in stats], capsize=4, color=colour, label=label, edgecolor="black", linewidth=0.5)
+    ax.bar(
+        xs,
+        [s["mean"] for s in stats],
+        width,
+        yerr=[s["std"] for s in stats],
+        capsize=4,
+        color=colour,
+        label=label,
+        edgecolor="black",
+        linewidth=0.5,
+    )
 
 
 def _layer_axis(ax, layers: list[int], prefix: str = "critical layer") -> None:
@@ -121,7 +142,15 @@ def write_figures(payload: dict, out_dir: Path) -> list[Path]:
     ax = fig.subplots()
     width = 0.8 / len(PROBABILITIES)
     for k, (key, label, _, colour) in enumerate(PROBABILITIES):
-        _bars(ax, layers, [r[key] for r in rows], colour, label, offset=(k - (len(PROBABILITIES) - 1) / 2) * width, width=width)
+        _bars(
+            ax,
+            layers,
+            [r[key] for r in rows],
+            colour,
+            label,
+            offset=(k - (len(PROBABILITIES) - 1) / 2) * width,
+            width=width,
+        )
     ax.axhline(payload["p_base"]["mean"], color="black", linestyle=":", linewidth=1, label="no vector (model as given)")
     _layer_axis(ax, layers)
     ax.set_ylabel("P(target_new | rewrite prompt)")
@@ -144,7 +173,10 @@ def write_figures(payload: dict, out_dir: Path) -> list[Path]:
         _layer_axis(fit_ax, fit_layers, "written layer")
         fit_ax.set_ylabel("key_fit_error ‖ΔK − R‖ / ‖R‖")
         fit_ax.set_title("write error per layer")
-        fig.suptitle(f"Run batches ({run['batches']}, strategy {payload.get('strategy', '?')}) — {payload['model']} · {payload['method']}")
+        fig.suptitle(
+            f"Run batches ({run['batches']}, strategy {payload.get('strategy', '?')}) — "
+            f"{payload['model']} · {payload['method']}"
+        )
         paths.append(out_dir / RUN_PNG)
         fig.savefig(paths[-1], dpi=120)
     return paths

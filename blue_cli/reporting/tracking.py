@@ -12,9 +12,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from numbers import Number
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from blue_cli.errors import ConfigError
 
@@ -86,7 +87,9 @@ class TensorBoardTracker(Tracker):
         self._closed = False
 
     def _write(self, group: str, row: dict, step: int) -> None:
-        values = [self._summary.Value(tag=name, simple_value=value) for name, value in flatten_scalars(row, group).items()]
+        values = [
+            self._summary.Value(tag=name, simple_value=value) for name, value in flatten_scalars(row, group).items()
+        ]
         if values:
             event = self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values))
             self.writer.add_event(event)

@@ -17,8 +17,9 @@ def heldout_loss(model, tokenizer, paragraphs: Sequence[str], *, batch_size: int
 
     bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
     units = encode_units(tokenizer, paragraphs, SEQ_LEN - 2)
-    ids, labels = pack_units(units, seq_len=SEQ_LEN, bos_id=bos, eos_id=tokenizer.eos_token_id,
-                        pad_id=tokenizer.pad_token_id)
+    ids, labels = pack_units(
+        units, seq_len=SEQ_LEN, bos_id=bos, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id
+    )
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -27,8 +28,10 @@ def heldout_loss(model, tokenizer, paragraphs: Sequence[str], *, batch_size: int
             y = torch.tensor(labels[i : i + batch_size])
             logits = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id).long()).logits
             lp = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(), y[:, 1:].reshape(-1),
-                ignore_index=-100, reduction="sum",
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                y[:, 1:].reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
             )
             total += lp.item()
             count += int((y[:, 1:] != -100).sum())
@@ -78,9 +81,7 @@ def _target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: 
     return nlls, first_p
 
 
-def fact_scores(
-    model, tokenizer, records: Sequence[dict[str, Any]], *, paraphrases: bool = True
-) -> dict[str, float]:
+def fact_scores(model, tokenizer, records: Sequence[dict[str, Any]], *, paraphrases: bool = True) -> dict[str, float]:
     """How well the model knows the true objects of ``records`` (teacher forcing).
 
     ``rewrite_rate``: fraction of records whose true object has a lower mean per-token NLL

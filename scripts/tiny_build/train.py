@@ -103,8 +103,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE):
     rebuilds a qwen2 checkpoint's tokenizer with them, so using them everywhere keeps one
     shared tokenizer that encodes identically for all four models.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
@@ -168,29 +167,58 @@ def make_config(name: str, *, vocab_size: int, bos_id: int, eos_id: int, pad_id:
     ids = dict(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     if spec.architecture == "GPT2LMHeadModel":
         cfg = transformers.GPT2Config(
-            vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_embd=HIDDEN, n_layer=LAYERS,
-            n_head=HEADS, n_inner=INTERMEDIATE, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, tie_word_embeddings=True, **ids,
+            vocab_size=vocab_size,
+            n_positions=MAX_POSITIONS,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            n_inner=INTERMEDIATE,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            tie_word_embeddings=True,
+            **ids,
         )
     elif spec.architecture == "GPTJForCausalLM":
         # Tied embeddings (real GPT-J unties them) keep the folder under 4 MB.
         cfg = transformers.GPTJConfig(
-            vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_embd=HIDDEN, n_layer=LAYERS,
-            n_head=HEADS, rotary_dim=16, n_inner=INTERMEDIATE, resid_pdrop=0.0,
-            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, **ids,
+            vocab_size=vocab_size,
+            n_positions=MAX_POSITIONS,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            rotary_dim=16,
+            n_inner=INTERMEDIATE,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            tie_word_embeddings=True,
+            **ids,
         )
     elif spec.architecture == "LlamaForCausalLM":
         cfg = transformers.LlamaConfig(
-            vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-            num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True, **ids,
+            vocab_size=vocab_size,
+            hidden_size=HIDDEN,
+            intermediate_size=INTERMEDIATE,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=KV_HEADS,
+            max_position_embeddings=MAX_POSITIONS,
+            tie_word_embeddings=True,
+            **ids,
         )
     elif spec.architecture == "Qwen2ForCausalLM":
         cfg = transformers.Qwen2Config(
-            vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-            num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-            max_position_embeddings=MAX_POSITIONS, max_window_layers=LAYERS,
-            tie_word_embeddings=True, **ids,
+            vocab_size=vocab_size,
+            hidden_size=HIDDEN,
+            intermediate_size=INTERMEDIATE,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=KV_HEADS,
+            max_position_embeddings=MAX_POSITIONS,
+            max_window_layers=LAYERS,
+            tie_word_embeddings=True,
+            **ids,
         )
     else:  # pragma: no cover - guarded by SPECS
         raise ConfigError(f"no config for architecture {spec.architecture!r}")
@@ -270,11 +298,13 @@ def _build(spec: TinySpec, out_dir: Path, *, seed: int, steps: int, progress: Pr
 
     decay, no_decay = [], []
     for pname, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "embed" not in pname and "wte" not in pname and "wpe" not in pname
-         else no_decay).append(p)
+        (
+            decay if p.dim() >= 2 and "embed" not in pname and "wte" not in pname and "wpe" not in pname else no_decay
+        ).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=LEARNING_RATE, betas=(0.9, 0.95),
+        lr=LEARNING_RATE,
+        betas=(0.9, 0.95),
     )
 
     rng = random.Random(seed)
@@ -284,8 +314,9 @@ def _build(spec: TinySpec, out_dir: Path, *, seed: int, steps: int, progress: Pr
     for step in range(steps):
         if len(epoch_rows) < BATCH_SIZE:
             units = epoch_units(pools, rng)
-            ids, labels = pack_units(units, seq_len=SEQ_LEN, bos_id=bos if spec.add_bos else None,
-                                eos_id=eos, pad_id=pad)
+            ids, labels = pack_units(
+                units, seq_len=SEQ_LEN, bos_id=bos if spec.add_bos else None, eos_id=eos, pad_id=pad
+            )
             rows = list(zip(ids, labels))
             rng.shuffle(rows)
             epoch_rows = rows + epoch_rows
@@ -308,7 +339,7 @@ def _build(spec: TinySpec, out_dir: Path, *, seed: int, steps: int, progress: Pr
             progress(step + 1, steps, losses[-1])
 
     train_seconds = time.perf_counter() - started
-    tail = losses[-max(1, min(50, len(losses))):]
+    tail = losses[-max(1, min(50, len(losses))) :]
     # Evaluate what gets shipped: the float16 weights, upcast as they are when loaded.
     model = model.to(torch.float16).to(torch.float32).eval()
     info: dict[str, Any] = {
@@ -338,9 +369,7 @@ def _build(spec: TinySpec, out_dir: Path, *, seed: int, steps: int, progress: Pr
     scores = fact_scores(model, tokenizer, records[:100])
     info["facts_first100"] = {k: round(v, 4) for k, v in scores.items()}
     control = fact_scores(model, tokenizer, subject_swapped(records[:100]))
-    info["facts_first100_subject_swapped"] = {
-        k: round(control[k], 4) for k in ("rewrite_rate", "median_p_true")
-    }
+    info["facts_first100_subject_swapped"] = {k: round(control[k], 4) for k in ("rewrite_rate", "median_p_true")}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)

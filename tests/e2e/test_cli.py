@@ -15,7 +15,10 @@ SMALL = ["model=tiny-gpt2", "num_edits=6", "batch_size=2", "method.target.steps=
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["method=memitt"], "unknown method 'memitt' (choose: alphaedit, memit, memit_seq, pmet, pmet_seq, prune, rect)"),
+        (
+            ["method=memitt"],
+            "unknown method 'memitt' (choose: alphaedit, memit, memit_seq, pmet, pmet_seq, prune, rect)",
+        ),
         (["strategy=bleu"], "unknown strategy 'bleu' (choose: blue, spread)"),
         (["model=gpt5"], "unknown model 'gpt5' (choose:"),
         (["nonsense=1"], "unknown config key 'nonsense' (valid keys: model, dataset"),
@@ -38,7 +41,11 @@ def test_bad_input_is_one_line_without_traceback_or_files(tmp_path, args, needle
 
 
 def test_missing_dataset_file_is_one_line(tmp_path):
-    proc = run_blue(["edit", *SMALL, "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=300)
+    proc = run_blue(
+        ["edit", *SMALL, "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "/nonexistent/cf.json" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -54,13 +61,26 @@ def test_cfg_job_prints_config_without_running(tmp_path):
 def test_list_shows_every_group(tmp_path):
     proc = run_blue(["list"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 0
-    for word in ("model", "tiny-gpt2", "llama3", "counterfact", "zsre", "memit_seq", "blue", "spread", "+experiment", "blue_table"):
+    for word in (
+        "model",
+        "tiny-gpt2",
+        "llama3",
+        "counterfact",
+        "zsre",
+        "memit_seq",
+        "blue",
+        "spread",
+        "+experiment",
+        "blue_table",
+    ):
         assert word in proc.stdout
 
 
 def test_multirun_makes_one_folder_per_job(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_blue(["edit", "-m", "method=memit", "strategy=spread,blue", *SMALL, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_blue(
+        ["edit", "-m", "method=memit", "strategy=spread,blue", *SMALL, f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "summary.json").exists())
     assert len(runs) == 2
@@ -104,7 +124,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, twice):
     args = KILLABLE
     full = twice[0]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(blue_exe() + [*args, f"hydra.run.dir={killed}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        blue_exe() + [*args, f"hydra.run.dir={killed}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and not (killed / "checkpoint.safetensors").exists():
         time.sleep(0.2)
@@ -126,8 +151,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, twice):
 
 
 def test_offline_hub_model_is_one_line(tmp_path):
-    proc = run_blue(["edit", "model=gpt2-xl", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=300,
-                    env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    proc = run_blue(
+        ["edit", "model=gpt2-xl", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        timeout=300,
+        env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert proc.returncode != 0
     assert "model 'gpt2-xl' is not in the local Hugging Face cache" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -151,7 +180,9 @@ def test_eval_every_writes_intermediate_evaluations(tmp_path):
 
 def test_stats_command_precomputes_and_caches(tmp_path):
     env = {"BLUE_CACHE": str(tmp_path / "cache")}
-    proc = run_blue(["stats", "model=tiny-llama", "strategy=spread", "stats.samples=20"], cwd=tmp_path, timeout=300, env_extra=env)
+    proc = run_blue(
+        ["stats", "model=tiny-llama", "strategy=spread", "stats.samples=20"], cwd=tmp_path, timeout=300, env_extra=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted((tmp_path / "cache" / "stats").rglob("layer*_mom2_20.safetensors"))
     assert [f.name.split("_")[0] for f in files] == ["layer1", "layer2", "layer3"]

@@ -9,14 +9,22 @@ from tests.e2e.conftest import run_blue, summary_of
 CASES = [(m, s) for m in ("tiny-gpt2", "tiny-llama") for s in ("spread", "blue")]
 # What MEMIT_seq reliably reaches (measured, seed 0, CPU: 0.25 / 0.425 on tiny-gpt2 and
 # 0.325 / 0.70 on tiny-llama) less a margin; pre-edit efficacy is 0.00 on all of them.
-FLOOR = {("tiny-gpt2", "spread"): (0.2, 1.5), ("tiny-gpt2", "blue"): (0.35, 2.0),
-         ("tiny-llama", "spread"): (0.25, 2.8), ("tiny-llama", "blue"): (0.6, 4.0)}
+FLOOR = {
+    ("tiny-gpt2", "spread"): (0.2, 1.5),
+    ("tiny-gpt2", "blue"): (0.35, 2.0),
+    ("tiny-llama", "spread"): (0.25, 2.8),
+    ("tiny-llama", "blue"): (0.6, 4.0),
+}
 
 
 @pytest.mark.parametrize("model,strategy", CASES)
 def test_edit_improves_efficacy_and_target_logprob(edit_runs, model, strategy):
     s = summary_of(edit_runs[(model, strategy)])
-    print(json.dumps({k: s[k] for k in ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error")}))
+    print(
+        json.dumps(
+            {k: s[k] for k in ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error")}
+        )
+    )
     efficacy, gain = FLOOR[(model, strategy)]
     assert s["pre_efficacy"] == 0.0
     assert s["efficacy"] >= efficacy
@@ -46,7 +54,16 @@ def test_blue_beats_spread_on_efficacy_and_generalization(edit_runs, model):
 @pytest.mark.parametrize("model,strategy", CASES[:2])
 def test_run_folder_contents(edit_runs, model, strategy):
     run_dir = edit_runs[(model, strategy)]
-    for name in ("config.yaml", "summary.json", "batches.jsonl", "cases.jsonl", "cases_pre.jsonl", "run_info.json", "blue.log", "context_templates.json"):
+    for name in (
+        "config.yaml",
+        "summary.json",
+        "batches.jsonl",
+        "cases.jsonl",
+        "cases_pre.jsonl",
+        "run_info.json",
+        "blue.log",
+        "context_templates.json",
+    ):
         assert (run_dir / name).is_file(), name
     batches = [json.loads(line) for line in (run_dir / "batches.jsonl").read_text().splitlines()]
     assert [b["batch"] for b in batches] == [0, 1, 2, 3]
@@ -71,8 +88,19 @@ def test_a_bfloat16_model_carries_its_edits(sweep_runs, tmp_path):
     Under blue, bf16 flips 2-4 borderline cases (margins under 0.2 nats) either way
     (MEMIT 0.325 vs 0.425, MEMIT_seq 0.475 vs 0.425) while the gain stays within 4%."""
     run = tmp_path / "bf16"
-    proc = run_blue(["edit", "model=tiny-gpt2", "model.dtype=bfloat16", "strategy=spread", "num_edits=40", "batch_size=10",
-                     "eval.generation=false", f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_blue(
+        [
+            "edit",
+            "model=tiny-gpt2",
+            "model.dtype=bfloat16",
+            "strategy=spread",
+            "num_edits=40",
+            "batch_size=10",
+            "eval.generation=false",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     fp32, bf16 = summary_of(sweep_runs[("memit", "spread")]), summary_of(run)
     print(json.dumps({k: (fp32[k], bf16[k]) for k in ("efficacy", "target_logprob_gain")}))
@@ -84,8 +112,19 @@ def test_float32_method_state_changes_no_metric_by_more_than_001(sweep_runs, tmp
     """C, C_prev and P stored in float32 (the CUDA default) instead of float64 (CPU):
     the solves still run in float64, and AlphaEdit (projector and C_prev) moves no rate."""
     run = tmp_path / "f32"
-    proc = run_blue(["edit", "model=tiny-gpt2", "method=alphaedit", "method.state_dtype=float32", "num_edits=40",
-                     "batch_size=10", "eval.generation=false", f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_blue(
+        [
+            "edit",
+            "model=tiny-gpt2",
+            "method=alphaedit",
+            "method.state_dtype=float32",
+            "num_edits=40",
+            "batch_size=10",
+            "eval.generation=false",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     f64, f32 = summary_of(sweep_runs[("alphaedit", "blue")]), summary_of(run)
     for key in ("efficacy", "generalization", "specificity"):

@@ -15,15 +15,33 @@ import pytest
 
 from tests.e2e.conftest import run_blue, summary_of
 
-TINY = ["model=tiny-gpt2", "num_edits=4", "batch_size=2", "method.target.steps=3", "stats.samples=40",
-        "eval.generation=false", "eval.general_items=5", "~hydra.callbacks.sweep_report"]
+TINY = [
+    "model=tiny-gpt2",
+    "num_edits=4",
+    "batch_size=2",
+    "method.target.steps=3",
+    "stats.samples=40",
+    "eval.generation=false",
+    "eval.general_items=5",
+    "~hydra.callbacks.sweep_report",
+]
 
 # experiment -> (command-line restriction, expected (method, strategy, dataset), paper model, published Eff)
 CASES = {
-    "blue_table": (["method=alphaedit", "strategy=blue", "dataset=counterfact"], ("alphaedit", "blue", "counterfact"), "llama3", 99.93),
+    "blue_table": (
+        ["method=alphaedit", "strategy=blue", "dataset=counterfact"],
+        ("alphaedit", "blue", "counterfact"),
+        "llama3",
+        99.93,
+    ),
     "blue_llama3_counterfact": (["method=memit", "strategy=blue"], ("memit", "blue", "counterfact"), "llama3", 99.57),
     "blue_zsre": (["method=memit", "strategy=spread"], ("memit", "spread", "zsre"), "llama3", 34.62),
-    "blue_gptj": (["method=memit", "strategy=blue", "dataset=counterfact"], ("memit", "blue", "counterfact"), "gpt-j", 99.70),
+    "blue_gptj": (
+        ["method=memit", "strategy=blue", "dataset=counterfact"],
+        ("memit", "blue", "counterfact"),
+        "gpt-j",
+        99.70,
+    ),
 }
 
 
@@ -36,16 +54,28 @@ def test_experiment_runs_end_to_end_and_reports_the_paper(name, tmp_path):
     jobs = [p for p in sweep.iterdir() if (p / "summary.json").is_file()]
     assert len(jobs) == 1, [p.name for p in sweep.iterdir()]
     summary = summary_of(jobs[0])
-    assert (summary["model"], summary["method"], summary["strategy"], summary["dataset"]) == ("tiny-gpt2", method, strategy, dataset)
+    assert (summary["model"], summary["method"], summary["strategy"], summary["dataset"]) == (
+        "tiny-gpt2",
+        method,
+        strategy,
+        dataset,
+    )
     assert summary["num_edits"] == 4
     # the experiment's general-capability settings reached the run: all six tasks measured
     tasks = {k.split(".")[1] for k in summary if k.startswith("general.")}
     assert tasks == {"sst2", "mrpc", "cola", "rte", "mmlu", "nli"}
 
-    rep = run_blue(["report", str(sweep), "--paper", "blue_table", "--paper-model", paper_model, "--format", "csv"], cwd=tmp_path)
+    rep = run_blue(
+        ["report", str(sweep), "--paper", "blue_table", "--paper-model", paper_model, "--format", "csv"], cwd=tmp_path
+    )
     assert rep.returncode == 0, rep.stderr
     (row,) = list(csv.DictReader(io.StringIO(rep.stdout)))
-    assert (row["method"], row["strategy"], row["dataset"], row["paper model"]) == (method, strategy, dataset, paper_model)
+    assert (row["method"], row["strategy"], row["dataset"], row["paper model"]) == (
+        method,
+        strategy,
+        dataset,
+        paper_model,
+    )
     assert float(row["Eff paper"]) == pytest.approx(eff)
     assert float(row["Eff x100"]) == pytest.approx(100 * summary["efficacy"])
     assert float(row["Eff diff"]) == pytest.approx(100 * summary["efficacy"] - eff)
@@ -56,11 +86,17 @@ def test_experiment_runs_end_to_end_and_reports_the_paper(name, tmp_path):
 def test_table_report_prints_the_published_column(tmp_path):
     """The human table: Llama3 MEMIT_BLUE CounterFact Eff 99.57 beside a tiny memit/blue run."""
     run_dir = tmp_path / "run"
-    proc = run_blue(["edit", "+experiment=blue_llama3_counterfact", *TINY[:-1], f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    proc = run_blue(
+        ["edit", "+experiment=blue_llama3_counterfact", *TINY[:-1], f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = summary_of(run_dir)
     assert (summary["method"], summary["strategy"], summary["dataset"]) == ("memit", "blue", "counterfact")
-    rep = run_blue(["report", str(run_dir), "--paper", "blue_table", "--paper-model", "llama3"], cwd=tmp_path, env_extra={"COLUMNS": "400"})
+    rep = run_blue(
+        ["report", str(run_dir), "--paper", "blue_table", "--paper-model", "llama3"],
+        cwd=tmp_path,
+        env_extra={"COLUMNS": "400"},
+    )
     assert rep.returncode == 0, rep.stderr
     (line,) = [l for l in rep.stdout.splitlines() if "tiny-gpt2" in l]
     cells = [c.strip() for c in line.strip("│ ").split("│")]
@@ -79,6 +115,10 @@ def test_bad_paper_options_are_one_line(tmp_path):
         (["--paper-model", "llama3"], "--paper-model needs --paper"),
     ):
         (tmp_path / "run").mkdir(exist_ok=True)
-        (tmp_path / "run" / "summary.json").write_text('{"model": "tiny-gpt2", "method": "memit", "strategy": "blue", "dataset": "counterfact"}')
+        (tmp_path / "run" / "summary.json").write_text(
+            '{"model": "tiny-gpt2", "method": "memit", "strategy": "blue", "dataset": "counterfact"}'
+        )
         proc = run_blue(["report", str(tmp_path / "run"), *args], cwd=tmp_path)
-        assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
+            proc.stderr
+        )

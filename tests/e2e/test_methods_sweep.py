@@ -26,7 +26,21 @@ def test_sweep_leaves_one_run_folder_per_combination(sweep_runs):
 @pytest.mark.parametrize("strategy", ("spread", "blue"))
 def test_every_combination_edits(sweep_runs, method, strategy):
     s = summary_of(sweep_runs[(method, strategy)])
-    print(json.dumps({k: round(s[k], 4) for k in ("efficacy", "generalization", "specificity", "pre_efficacy", "target_logprob_gain", "write_error")}))
+    print(
+        json.dumps(
+            {
+                k: round(s[k], 4)
+                for k in (
+                    "efficacy",
+                    "generalization",
+                    "specificity",
+                    "pre_efficacy",
+                    "target_logprob_gain",
+                    "write_error",
+                )
+            }
+        )
+    )
     efficacy, gain = MEASURED[method][strategy == "blue"]
     assert s["pre_efficacy"] == 0.0
     assert s["efficacy"] >= efficacy - 0.05

@@ -11,8 +11,18 @@ import pytest
 
 from tests.e2e.conftest import run_blue, summary_of
 
-SWEEP_ARGS = ["edit", "-m", "strategy=spread,blue", "model=tiny-gpt2", "num_edits=4", "batch_size=2",
-              "method.target.steps=3", "stats.samples=40", "eval_every=1", "eval.generation=false"]
+SWEEP_ARGS = [
+    "edit",
+    "-m",
+    "strategy=spread,blue",
+    "model=tiny-gpt2",
+    "num_edits=4",
+    "batch_size=2",
+    "method.target.steps=3",
+    "stats.samples=40",
+    "eval_every=1",
+    "eval.generation=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +54,9 @@ def test_the_sweep_leaves_its_report_and_plots(sweep):
     assert {r["strategy"] for r in rows} == {"spread", "blue"}
     assert {r["run"] for r in rows} == {p.name for p in jobs.values()}
     for row in rows:
-        assert float(row["target_logprob_gain"]) == pytest.approx(summary_of(folder / row["run"])["target_logprob_gain"])
+        assert float(row["target_logprob_gain"]) == pytest.approx(
+            summary_of(folder / row["run"])["target_logprob_gain"]
+        )
     assert "average relative change vs strategy=spread" in md and jobs["blue"].name in md
     evals = [json.loads(line) for line in (jobs["blue"] / "evals.jsonl").read_text().splitlines()]
     assert [e["edits"] for e in evals] == [2, 4]
@@ -77,7 +89,9 @@ def test_csv_report_with_baseline_holds_the_relative_change(sweep, tmp_path):
 def test_markdown_report_to_a_file_with_plots_beside_it(sweep, tmp_path):
     _, jobs = sweep
     out = tmp_path / "reports" / "cmp.md"
-    proc = run_blue(["report", str(jobs["spread"]), str(jobs["blue"]), "--format", "md", "--out", str(out)], cwd=tmp_path)
+    proc = run_blue(
+        ["report", str(jobs["spread"]), str(jobs["blue"]), "--format", "md", "--out", str(out)], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     lines = out.read_text().splitlines()
     assert lines[0].startswith("| run | model | method | strategy |") and len(lines) == 4
@@ -99,12 +113,15 @@ def test_one_run_reprints_its_tables(sweep, tmp_path):
     assert "efficacy" in proc.stdout and "write_error" in proc.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["report", "{tmp}/nowhere"], "does not exist"),
-    (["report", "{sweep}", "--format", "xml"], "unknown --format 'xml'"),
-    (["report", "{sweep}", "--baseline", "method=memit"], "does not vary"),
-    (["export", "{blue}", "--out", "{tmp}/x", "--dtype", "int8"], "unknown --dtype 'int8'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["report", "{tmp}/nowhere"], "does not exist"),
+        (["report", "{sweep}", "--format", "xml"], "unknown --format 'xml'"),
+        (["report", "{sweep}", "--baseline", "method=memit"], "does not vary"),
+        (["export", "{blue}", "--out", "{tmp}/x", "--dtype", "int8"], "unknown --dtype 'int8'"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(sweep, tmp_path, args, message):
     folder, jobs = sweep
     args = [a.format(tmp=tmp_path, sweep=folder, blue=jobs["blue"]) for a in args]
@@ -125,8 +142,11 @@ def _rewrite_scores(model_dir, run_dir):
     adapter = ModelAdapter(model, AutoTokenizer.from_pretrained(model_dir))
     cases = [json.loads(line) for line in (run_dir / "cases.jsonl").read_text().splitlines()]
     records = {r.case_id: r for r in load_counterfact("bundled", limit=len(cases))}
-    scores = score_targets(adapter, [records[c["case_id"]].rewrite_prompt for c in cases],
-                           [records[c["case_id"]].target_new for c in cases])
+    scores = score_targets(
+        adapter,
+        [records[c["case_id"]].rewrite_prompt for c in cases],
+        [records[c["case_id"]].target_new for c in cases],
+    )
     return model, cases, [s.logprob for s in scores]
 
 

@@ -30,7 +30,14 @@ from blue_cli.errors import ConfigError, DataError, NumericalError
 from blue_cli.overrides import validate_overrides
 from tests.e2e.conftest import blue_exe, run_blue
 
-TINY = ["model=tiny-gpt2", "num_edits=8", "batch_size=2", "method.target.steps=3", "stats.samples=40", "eval.generation=false"]
+TINY = [
+    "model=tiny-gpt2",
+    "num_edits=8",
+    "batch_size=2",
+    "method.target.steps=3",
+    "stats.samples=40",
+    "eval.generation=false",
+]
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -45,7 +52,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str, code: 
 
 
 def folder_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_files(root: Path) -> list[Path]:
@@ -87,7 +98,11 @@ def test_failed_run_logs_the_error_and_keeps_a_folder_it_did_not_create(finished
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_run.dir, run_dir)
     summary = (run_dir / "summary.json").read_bytes()
-    proc = run_blue(["edit", *TINY, "resume=false", "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=300)
+    proc = run_blue(
+        ["edit", *TINY, "resume=false", "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert_one_line_error(proc, "/nonexistent/cf.json")
     log_errors = [line for line in (run_dir / "blue.log").read_text().splitlines() if "[ERROR]" in line]
     assert len(log_errors) == 1 and "error: " in log_errors[0] and "/nonexistent/cf.json" in log_errors[0]
@@ -97,7 +112,9 @@ def test_failed_run_logs_the_error_and_keeps_a_folder_it_did_not_create(finished
 
 def test_failed_start_removes_the_run_folder_it_created(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_blue(["edit", *TINY, "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=300)
+    proc = run_blue(
+        ["edit", *TINY, "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=300
+    )
     assert_one_line_error(proc, "/nonexistent/cf.json")
     assert not run_dir.exists()
     assert f"run folder: {run_dir} removed" in proc.stdout
@@ -114,7 +131,11 @@ def _job(tmp_path, monkeypatch, failure: BaseException, write: tuple[str, ...] =
     from blue_cli.cli import _hydra_job
 
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(hydra.core.hydra_config.HydraConfig, "get", staticmethod(lambda: SimpleNamespace(runtime=SimpleNamespace(output_dir=str(run_dir)))))
+    monkeypatch.setattr(
+        hydra.core.hydra_config.HydraConfig,
+        "get",
+        staticmethod(lambda: SimpleNamespace(runtime=SimpleNamespace(output_dir=str(run_dir)))),
+    )
 
     def failing_run(cfg, folder, progress=None):
         for name in write:
@@ -130,7 +151,12 @@ def _job(tmp_path, monkeypatch, failure: BaseException, write: tuple[str, ...] =
 def test_numerical_error_exits_1_and_is_logged(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.ERROR)
     (tmp_path / "run").mkdir()
-    run_dir, code = _job(tmp_path, monkeypatch, NumericalError("batch 3: non-finite values in the update of layer 2"), write=("config.yaml",))
+    run_dir, code = _job(
+        tmp_path,
+        monkeypatch,
+        NumericalError("batch 3: non-finite values in the update of layer 2"),
+        write=("config.yaml",),
+    )
     assert code == 1
     assert any(r.getMessage() == "error: batch 3: non-finite values in the update of layer 2" for r in caplog.records)
     assert not run_dir.exists()  # nothing saved: the folder it created is gone
@@ -157,7 +183,13 @@ def test_failure_when_resuming_keeps_the_folder(tmp_path, monkeypatch):
 def test_second_run_in_a_busy_folder_fails_at_once(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", RUN_DIR=str(run_dir))
-    first = subprocess.Popen(blue_exe() + ["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        blue_exe() + ["edit", *TINY, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not (run_dir / "config.yaml").exists():
@@ -170,7 +202,12 @@ def test_second_run_in_a_busy_folder_fails_at_once(tmp_path):
         assert time.monotonic() - start < 60
         assert (run_dir / ".hydra" / "config.yaml").read_bytes() == hydra_config
         # A folder Hydra only knows by interpolation is locked inside the job: still refused.
-        late = run_blue(["edit", *TINY, "hydra.run.dir=${oc.env:RUN_DIR}"], cwd=tmp_path, timeout=120, env_extra={"RUN_DIR": str(run_dir)})
+        late = run_blue(
+            ["edit", *TINY, "hydra.run.dir=${oc.env:RUN_DIR}"],
+            cwd=tmp_path,
+            timeout=120,
+            env_extra={"RUN_DIR": str(run_dir)},
+        )
         assert_one_line_error(late, "is in use by another blue run")
         assert (run_dir / "config.yaml").exists()  # the other run's folder is left alone
         assert first.poll() is None
@@ -213,7 +250,15 @@ def test_blue_offline_fails_fast_with_the_offline_message(tmp_path):
     environ = dict(os.environ)
     environ.pop("HF_HUB_OFFLINE", None)
     start = time.monotonic()
-    proc = subprocess.run(blue_exe() + ["edit", "model=gpt2-xl"], cwd=tmp_path, env={**environ, **env, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        blue_exe() + ["edit", "model=gpt2-xl"],
+        cwd=tmp_path,
+        env={**environ, **env, "TOKENIZERS_PARALLELISM": "false"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     elapsed = time.monotonic() - start
     assert_one_line_error(proc, "model 'gpt2-xl' is not in the local Hugging Face cache and the hub cannot be reached")
     assert elapsed < startup + 5, (elapsed, startup)
@@ -233,10 +278,24 @@ REQUIRED_STRINGS = [
     ("requested_rewrite", "target_new", "str"),
     ("requested_rewrite", "target_true", "str"),
 ]
-REQUIRED_KEYS = [("case_id",), ("requested_rewrite",), ("requested_rewrite", "target_new"), ("requested_rewrite", "target_true"),
-                 ("paraphrase_prompts",), ("neighborhood_prompts",), ("generation_prompts",), *REQUIRED_STRINGS]
+REQUIRED_KEYS = [
+    ("case_id",),
+    ("requested_rewrite",),
+    ("requested_rewrite", "target_new"),
+    ("requested_rewrite", "target_true"),
+    ("paraphrase_prompts",),
+    ("neighborhood_prompts",),
+    ("generation_prompts",),
+    *REQUIRED_STRINGS,
+]
 LISTS = [("paraphrase_prompts",), ("neighborhood_prompts",), ("generation_prompts",)]
-ODD_VALUES = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 def _parent(record: dict, path: tuple[str, ...]) -> dict:
@@ -254,13 +313,30 @@ def malformed_records(draw) -> tuple[list, int]:
         r["case_id"] = i
     index = draw(st.integers(0, 2))
     record = records[index]
-    kind = draw(st.sampled_from(["missing", "wrong_type", "empty", "too_long", "no_placeholder", "bad_list_item", "not_object", "duplicate_id"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "missing",
+                "wrong_type",
+                "empty",
+                "too_long",
+                "no_placeholder",
+                "bad_list_item",
+                "not_object",
+                "duplicate_id",
+            ]
+        )
+    )
     if kind == "missing":
         path = draw(st.sampled_from(REQUIRED_KEYS))
         del _parent(record, path)[path[-1]]
     elif kind == "wrong_type":
         path = draw(st.sampled_from(REQUIRED_KEYS))
-        wrong = draw(ODD_VALUES.filter(lambda v: not (isinstance(v, dict) and path[-1] in ("requested_rewrite", "target_new", "target_true"))))
+        wrong = draw(
+            ODD_VALUES.filter(
+                lambda v: not (isinstance(v, dict) and path[-1] in ("requested_rewrite", "target_new", "target_true"))
+            )
+        )
         if path[-1] == "case_id" and isinstance(wrong, int) and not isinstance(wrong, bool):
             wrong = str(wrong)
         if isinstance(wrong, list) and path in LISTS:
@@ -302,12 +378,53 @@ def test_malformed_records_are_one_line_data_errors(tmp_path, case):
 
 
 INVALID_OVERRIDES = st.one_of(
-    st.tuples(st.sampled_from(["num_edits", "batch_size", "method.target.steps", "eval.generation_length", "eval.general_items"]), st.integers(max_value=0).map(str)),
-    st.tuples(st.sampled_from(["num_edits", "batch_size", "seed", "method.target.steps"]), st.sampled_from(["many", "1.5", "[1,2]", "{a:1}", "''", "abc"])),
-    st.tuples(st.just("method.target.lr"), st.one_of(st.floats(max_value=0), st.floats(min_value=1e3, exclude_min=True), st.just(float("nan"))).map(repr)),
-    st.tuples(st.sampled_from(["method.target.clamp", "method.cov_weight"]), st.one_of(st.floats(max_value=0), st.sampled_from([float("inf"), float("nan")])).map(repr)),
-    st.tuples(st.sampled_from(["model", "method", "strategy", "dataset"]), st.from_regex(r"[a-z][a-z0-9_-]{0,12}", fullmatch=True)).filter(lambda kv: kv[1] not in group_choices(kv[0])),
-    st.tuples(st.from_regex(r"[a-z][a-z_]{2,12}", fullmatch=True).filter(lambda k: k not in {"model", "dataset", "method", "strategy", "eval", "stats", "context", "seed", "device", "resume", "num_edits", "batch_size", "eval_every", "model_hparams", "hydra"}), st.just("1")),
+    st.tuples(
+        st.sampled_from(
+            ["num_edits", "batch_size", "method.target.steps", "eval.generation_length", "eval.general_items"]
+        ),
+        st.integers(max_value=0).map(str),
+    ),
+    st.tuples(
+        st.sampled_from(["num_edits", "batch_size", "seed", "method.target.steps"]),
+        st.sampled_from(["many", "1.5", "[1,2]", "{a:1}", "''", "abc"]),
+    ),
+    st.tuples(
+        st.just("method.target.lr"),
+        st.one_of(st.floats(max_value=0), st.floats(min_value=1e3, exclude_min=True), st.just(float("nan"))).map(repr),
+    ),
+    st.tuples(
+        st.sampled_from(["method.target.clamp", "method.cov_weight"]),
+        st.one_of(st.floats(max_value=0), st.sampled_from([float("inf"), float("nan")])).map(repr),
+    ),
+    st.tuples(
+        st.sampled_from(["model", "method", "strategy", "dataset"]),
+        st.from_regex(r"[a-z][a-z0-9_-]{0,12}", fullmatch=True),
+    ).filter(lambda kv: kv[1] not in group_choices(kv[0])),
+    st.tuples(
+        st.from_regex(r"[a-z][a-z_]{2,12}", fullmatch=True).filter(
+            lambda k: (
+                k
+                not in {
+                    "model",
+                    "dataset",
+                    "method",
+                    "strategy",
+                    "eval",
+                    "stats",
+                    "context",
+                    "seed",
+                    "device",
+                    "resume",
+                    "num_edits",
+                    "batch_size",
+                    "eval_every",
+                    "model_hparams",
+                    "hydra",
+                }
+            )
+        ),
+        st.just("1"),
+    ),
     st.tuples(st.just("model.layers"), st.sampled_from(["[]", "[3,1]", "[1,1]", "[-1]", "[a]"])),
 )
 
@@ -336,8 +453,11 @@ def test_huge_record_fails_fast_in_one_line_without_a_run_folder(tmp_path):
 
 @pytest.mark.parametrize(
     "args,needle",
-    [(["num_edits=-3"], "num_edits must be >= 1, got -3"), (["method.target.lr=nan"], "method.target.lr must be positive and finite"),
-     (["model=gpt5"], "unknown model 'gpt5'")],
+    [
+        (["num_edits=-3"], "num_edits must be >= 1, got -3"),
+        (["method.target.lr=nan"], "method.target.lr must be positive and finite"),
+        (["model=gpt5"], "unknown model 'gpt5'"),
+    ],
 )
 def test_malformed_overrides_exit_2_from_the_command(tmp_path, args, needle):
     proc = run_blue(["edit", *args], cwd=tmp_path, timeout=120)
@@ -380,7 +500,13 @@ def kill_and_resume(tmp_path: Path, run_dir: Path, kills: int, seed: int) -> int
     landed = 0
     for _ in range(kills):
         saved = _mtime(run_dir / CHECKPOINT)
-        proc = subprocess.Popen(blue_exe() + ["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            blue_exe() + ["edit", *TINY, f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 600
         while time.time() < deadline and _mtime(run_dir / CHECKPOINT) == saved and proc.poll() is None:
             time.sleep(0.05)  # until this attempt saves a batch (or ends)
@@ -416,14 +542,29 @@ def test_joblib_sweep_jobs_compute_each_statistics_entry_once(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
     proc = run_blue(
-        ["edit", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "model=tiny-gpt2", "num_edits=2", "batch_size=2",
-         "method.target.steps=2", "stats.samples=300", "eval.generation=false", f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env_extra={"BLUE_CACHE": str(tmp_path / "cache")},
+        [
+            "edit",
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "seed=0,1",
+            "model=tiny-gpt2",
+            "num_edits=2",
+            "batch_size=2",
+            "method.target.steps=2",
+            "stats.samples=300",
+            "eval.generation=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env_extra={"BLUE_CACHE": str(tmp_path / "cache")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = {p.parent.name: p.read_text() for p in sweep.glob("*/blue.log")}
     assert len(logs) == 2 and all((sweep / name / "summary.json").exists() for name in logs)
-    collecting = [name for name, text in logs.items() for line in text.splitlines() if "collecting second moments" in line]
+    collecting = [
+        name for name, text in logs.items() for line in text.splitlines() if "collecting second moments" in line
+    ]
     assert len(collecting) == 1, logs  # one job computed the entries...
     waited = [name for name, text in logs.items() if "waiting for layer" in text]
     assert waited and waited[0] != collecting[0], logs  # ...the other waited for them, then reused them

@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 
 from blue_cli.editing.covariance import CovarianceStore
-from blue_cli.overrides import compose_config
 from blue_cli.editing.session import stats_settings
+from blue_cli.overrides import compose_config
 from tests.e2e.conftest import run_blue
 
-BASE = ["model=tiny-gpt2", "stats.samples=40", "stats.batch_tokens=256"]  # tiny-gpt2: windows of 128, 2 a batch, 20 batches
+BASE = [
+    "model=tiny-gpt2",
+    "stats.samples=40",
+    "stats.batch_tokens=256",
+]  # tiny-gpt2: windows of 128, 2 a batch, 20 batches
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +29,18 @@ def test_joblib_multirun_of_shards_equals_one_pass(shards, one_pass, tmp_path):
     adapter, expected, counts = one_pass
     cache = tmp_path / "cache"
     proc = run_blue(
-        ["stats", "-m", *BASE, f"stats.shard={','.join(map(str, range(shards)))}", f"stats.shards={shards}",
-         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path, env_extra={"BLUE_CACHE": str(cache)},
+        [
+            "stats",
+            "-m",
+            *BASE,
+            f"stats.shard={','.join(map(str, range(shards)))}",
+            f"stats.shards={shards}",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        env_extra={"BLUE_CACHE": str(cache)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(cache.rglob(f"*.shard*of{shards}.safetensors"))) == 2 * shards  # layers 1 and 3

@@ -13,9 +13,9 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from blue_cli import runner
-from blue_cli.editing import session
 from blue_cli.analysis import analyse_layers, run_analysis, write_analysis
 from blue_cli.cli import app
+from blue_cli.editing import session
 from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.keys import values_at_subject
 from blue_cli.editing.strategies.base import EditContext
@@ -84,7 +84,9 @@ def test_at_the_first_layer_the_share_is_a_third_of_the_last_residual(analysed, 
     assert first["cosine"]["mean"] < 0.99
     mean = sum(ratio) / RECORDS
     assert first["norm_ratio"]["mean"] == pytest.approx(mean, rel=1e-4)
-    assert first["norm_ratio"]["std"] == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in ratio) / RECORDS), rel=1e-3, abs=1e-9)
+    assert first["norm_ratio"]["std"] == pytest.approx(
+        math.sqrt(sum((x - mean) ** 2 for x in ratio) / RECORDS), rel=1e-3, abs=1e-9
+    )
 
 
 def _logprob_by_hand(adapter, request, layer=None, vector=None) -> float:
@@ -175,7 +177,9 @@ def test_the_analysis_leaves_the_weights_as_it_found_them(analysed, fresh_tiny):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = compose_config([*FAST, "method=memit_seq", "strategy=spread", "num_edits=4", "batch_size=2", "eval.generation=false"])
+    cfg = compose_config(
+        [*FAST, "method=memit_seq", "strategy=spread", "num_edits=4", "batch_size=2", "eval.generation=false"]
+    )
     runner.run_experiment(cfg, run_dir)
     return run_dir
 

@@ -50,11 +50,27 @@ def test_api_edit_equals_a_session_run_on_the_same_config(fresh_tiny, requests10
 
 
 def test_requests_may_be_counterfact_or_zsre_dicts():
-    cf = {"case_id": 7, "requested_rewrite": {"prompt": "{} plays", "subject": "Ann", "target_new": {"str": "jazz"},
-                                             "target_true": {"str": "rock"}},
-          "paraphrase_prompts": ["Ann is a player of"], "neighborhood_prompts": ["Bob plays"], "generation_prompts": []}
-    zs = {"subject": "Ann", "src": "What does Ann play?", "rephrase": "Ann plays what?", "alt": "jazz",
-          "answers": ["rock"], "loc": "nq question: who is it", "loc_ans": "someone"}
+    cf = {
+        "case_id": 7,
+        "requested_rewrite": {
+            "prompt": "{} plays",
+            "subject": "Ann",
+            "target_new": {"str": "jazz"},
+            "target_true": {"str": "rock"},
+        },
+        "paraphrase_prompts": ["Ann is a player of"],
+        "neighborhood_prompts": ["Bob plays"],
+        "generation_prompts": [],
+    }
+    zs = {
+        "subject": "Ann",
+        "src": "What does Ann play?",
+        "rephrase": "Ann plays what?",
+        "alt": "jazz",
+        "answers": ["rock"],
+        "loc": "nq question: who is it",
+        "loc_ans": "someone",
+    }
     got = api.as_requests([cf, zs])
     assert got[0].case_id == 7 and got[0].target_new == "jazz"
     assert got[1].prompt == "What does {} play?"

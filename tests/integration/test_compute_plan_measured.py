@@ -30,8 +30,18 @@ def _close(planned: float, measured: float) -> bool:
 
 
 def test_target_and_key_flops_match_torchs_count(fresh_tiny):
-    cfg = compose_config(["model=tiny-llama", "method=memit", "strategy=blue", "batch_size=8", "num_edits=8", "device=cpu",
-                          "method.target.steps=3", "method.target.early_stop_loss=0"])
+    cfg = compose_config(
+        [
+            "model=tiny-llama",
+            "method=memit",
+            "strategy=blue",
+            "batch_size=8",
+            "num_edits=8",
+            "device=cpu",
+            "method.target.steps=3",
+            "method.target.early_stop_loss=0",
+        ]
+    )
     adapter = fresh_tiny("tiny-llama")
     shape, facts = model_shape(cfg.model), run_facts(cfg)
     requests = load_counterfact("bundled", limit=8)
@@ -43,7 +53,11 @@ def test_target_and_key_flops_match_torchs_count(fresh_tiny):
     seq_len = batch.inputs["input_ids"].shape[1]
     target_mean = len(batch.nll_row) / (len(requests) * len(templates))
     result = {}
-    measured = _counted(lambda: result.update(r=optimise_targets(adapter, requests, templates, layer, target_settings(cfg.method.target), ("block",))))
+    measured = _counted(
+        lambda: result.update(
+            r=optimise_targets(adapter, requests, templates, layer, target_settings(cfg.method.target), ("block",))
+        )
+    )
     assert max(result["r"].steps) == 2  # no early stop: 3 forwards, a backward after the first 2
     planned = target_flops(shape, facts, layer, 3, seq_len=seq_len, target_mean=target_mean)
     print(f"planned/measured: targets {planned / measured:.3f}", end=", ")

@@ -60,8 +60,18 @@ def test_runner_never_names_a_dataset():
 
 
 def test_general_capability_is_scored_at_every_batch_boundary(tmp_path):
-    cfg = compose_config(["model=tiny-gpt2", "num_edits=4", "batch_size=2", "eval.general=[sst2,mmlu]", "eval.general_items=20",
-                          "eval.general_every=1", "eval.generation=false", *FAST])
+    cfg = compose_config(
+        [
+            "model=tiny-gpt2",
+            "num_edits=4",
+            "batch_size=2",
+            "eval.general=[sst2,mmlu]",
+            "eval.general_items=20",
+            "eval.general_every=1",
+            "eval.generation=false",
+            *FAST,
+        ]
+    )
     s = runner.run_experiment(cfg, tmp_path)
     rows = _jsonl(tmp_path / "evals.jsonl")
     assert [r["batches"] for r in rows] == [0, 1, 2] and [r["edits"] for r in rows] == [0, 2, 4]
@@ -69,7 +79,9 @@ def test_general_capability_is_scored_at_every_batch_boundary(tmp_path):
         for task in ("sst2", "mmlu"):
             for metric in ("f1", "mcc"):
                 assert isinstance(row[f"general.{task}.{metric}"], float), (row["batches"], task, metric)
-    assert s["general.sst2.f1"] == rows[-1]["general.sst2.f1"] and s["pre_general.mmlu.f1"] == rows[0]["general.mmlu.f1"]
+    assert (
+        s["general.sst2.f1"] == rows[-1]["general.sst2.f1"] and s["pre_general.mmlu.f1"] == rows[0]["general.mmlu.f1"]
+    )
 
 
 def test_unknown_general_task_fails_before_the_run_folder_is_made(tmp_path):
@@ -93,10 +105,15 @@ def _consistency_files(folder, records):
     snippets = {}
     for r in records:
         snippets.setdefault(r.relation_id, {}).setdefault(r.target_new_id, []).append(
-            {"text": f"{r.target_new} is known for {r.target_new} things in the city"})
+            {"text": f"{r.target_new} is known for {r.target_new} things in the city"}
+        )
     vocab = {w: i for i, w in enumerate(["is", "known", "for", "things", "the", "city", "in"])}
     idf = np.array([1.0, 2.0, 1.5, 2.5, 0.5, 3.0, 0.7])
-    rows = [{"relation_id": rel, "target_id": tid, "samples": samples} for rel, by in snippets.items() for tid, samples in by.items()]
+    rows = [
+        {"relation_id": rel, "target_id": tid, "samples": samples}
+        for rel, by in snippets.items()
+        for tid, samples in by.items()
+    ]
     (folder / "attribute_snippets.json").write_text(json.dumps(rows))
     np.save(folder / "idf.npy", idf)
     (folder / "tfidf_vocab.json").write_text(json.dumps(vocab))
@@ -115,8 +132,11 @@ def test_consistency_is_unavailable_offline_and_a_number_with_local_files(tmp_pa
     files = tmp_path / "files"
     files.mkdir()
     idf, vocab = _consistency_files(files, records)
-    paths = [f"dataset.snippets_path={files / 'attribute_snippets.json'}", f"dataset.idf_path={files / 'idf.npy'}",
-             f"dataset.vocab_path={files / 'tfidf_vocab.json'}"]
+    paths = [
+        f"dataset.snippets_path={files / 'attribute_snippets.json'}",
+        f"dataset.idf_path={files / 'idf.npy'}",
+        f"dataset.vocab_path={files / 'tfidf_vocab.json'}",
+    ]
     s = runner.run_experiment(compose_config([*base, *paths]), tmp_path / "local")
     assert "consistency_unavailable" not in s and isinstance(s["consistency"], float)
     cases = _jsonl(tmp_path / "local" / "cases.jsonl")
@@ -125,14 +145,19 @@ def test_consistency_is_unavailable_offline_and_a_number_with_local_files(tmp_pa
 
 
 def test_a_prompt_longer_than_the_models_context_is_one_line_naming_the_record(tmp_path, load_tiny):
-    records = json.loads((Path(__file__).resolve().parents[2] / "blue_cli" / "assets" / "data" / "counterfact_sample.json").read_text())[:2]
+    records = json.loads(
+        (Path(__file__).resolve().parents[2] / "blue_cli" / "assets" / "data" / "counterfact_sample.json").read_text()
+    )[:2]
     records[1]["paraphrase_prompts"][0] = " ".join(["word"] * 300) + " and so"  # 300+ tokens, the tiny models take 256
     path = tmp_path / "long.json"
     path.write_text(json.dumps(records))
     cfg = compose_config(["model=tiny-gpt2", "num_edits=2", f"dataset.path={path}", *FAST])
     dataset = CounterFact(cfg.dataset, cfg.eval)
     requests = dataset.load(2)
-    with pytest.raises(DataError, match=rf"case_id {records[1]['case_id']}: a prompt of \d+ tokens .* does not fit the model's 256 positions"):
+    with pytest.raises(
+        DataError,
+        match=rf"case_id {records[1]['case_id']}: a prompt of \d+ tokens .* does not fit the model's 256 positions",
+    ):
         dataset.check_fits(load_tiny("tiny-gpt2"), requests, cfg.context.n_tokens)
     dataset.check_fits(load_tiny("tiny-gpt2"), requests[:1], cfg.context.n_tokens)
 
@@ -140,8 +165,17 @@ def test_a_prompt_longer_than_the_models_context_is_one_line_naming_the_record(t
 def test_logger_tensorboard_logs_every_batch_and_evaluation_point(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = compose_config(["model=tiny-gpt2", "num_edits=4", "batch_size=2", "eval_every=1", "eval.generation=false",
-                          "logger=tensorboard", *FAST])
+    cfg = compose_config(
+        [
+            "model=tiny-gpt2",
+            "num_edits=4",
+            "batch_size=2",
+            "eval_every=1",
+            "eval.generation=false",
+            "logger=tensorboard",
+            *FAST,
+        ]
+    )
     s = runner.run_experiment(cfg, tmp_path)
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()

@@ -9,14 +9,15 @@ from omegaconf import OmegaConf
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore, StatsSettings, collect_second_moments
 from blue_cli.editing.keys import collect_keys
+from blue_cli.editing.session import target_settings
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.editing.targets import TargetSettings, optimise_targets
 from blue_cli.registry import method_class, strategy_class
-from blue_cli.editing.session import target_settings
 
 
 def flat_templates(groups):
     return [t for g in groups for t in g]
+
 
 FAST = TargetSettings(lr=0.5, steps=6, clamp=4.0)
 
@@ -64,15 +65,32 @@ def test_one_pass_covariance_equals_per_layer(load_tiny):
 
 
 def _method_cfg(name="memit", **extra):
-    base = {"name": name, "cov_weight": 100.0, "sequential": True,
-            "target": {"lr": 0.5, "steps": 4, "clamp": 4.0, "kl_factor": 0.0625, "weight_decay": 0.5, "early_stop_loss": 0.05,
-                       "batched": True, "reuse_prefix": True}}
+    base = {
+        "name": name,
+        "cov_weight": 100.0,
+        "sequential": True,
+        "target": {
+            "lr": 0.5,
+            "steps": 4,
+            "clamp": 4.0,
+            "kl_factor": 0.0625,
+            "weight_decay": 0.5,
+            "early_stop_loss": 0.05,
+            "batched": True,
+            "reuse_prefix": True,
+        },
+    }
     base.update(extra)
     return OmegaConf.create(base)
 
 
-METHOD_EXTRA = {"memit": {}, "alphaedit": {"l2": 10.0, "nullspace_threshold": 0.02}, "pmet": {},
-                "rect": {"keep_fraction": 0.4}, "prune": {"log_base": 1.2}}
+METHOD_EXTRA = {
+    "memit": {},
+    "alphaedit": {"l2": 10.0, "nullspace_threshold": 0.02},
+    "pmet": {},
+    "rect": {"keep_fraction": 0.4},
+    "prune": {"log_base": 1.2},
+}
 
 
 @pytest.mark.parametrize("method_name", sorted(METHOD_EXTRA))
@@ -105,7 +123,9 @@ def _one_batch(adapter, method_name, requests, layer=2, **extra):
     method.prepare(stats, adapter.device)
     groups = context_templates(adapter, n_prefixes=2, seed=0)
     K = collect_keys(adapter, requests, groups, [layer])[layer]
-    target = Strategy.compute_targets(method, EditContext(adapter, groups, target_settings(cfg.target)), requests, layer)
+    target = Strategy.compute_targets(
+        method, EditContext(adapter, groups, target_settings(cfg.target)), requests, layer
+    )
     from blue_cli.editing.keys import values_at_subject
 
     R = target.z(method.write_point).T - values_at_subject(adapter, requests, layer, method.write_point)
@@ -160,12 +180,18 @@ def test_one_at_a_time_schedule_gives_the_batched_targets(load_tiny, requests10)
     cfg = _method_cfg()
     method = method_class("memit")(cfg, [3])
     groups = [templates]
-    a = Strategy.compute_targets(method, EditContext(adapter, groups, target_settings(cfg.target), batched=True), requests10[:3], 3)
-    b = Strategy.compute_targets(method, EditContext(adapter, groups, target_settings(cfg.target), batched=False), requests10[:3], 3)
+    a = Strategy.compute_targets(
+        method, EditContext(adapter, groups, target_settings(cfg.target), batched=True), requests10[:3], 3
+    )
+    b = Strategy.compute_targets(
+        method, EditContext(adapter, groups, target_settings(cfg.target), batched=False), requests10[:3], 3
+    )
     assert torch.allclose(a.delta["block"], b.delta["block"], atol=1e-4)
 
 
-@pytest.mark.parametrize("name,points", [("tiny-gpt2", ("block",)), ("tiny-llama", ("attn", "mlp")), ("tiny-gptj", ("block",))])
+@pytest.mark.parametrize(
+    "name,points", [("tiny-gpt2", ("block",)), ("tiny-llama", ("attn", "mlp")), ("tiny-gptj", ("block",))]
+)
 def test_replaying_frozen_blocks_gives_the_same_targets(load_tiny, requests10, name, points):
     adapter = load_tiny(name)
     templates = flat_templates(context_templates(adapter, n_prefixes=1, seed=0))

@@ -10,7 +10,12 @@ from blue_cli.models.loading import load_model
 def test_rewrite_matrix_keeps_a_small_update_exactly_in_a_bf16_model():
     adapter = load_model("tiny-gpt2", device="cpu", dtype="bfloat16")
     W_bf16 = adapter.rewrite_weight(2).detach().clone()
-    delta = 1e-3 * W_bf16.float().norm() / W_bf16.numel() ** 0.5 * torch.randn(W_bf16.shape, generator=torch.Generator().manual_seed(0))
+    delta = (
+        1e-3
+        * W_bf16.float().norm()
+        / W_bf16.numel() ** 0.5
+        * torch.randn(W_bf16.shape, generator=torch.Generator().manual_seed(0))
+    )
     lost_in_bf16 = (W_bf16 + delta.bfloat16()).float() - W_bf16.float()
     assert (lost_in_bf16 - delta).norm() / delta.norm() > 0.2  # what the reference avoids by editing fp32
 

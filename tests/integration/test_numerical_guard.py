@@ -16,8 +16,15 @@ from blue_cli.errors import NumericalError
 from blue_cli.overrides import compose_config
 from blue_cli.replay import edited_weights
 
-SMALL = ["model=tiny-gpt2", "method=memit_seq", "num_edits=4", "batch_size=2", "method.target.steps=3",
-         "stats.samples=40", "eval.generation=false"]
+SMALL = [
+    "model=tiny-gpt2",
+    "method=memit_seq",
+    "num_edits=4",
+    "batch_size=2",
+    "method.target.steps=3",
+    "stats.samples=40",
+    "eval.generation=false",
+]
 
 
 class NanFromSecondBatch(Memit):
@@ -59,7 +66,7 @@ def test_on_nan_skip_skips_and_counts_the_batch(tmp_path, monkeypatch, fresh_tin
     assert meta["finished"] == "true"
     assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
     # the skipped batch left no trace: the weights equal a run that edited the first batch only
-    NanFromSecondBatch.solves = -10**9  # never NaN
+    NanFromSecondBatch.solves = -(10**9)  # never NaN
     first_only = runner.run_experiment(compose_config([*SMALL, "num_edits=2"]), tmp_path / "first")
     ref, ref_meta = _checkpoint(tmp_path / "first")
     assert json.loads(meta["writes"])[1] == []  # nothing written for the skipped batch

@@ -20,18 +20,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from blue_cli.checkpoint import Checkpoint, fingerprint
-from blue_cli.editing.session import BatchLog
 from blue_cli.data.counterfact import load_counterfact
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.diagnostics import observe_before
 from blue_cli.editing.keys import collect_keys
+from blue_cli.editing.session import BatchLog, stats_settings, target_settings
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import _build_batch, optimise_targets
 from blue_cli.overrides import compose_config
 from blue_cli.plan import make_plan, model_shape, run_facts, target_items
 from blue_cli.registry import method_class, strategy_class
-from blue_cli.editing.session import stats_settings, target_settings
 
 TOLERANCE = 0.25
 
@@ -64,8 +63,18 @@ def close(planned: float, measured: float) -> bool:
 
 
 def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
-    cfg = compose_config(["model=tiny-llama", "method=alphaedit", "strategy=spread", "batch_size=10", "num_edits=10",
-                          "device=cpu", "method.target.steps=2", "stats.samples=64"])
+    cfg = compose_config(
+        [
+            "model=tiny-llama",
+            "method=alphaedit",
+            "strategy=spread",
+            "batch_size=10",
+            "num_edits=10",
+            "device=cpu",
+            "method.target.steps=2",
+            "stats.samples=64",
+        ]
+    )
     adapter = fresh_tiny("tiny-llama")
     shape, facts = model_shape(cfg.model), run_facts(cfg)
     plan = make_plan(shape, facts)
@@ -115,9 +124,15 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
 
     # The checkpoint the runner writes after this batch.
     checkpoint = Checkpoint(tmp_path, "key")
-    session = SimpleNamespace(log=[BatchLog([(w.layer, w.residual) for w in trace.writes], fingerprint(adapter, originals))])
+    session = SimpleNamespace(
+        log=[BatchLog([(w.layer, w.residual) for w in trace.writes], fingerprint(adapter, originals))]
+    )
     checkpoint.save(session, [{"batch": 0, "edits": 10, "case_ids": [r.case_id for r in requests]}])
     size = checkpoint.path.stat().st_size
     assert close(items["checkpoint (one file, rewritten each batch)"], size), (items, size)
-    print(f"planned/measured: targets {planned_targets / ratio_base[0]:.3f}, solve {items['solve temporaries'] / ratio_base[1]:.3f}, "
-          f"batch peak {edit_peak / measured_peak:.3f}, checkpoint {items['checkpoint (one file, rewritten each batch)'] / size:.3f}")
+    print(
+        f"planned/measured: targets {planned_targets / ratio_base[0]:.3f}, "
+        f"solve {items['solve temporaries'] / ratio_base[1]:.3f}, "
+        f"batch peak {edit_peak / measured_peak:.3f}, "
+        f"checkpoint {items['checkpoint (one file, rewritten each batch)'] / size:.3f}"
+    )

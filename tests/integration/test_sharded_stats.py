@@ -34,7 +34,9 @@ from blue_cli.editing.shards import (
 )
 from blue_cli.errors import ConfigError
 
-SETTINGS = StatsSettings(corpus="wikitext-bundled", samples=24, max_length=48, batch_tokens=96)  # 2 windows a batch, 12 batches
+SETTINGS = StatsSettings(
+    corpus="wikitext-bundled", samples=24, max_length=48, batch_tokens=96
+)  # 2 windows a batch, 12 batches
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --- pure functions ---------------------------------------------------------------------------
+
 
 def test_shards_partition_the_batches_round_robin():
     assert [list(r) for r in batch_ranges(5, 2)] == [[0, 1], [2, 3], [4]]
@@ -79,6 +82,7 @@ def test_shard_files_are_found_and_the_missing_ones_named(tmp_path):
 
 # --- against the one pass ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shards", [2, 3])
 def test_sharded_sums_equal_the_one_pass(gpt2, shards):
     docs = load_corpus(SETTINGS.corpus, max_docs=SETTINGS.samples)
@@ -87,7 +91,9 @@ def test_sharded_sums_equal_the_one_pass(gpt2, shards):
     assert n_batches >= 2 * shards  # every shard holds several batches
     layers = [1, 3]
     one, n_one = accumulate_second_moments(gpt2, windows, layers, SETTINGS)
-    parts = [moment_sums(gpt2, windows, layers, SETTINGS, batches=shard_batches(n_batches, i, shards)) for i in range(shards)]
+    parts = [
+        moment_sums(gpt2, windows, layers, SETTINGS, batches=shard_batches(n_batches, i, shards)) for i in range(shards)
+    ]
     assert all(0 < n < n_one for _, n in parts)
     for layer in layers:
         C, n = merge_sums([(sums[layer], n) for sums, n in parts])
@@ -152,6 +158,7 @@ def test_no_shards_means_one_pass_as_before(gpt2, tmp_path):
 
 
 # --- streaming corpus -------------------------------------------------------------------------
+
 
 def test_streaming_dataset_is_read_only_as_far_as_needed(gpt2, tmp_path):
     """A local dataset streamed through `datasets`, as Wikipedia is: rows past the last window are never read."""

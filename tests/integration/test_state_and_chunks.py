@@ -13,17 +13,24 @@ from safetensors import safe_open
 
 from blue_cli import registry, runner
 from blue_cli.checkpoint import Checkpoint
-from blue_cli.editing.session import EditSession
-from blue_cli.errors import ConfigError
-from blue_cli.replay import replay_run
 from blue_cli.editing.context import context_templates
+from blue_cli.editing.session import EditSession
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.editing.targets import TargetSettings, requests_per_chunk
+from blue_cli.errors import ConfigError
 from blue_cli.overrides import compose_config
 from blue_cli.registry import method_class
+from blue_cli.replay import replay_run
 
-SMALL = ["model=tiny-gpt2", "method=memit_seq", "num_edits=6", "batch_size=2", "method.target.steps=3",
-         "stats.samples=40", "eval.generation=false"]
+SMALL = [
+    "model=tiny-gpt2",
+    "method=memit_seq",
+    "num_edits=6",
+    "batch_size=2",
+    "method.target.steps=3",
+    "stats.samples=40",
+    "eval.generation=false",
+]
 
 
 def _tensors(path):
@@ -112,12 +119,19 @@ def test_replay_rebuilds_the_weights_and_c_prev_exactly(full_run):
     _, meta = _tensors(full_run[0] / "checkpoint.safetensors")
     recorded = json.loads(meta["fingerprints"])  # measured on the live run's weights
     assert [{str(l): v for l, v in e.fingerprint.items()} for e in session.log] == recorded
-    requests = [r for batch in runner.batches_of(
-        registry.dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(cfg.num_edits), cfg.batch_size) for r in batch]
+    requests = [
+        r
+        for batch in runner.batches_of(
+            registry.dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(cfg.num_edits),
+            cfg.batch_size,
+        )
+        for r in batch
+    ]
     # C_prev from keys collected on the replayed weights after each batch: rebuild it by
     # replaying batch by batch in a second session and collecting keys independently.
     from blue_cli.editing.keys import collect_keys
     from blue_cli.editing.session import EditSession as Session
+
     fresh = Session(cfg, live)
     expected = {l: torch.zeros_like(session.method.C_prev[l], dtype=torch.float64) for l in session.written}
     for b, entry in enumerate(session.log):
@@ -145,8 +159,18 @@ def test_targets_in_chunks_equal_one_chunk(load_tiny, requests10):
 def test_requests_per_chunk_follows_the_activation_estimate():
     # 34 bytes x 4096 hidden x 140 tokens x 24 blocks (16-bit) = 467.9 MB per request
     per_request = 34 * 4096 * 140 * 24
-    assert requests_per_chunk(hidden=4096, tokens_per_request=140, blocks=24, elem_bytes=2, budget_bytes=10 * per_request + 1) == 10
-    assert requests_per_chunk(hidden=4096, tokens_per_request=140, blocks=24, elem_bytes=4, budget_bytes=10 * per_request + 1) == 5
+    assert (
+        requests_per_chunk(
+            hidden=4096, tokens_per_request=140, blocks=24, elem_bytes=2, budget_bytes=10 * per_request + 1
+        )
+        == 10
+    )
+    assert (
+        requests_per_chunk(
+            hidden=4096, tokens_per_request=140, blocks=24, elem_bytes=4, budget_bytes=10 * per_request + 1
+        )
+        == 5
+    )
     assert requests_per_chunk(hidden=4096, tokens_per_request=140, blocks=24, elem_bytes=2, budget_bytes=1.0) == 1
 
 

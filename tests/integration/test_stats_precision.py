@@ -37,7 +37,12 @@ from blue_cli.errors import ConfigError
 from blue_cli.overrides import compose_config
 from blue_cli.plan import RunFacts, Shape, make_plan, run_facts
 
-BASE = {"corpus": "wikitext-bundled", "samples": 24, "max_length": 48, "batch_tokens": 96}  # 2 windows a batch, 12 batches
+BASE = {
+    "corpus": "wikitext-bundled",
+    "samples": 24,
+    "max_length": 48,
+    "batch_tokens": 96,
+}  # 2 windows a batch, 12 batches
 F32 = StatsSettings(**BASE, precision="float32")
 F64 = StatsSettings(**BASE, precision="float64")
 AUTO = StatsSettings(**BASE)
@@ -60,6 +65,7 @@ def _frob(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --- the setting ------------------------------------------------------------------------------
+
 
 def test_auto_is_float64_on_cpu_and_float32_on_cuda():
     assert product_precision("auto", "cpu") == "float64"
@@ -114,11 +120,14 @@ def test_the_float32_product_runs_without_tf32(gpt2, windows):
 
 # --- shards ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shards", [2, 3])
 def test_float32_shards_merge_into_the_one_pass(gpt2, windows, shards):
     n_batches = len(batch_ranges(len(windows), F32.batch_tokens // window_length(gpt2, F32)))
     one, n_one = accumulate_second_moments(gpt2, windows, LAYERS, F32)
-    parts = [moment_sums(gpt2, windows, LAYERS, F32, batches=shard_batches(n_batches, i, shards)) for i in range(shards)]
+    parts = [
+        moment_sums(gpt2, windows, LAYERS, F32, batches=shard_batches(n_batches, i, shards)) for i in range(shards)
+    ]
     assert all(0 < n < n_one for _, n in parts)
     f64, _ = accumulate_second_moments(gpt2, windows, LAYERS, F64)
     for layer in LAYERS:
@@ -149,9 +158,17 @@ def test_float32_shard_entries_are_their_own(gpt2, tmp_path):
 
 # --- the cache ------------------------------------------------------------------------------
 
+
 def test_the_two_precisions_live_apart_and_float64_keeps_todays_path(gpt2, tmp_path):
-    key = hashlib.sha256(json.dumps({"corpus": "wikitext-bundled", "samples": 24, "max_length": 48}, sort_keys=True).encode())
-    today = tmp_path / f"tiny-gpt2-{model_fingerprint(gpt2)}" / f"wikitext-bundled-{key.hexdigest()[:16]}" / "layer1_mom2_24.safetensors"
+    key = hashlib.sha256(
+        json.dumps({"corpus": "wikitext-bundled", "samples": 24, "max_length": 48}, sort_keys=True).encode()
+    )
+    today = (
+        tmp_path
+        / f"tiny-gpt2-{model_fingerprint(gpt2)}"
+        / f"wikitext-bundled-{key.hexdigest()[:16]}"
+        / "layer1_mom2_24.safetensors"
+    )
     auto, f64, f32 = (CovarianceStore(gpt2, s, tmp_path) for s in (AUTO, F64, F32))
     assert auto.path(1) == f64.path(1) == today
     assert f32.path(1) != today and f32.path(1).name == today.name
@@ -181,6 +198,7 @@ def test_an_entry_written_before_the_setting_still_loads_as_float64(gpt2, tmp_pa
 
 # --- config and plan ------------------------------------------------------------------------
 
+
 def test_a_bad_precision_is_a_one_line_config_error(gpt2, tmp_path):
     with pytest.raises(ConfigError) as err:
         compose_config(["stats.precision=float16"])
@@ -190,11 +208,27 @@ def test_a_bad_precision_is_a_one_line_config_error(gpt2, tmp_path):
 
 
 def test_the_plan_follows_the_precision():
-    shape = Shape(family="llama", hidden_size=10, intermediate_size=20, n_layers=6, n_heads=2, vocab_size=100, n_params=1000)
+    shape = Shape(
+        family="llama", hidden_size=10, intermediate_size=20, n_layers=6, n_heads=2, vocab_size=100, n_params=1000
+    )
     facts = RunFacts(
-        method="memit", strategy="spread", sequential=False, critical=(1, 2), written=(1, 2), target_layers=(2,), points=1,
-        batch_size=2, chunk=2, num_edits=4, n_templates=6, prefix_tokens=10, model_dtype="float32", state_dtype="float64",
-        device="cpu", stats_max_length=64, stats_batch_tokens=128,
+        method="memit",
+        strategy="spread",
+        sequential=False,
+        critical=(1, 2),
+        written=(1, 2),
+        target_layers=(2,),
+        points=1,
+        batch_size=2,
+        chunk=2,
+        num_edits=4,
+        n_templates=6,
+        prefix_tokens=10,
+        model_dtype="float32",
+        state_dtype="float64",
+        device="cpu",
+        stats_max_length=64,
+        stats_batch_tokens=128,
     )
 
     def items(**change):

@@ -74,7 +74,7 @@ def test_spread_shares_by_the_methods_rule(fresh_tiny, requests10):
         reqs = requests10[:2]
         rec = Recorder(method, adapter, reqs, zero=True)
         trace = strategy_class("spread")().edit_batch(method, ctx, reqs, CRITICAL)
-        R0 = (trace.final.z(method.write_point).T - values_at_subject(adapter, reqs, CRITICAL[-1], method.write_point))
+        R0 = trace.final.z(method.write_point).T - values_at_subject(adapter, reqs, CRITICAL[-1], method.write_point)
         for i, call in enumerate(rec.calls):
             assert torch.allclose(call["R"], R0 / share(len(CRITICAL) - i), atol=1e-5), (name, i)
 

@@ -265,7 +265,9 @@ def test_keys_average_within_groups_then_across(load_tiny, requests10, model):
                 for template in group:
                     text_template = template.replace("{}", req.prompt, 1)
                     ids = adapter.tok(text_template.replace("{}", req.subject, 1))["input_ids"]
-                    vecs.append(rewrite_inputs(adapter, ids, layer)[last_subject_token(adapter.tok, text_template, req.subject)])
+                    vecs.append(
+                        rewrite_inputs(adapter, ids, layer)[last_subject_token(adapter.tok, text_template, req.subject)]
+                    )
                 per_group.append(torch.stack(vecs).mean(0))
                 flat += vecs
             expected = torch.stack(per_group).mean(0)
@@ -283,7 +285,7 @@ def test_values_at_subject_are_block_and_mlp_outputs(load_tiny, requests10):
         pos = last_subject_token(adapter.tok, req.prompt, req.subject)
         got = {}
 
-        def hook(module, args, output):
+        def hook(module, args, output, got=got):
             got["y"] = output
 
         handle = adapter.rewrite_module(LAYER).register_forward_hook(hook)
@@ -304,7 +306,11 @@ def test_second_moments_are_the_mean_outer_product_over_real_tokens(load_tiny, m
     """C = (1/N) sum_t k_t k_t^T over the tokens of each text, read unpadded here; the texts
     have different lengths, so a batch that counted pad rows would differ."""
     adapter = load_tiny(model)
-    docs = ["The river runs past the old mill and under two bridges.", "Cats sleep.", "A town of stone houses, a church and a market square."]
+    docs = [
+        "The river runs past the old mill and under two bridges.",
+        "Cats sleep.",
+        "A town of stone houses, a church and a market square.",
+    ]
     layers = [1, 4]
     moments, n = collect_second_moments(adapter, docs, layers, StatsSettings(samples=10, max_length=64))
     encoded = [adapter.tok(d)["input_ids"] for d in docs]

@@ -74,7 +74,9 @@ def test_loads_with_expected_shape(name, loaded):
     assert model.dtype == torch.float32
     assert len(tok) == cfg.vocab_size == model.get_input_embeddings().weight.shape[0]
     assert {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id} == {
-        cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id
+        cfg.bos_token_id,
+        cfg.eos_token_id,
+        cfg.pad_token_id,
     }
     assert len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}) == 3
     assert tok.padding_side == "right"

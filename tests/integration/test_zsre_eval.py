@@ -30,7 +30,7 @@ def test_accuracies_match_argmaxes_taken_by_hand(load_tiny, zsre5, name: str) ->
     adapter = load_tiny(name)
     cases = evaluate_zsre(adapter, zsre5)
     assert [c["case_id"] for c in cases] == [0, 1, 2, 3, 4]
-    for case, req in zip(cases, zsre5):
+    for case in cases:
         assert set(case) == {"case_id", *RATES}
         assert all(0.0 <= case[k] <= 1.0 for k in RATES)
     # The check means something only if some predictions are right and some wrong.
@@ -38,9 +38,7 @@ def test_accuracies_match_argmaxes_taken_by_hand(load_tiny, zsre5, name: str) ->
     for case, req in zip(cases, zsre5):
         model, tok = adapter.model, adapter.tok
         assert case["efficacy"] == pytest.approx(_by_hand(model, tok, req.rewrite_prompt, req.target_new))
-        assert case["generalization"] == pytest.approx(
-            _by_hand(model, tok, req.paraphrase_prompts[0], req.target_new)
-        )
+        assert case["generalization"] == pytest.approx(_by_hand(model, tok, req.paraphrase_prompts[0], req.target_new))
         assert case["specificity"] == pytest.approx(
             _by_hand(model, tok, req.neighborhood_prompts[0], req.neighborhood_answers[0])
         )

@@ -37,6 +37,8 @@ def test_spread_rows_put_the_one_target_at_the_last_layer():
 
 def test_rows_that_do_not_fit_the_written_layers_are_refused():
     with pytest.raises(DataError, match="key_fit_error"):
-        batch_layer_statistics([{"batch": 0, "target_steps": [1.0], "key_fit_error": [0.1], "write_error": 0.1}], [1, 3])
+        batch_layer_statistics(
+            [{"batch": 0, "target_steps": [1.0], "key_fit_error": [0.1], "write_error": 0.1}], [1, 3]
+        )
     with pytest.raises(DataError, match="no edited batch"):
         batch_layer_statistics([{"batch": 0, "skipped": "x"}], [1, 3])

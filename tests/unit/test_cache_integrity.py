@@ -260,8 +260,13 @@ def test_parallel_jobs_compute_an_entry_once(tmp_path):
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     jobs = [
-        subprocess.Popen([sys.executable, "-c", JOB, str(root), str(work)], env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", JOB, str(root), str(work)],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(2)
     ]
     outs = [job.communicate(timeout=300) for job in jobs]

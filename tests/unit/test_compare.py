@@ -37,13 +37,25 @@ def make_run(folder, model, strategy, rates, steps=3, evals=None, layers=None):
         "method": {"name": "memit", "target": {"steps": steps, "lr": 0.5}},
         "strategy": {"name": strategy, **({"share": "equal"} if strategy == "spread" else {})},
         "dataset": {"name": "counterfact"},
-        "num_edits": 4, "batch_size": 2, "seed": 0,
+        "num_edits": 4,
+        "batch_size": 2,
+        "seed": 0,
     }
     OmegaConf.save(OmegaConf.create(cfg), folder / "config.yaml")
     eff, gen, spe, gain = rates
-    summary = {"efficacy": eff, "generalization": gen, "specificity": spe, "target_logprob_gain": gain,
-               "model": model, "method": "memit", "strategy": strategy, "dataset": "counterfact",
-               "num_edits": 4, "batch_size": 2, "written_layers": [1]}
+    summary = {
+        "efficacy": eff,
+        "generalization": gen,
+        "specificity": spe,
+        "target_logprob_gain": gain,
+        "model": model,
+        "method": "memit",
+        "strategy": strategy,
+        "dataset": "counterfact",
+        "num_edits": 4,
+        "batch_size": 2,
+        "written_layers": [1],
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
     rows = evals or []
     (folder / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -60,7 +72,12 @@ def sweep(tmp_path):
 
 
 def test_flatten_nests_with_dots_and_keeps_lists():
-    assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2], "f": {}}) == {"a.b": 1, "a.c.d": None, "e": [1, 2], "f": {}}
+    assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2], "f": {}}) == {
+        "a.b": 1,
+        "a.c.d": None,
+        "e": [1, 2],
+        "f": {},
+    }
 
 
 def test_sweep_folder_expands_to_its_jobs_in_job_order(tmp_path):
@@ -89,7 +106,16 @@ def test_differing_keys_skip_shown_columns_and_what_they_explain(tmp_path):
     runs = load_runs([tmp_path / n for n in "abc"])
     assert differing_keys(runs) == ["method.target.steps"]
     table = compare(runs)
-    assert table.columns[:8] == ["run", "model", "method", "strategy", "dataset", "edits", "batch", "method.target.steps"]
+    assert table.columns[:8] == [
+        "run",
+        "model",
+        "method",
+        "strategy",
+        "dataset",
+        "edits",
+        "batch",
+        "method.target.steps",
+    ]
     assert [r["method.target.steps"] for r in table.rows] == ["3", "5", "5"]
 
 
@@ -98,9 +124,13 @@ def test_relative_change_against_the_matching_baseline(sweep):
     by_run = {(r["model"], r["strategy"]): r for r in table.rows}
     # Computed by hand: m-a blue vs m-a spread, m-b blue vs m-b spread (never across models).
     expected = {
-        ("m-a", "efficacy"): 50.0, ("m-a", "generalization"): 25.0, ("m-a", "specificity"): -25.0,
+        ("m-a", "efficacy"): 50.0,
+        ("m-a", "generalization"): 25.0,
+        ("m-a", "specificity"): -25.0,
         ("m-a", "target_logprob_gain"): 200.0,
-        ("m-b", "efficacy"): -50.0, ("m-b", "generalization"): None, ("m-b", "specificity"): 10.0,
+        ("m-b", "efficacy"): -50.0,
+        ("m-b", "generalization"): None,
+        ("m-b", "specificity"): 10.0,
         ("m-b", "target_logprob_gain"): -50.0,
     }
     for (model, metric), value in expected.items():
@@ -119,11 +149,14 @@ def test_relative_change_is_undefined_on_a_zero_or_missing_base():
     assert relative_change(0.3, -0.6) == pytest.approx(150.0)
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("method=memit", "does not vary.*choose: model, strategy"),
-    ("strategy=rome", "matches no run.*choose: blue, spread"),
-    ("strategy", "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("method=memit", "does not vary.*choose: model, strategy"),
+        ("strategy=rome", "matches no run.*choose: blue, spread"),
+        ("strategy", "KEY=VALUE"),
+    ],
+)
 def test_bad_baselines_are_one_line_errors(sweep, spec, match):
     with pytest.raises(ReportError, match=match) as info:
         compare(load_runs([sweep]), spec)
@@ -179,10 +212,15 @@ def test_wrap_header_breaks_at_separators():
 
 
 def _curve_runs(tmp_path):
-    evals_a = [{"batches": 1, "edits": 2, "efficacy": 0.5, "general.sst2.accuracy": 0.6},
-               {"batches": 2, "edits": 4, "efficacy": 0.25, "general.sst2.accuracy": 0.55}]
-    evals_b = [{"batches": 1, "edits": 3, "efficacy": 1.0}, {"batches": 2, "edits": 6, "efficacy": 0.75},
-               {"batches": 3, "edits": 9, "efficacy": 0.5}]
+    evals_a = [
+        {"batches": 1, "edits": 2, "efficacy": 0.5, "general.sst2.accuracy": 0.6},
+        {"batches": 2, "edits": 4, "efficacy": 0.25, "general.sst2.accuracy": 0.55},
+    ]
+    evals_b = [
+        {"batches": 1, "edits": 3, "efficacy": 1.0},
+        {"batches": 2, "edits": 6, "efficacy": 0.75},
+        {"batches": 3, "edits": 9, "efficacy": 0.5},
+    ]
     a = make_run(tmp_path / "0_m-a_memit_spread_counterfact", "m-a", "spread", RATES[("m-a", "spread")], evals=evals_a)
     b = make_run(tmp_path / "1_m-a_memit_blue_counterfact", "m-a", "blue", RATES[("m-a", "blue")], evals=evals_b)
     return load_runs([a, b]), evals_a, evals_b

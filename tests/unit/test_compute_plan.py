@@ -7,16 +7,52 @@ from dataclasses import replace
 import pytest
 
 from blue_cli.compute_plan import (
-    GPUS, block_weights, forward_flops, gpu, head_flops, key_flops, phases, run_seconds, seconds_at_peak, solve_flops, target_flops,
+    GPUS,
+    block_weights,
+    forward_flops,
+    gpu,
+    head_flops,
+    key_flops,
+    phases,
+    run_seconds,
+    seconds_at_peak,
+    solve_flops,
+    target_flops,
 )
 from blue_cli.errors import ConfigError
 from blue_cli.plan import RunFacts, Shape
 
-SHAPE = Shape(family="llama", hidden_size=8, intermediate_size=20, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=100, n_params=1000)
+SHAPE = Shape(
+    family="llama",
+    hidden_size=8,
+    intermediate_size=20,
+    n_layers=6,
+    n_heads=4,
+    n_kv_heads=2,
+    vocab_size=100,
+    n_params=1000,
+)
 FACTS = RunFacts(
-    method="memit", strategy="blue", sequential=True, critical=(1, 2, 3), written=(1, 3), target_layers=(1, 3), points=1,
-    batch_size=4, chunk=4, num_edits=8, n_templates=6, prefix_tokens=10, model_dtype="bfloat16", state_dtype="float32",
-    device="cuda", stats_max_length=64, stats_batch_tokens=128, stats_precision="float32", stats_samples=50, target_steps=5,
+    method="memit",
+    strategy="blue",
+    sequential=True,
+    critical=(1, 2, 3),
+    written=(1, 3),
+    target_layers=(1, 3),
+    points=1,
+    batch_size=4,
+    chunk=4,
+    num_edits=8,
+    n_templates=6,
+    prefix_tokens=10,
+    model_dtype="bfloat16",
+    state_dtype="float32",
+    device="cuda",
+    stats_max_length=64,
+    stats_batch_tokens=128,
+    stats_precision="float32",
+    stats_samples=50,
+    target_steps=5,
 )
 
 
@@ -41,7 +77,9 @@ def test_target_flops_reuse_the_prefix_once_per_batch():
     assert target_flops(SHAPE, FACTS, 1, 5) == 9 * suffix + prefix  # 5 forwards, 4 backwards
     assert target_flops(SHAPE, FACTS, 1, 5, reuse_prefix=False) == 9 * suffix + 5 * prefix
     pmet = replace(FACTS, points=2)  # attention and MLP of the layer itself are optimised too
-    assert target_flops(SHAPE, pmet, 1, 5) == 9 * (forward_flops(SHAPE, tokens, 5, seq) + head_flops(SHAPE, rows)) + forward_flops(SHAPE, tokens, 1, seq)
+    assert target_flops(SHAPE, pmet, 1, 5) == 9 * (
+        forward_flops(SHAPE, tokens, 5, seq) + head_flops(SHAPE, rows)
+    ) + forward_flops(SHAPE, tokens, 1, seq)
 
 
 def test_solve_flops_per_method():
@@ -57,7 +95,9 @@ def test_phases_use_the_peak_of_their_dtype():
     assert items["target optimisation"].flops == target_flops(SHAPE, FACTS, 1, 5) + target_flops(SHAPE, FACTS, 3, 5)
     keys = key_flops(SHAPE, FACTS, 1) + 2 * key_flops(SHAPE, FACTS, 3)  # two writes + C_prev's keys to layer 3
     assert items["key collection"].flops == keys + 2 * forward_flops(SHAPE, 4 * 16, 4, 16)
-    assert items["statistics products"].flops == 2 * 2 * 20 * 20 * 1e8 and items["statistics products"].dtype == "float32"  # per 100M tokens
+    assert (
+        items["statistics products"].flops == 2 * 2 * 20 * 20 * 1e8 and items["statistics products"].dtype == "float32"
+    )  # per 100M tokens
     assert not items["statistics forward"].per_batch
     a40 = GPUS["a40"]
     assert seconds_at_peak(items["solves"], a40) == items["solves"].flops / 0.585e12
@@ -65,7 +105,9 @@ def test_phases_use_the_peak_of_their_dtype():
     edit, stats = run_seconds(list(items.values()), a40, batches=2)
     per_batch = sum(seconds_at_peak(p, a40) for p in items.values() if p.per_batch)
     assert edit == pytest.approx(2 * per_batch)
-    assert stats == pytest.approx(items["statistics forward"].flops / 149.7e12 + items["statistics products"].flops / 37.4e12)
+    assert stats == pytest.approx(
+        items["statistics forward"].flops / 149.7e12 + items["statistics products"].flops / 37.4e12
+    )
 
 
 def test_unknown_gpu_is_one_line():
@@ -81,14 +123,25 @@ def test_blue_plan_gpu_prints_the_compute_and_the_json_carries_it():
 
     from blue_cli.cli import app
 
-    args = ["plan", "model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100", "num_edits=2000", "--gpu-memory", "48GB"]
+    args = [
+        "plan",
+        "model=llama3",
+        "method=alphaedit",
+        "strategy=spread",
+        "batch_size=100",
+        "num_edits=2000",
+        "--gpu-memory",
+        "48GB",
+    ]
     result = CliRunner().invoke(app, [*args, "--gpu", "a40", "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     compute = plan["compute"]
     assert compute["gpu"] == "NVIDIA A40" and compute["batches"] == 20
     by_name = {p["name"]: p for p in compute["phases"]}
-    assert by_name["solves"]["dtype"] == "float64" and by_name["statistics products"]["dtype"] == "float32"  # auto on CUDA
+    assert (
+        by_name["solves"]["dtype"] == "float64" and by_name["statistics products"]["dtype"] == "float32"
+    )  # auto on CUDA
     per_batch = sum(p["seconds_at_peak"] for p in compute["phases"] if p["per_batch"])
     assert compute["edit_seconds_at_peak"] == pytest.approx(20 * per_batch)
     assert plan["fits"] is True

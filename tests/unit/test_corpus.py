@@ -101,8 +101,6 @@ def test_offline_env_gives_offline_error_quickly(tmp_path: Path, spec: str) -> N
         """
     )
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=60)
     assert "OFFLINE:" in result.stdout, result.stderr[-2000:]
     assert "stats.corpus=" in result.stdout

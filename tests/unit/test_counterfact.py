@@ -122,9 +122,7 @@ def _break(record: dict, how: str) -> dict:
         ("target_missing_str", "missing key 'requested_rewrite.target_new.str'"),
     ],
 )
-def test_malformed_record_message_names_file_index_and_problem(
-    tmp_path: Path, how: str, problem: str
-) -> None:
+def test_malformed_record_message_names_file_index_and_problem(tmp_path: Path, how: str, problem: str) -> None:
     raw = _raw_records(4)
     raw[2] = _break(raw[2], how)
     path = _write(tmp_path / "broken_set.json", raw)

@@ -51,9 +51,7 @@ def test_fluency_is_the_mean_over_texts_and_short_texts_score_zero() -> None:
     # "x y z": one bigram kind each... bigrams xy, yz -> H2 = 1; one trigram -> H3 = 0.
     assert text_entropy("x y z") == pytest.approx((2 / 3 * 1.0 + 0.0) / 2)
     assert text_entropy("hello") == 0.0  # no bigrams at all, as the reference's empty sum
-    assert fluency(["a b a b", "x y z"]) == pytest.approx(
-        ((2 / 3 * (math.log2(3) - 2 / 3) + 4 / 3) / 2 + 1 / 3) / 2
-    )
+    assert fluency(["a b a b", "x y z"]) == pytest.approx(((2 / 3 * (math.log2(3) - 2 / 3) + 4 / 3) / 2 + 1 / 3) / 2)
     assert math.isnan(fluency([]))
 
 

@@ -93,7 +93,7 @@ def test_keep_top_relative_change_keeps_stated_fraction():
     W = torch.randn(10, 20, generator=g)
     out = keep_top_relative_change(delta, W, 0.4)
     assert int((out != 0).sum()) == 80
-    score = (delta.abs() / W.abs())
+    score = delta.abs() / W.abs()
     kept = score[out != 0]
     dropped = score[out == 0]
     assert kept.min() >= dropped.max()

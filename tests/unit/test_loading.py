@@ -14,7 +14,6 @@ from blue_cli.models.source import check_model_available, check_model_source, is
 from blue_cli.models.tiny import tiny_model_dir
 
 
-
 def test_sources_that_exist_are_classified():
     assert check_model_source("tiny-gpt2") == "tiny"
     assert check_model_source(str(tiny_model_dir("tiny-llama"))) == "local"
@@ -29,8 +28,20 @@ def test_hub_ids_are_recognised(name):
 
 @pytest.mark.parametrize(
     "source",
-    ["../../etc", "/nonexistent/model", "~/no-such-model-here", "a/b/c", "owner/../x", "https://huggingface.co/gpt2",
-     "has space", "two--dashes", "", "/", "owner/", "-leading-dash"],
+    [
+        "../../etc",
+        "/nonexistent/model",
+        "~/no-such-model-here",
+        "a/b/c",
+        "owner/../x",
+        "https://huggingface.co/gpt2",
+        "has space",
+        "two--dashes",
+        "",
+        "/",
+        "owner/",
+        "-leading-dash",
+    ],
 )
 def test_nonsense_and_traversal_sources_are_one_line_errors(source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -12,11 +12,27 @@ from blue_cli.errors import ConfigError
 from blue_cli.overrides import compose_config
 from blue_cli.plan import RunFacts, Shape, largest_chunk, make_plan, model_shape, parse_size, plan_for_config, run_facts
 
-SHAPE = Shape(family="llama", hidden_size=10, intermediate_size=20, n_layers=6, n_heads=2, vocab_size=100, n_params=1000)
+SHAPE = Shape(
+    family="llama", hidden_size=10, intermediate_size=20, n_layers=6, n_heads=2, vocab_size=100, n_params=1000
+)
 FACTS = RunFacts(
-    method="alphaedit", strategy="blue", sequential=True, critical=(1, 2, 3), written=(1, 3), target_layers=(1, 3), points=1,
-    batch_size=4, chunk=4, num_edits=8, n_templates=6, prefix_tokens=10, model_dtype="float16", state_dtype="float64",
-    device="cuda", stats_max_length=64, stats_batch_tokens=128,
+    method="alphaedit",
+    strategy="blue",
+    sequential=True,
+    critical=(1, 2, 3),
+    written=(1, 3),
+    target_layers=(1, 3),
+    points=1,
+    batch_size=4,
+    chunk=4,
+    num_edits=8,
+    n_templates=6,
+    prefix_tokens=10,
+    model_dtype="float16",
+    state_dtype="float64",
+    device="cuda",
+    stats_max_length=64,
+    stats_batch_tokens=128,
 )
 
 
@@ -67,7 +83,9 @@ def test_float32_state_and_non_sequential_memit():
     memit = by_name(make_plan(SHAPE, replace(FACTS, method="memit", sequential=False)))
     assert memit["statistics C"] == 2 * 400 * 8 and "C_prev" not in memit
     assert memit["solve temporaries"] == 3 * 400 * 8
-    assert memit["checkpoint (one file, rewritten each batch)"] == b_ckpt(FACTS)  # the same residuals, sequential or not
+    assert memit["checkpoint (one file, rewritten each batch)"] == b_ckpt(
+        FACTS
+    )  # the same residuals, sequential or not
 
 
 def test_chunks_shrink_activations_and_the_largest_fitting_chunk():
@@ -86,7 +104,9 @@ def test_pmet_backprops_through_the_target_block_too():
     assert pmet["activations"] - base["activations"] == per_block_tokens
 
 
-@pytest.mark.parametrize("text,expected", [("48GB", 48e9), ("48", 48e9), ("80GiB", 80 * 2**30), ("24000MB", 24e9), ("1.5 TB", 1.5e12)])
+@pytest.mark.parametrize(
+    "text,expected", [("48GB", 48e9), ("48", 48e9), ("80GiB", 80 * 2**30), ("24000MB", 24e9), ("1.5 TB", 1.5e12)]
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == int(expected)
 
@@ -100,7 +120,12 @@ def test_parse_size_rejects(text):
 def test_run_facts_from_the_composed_config():
     spread = run_facts(compose_config(["model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100"]))
     assert spread.written == (4, 5, 6, 7, 8) and spread.target_layers == (8,)
-    assert spread.model_dtype == "float16" and spread.state_dtype == "float32" and spread.chunk == 100 and spread.sequential
+    assert (
+        spread.model_dtype == "float16"
+        and spread.state_dtype == "float32"
+        and spread.chunk == 100
+        and spread.sequential
+    )
     blue = run_facts(compose_config(["model=llama3", "method=alphaedit", "strategy=blue"]))
     assert blue.written == (4, 8) and blue.target_layers == (4, 8)
     ref = run_facts(compose_config(["method.target.batched=false", "device=cpu"]))
@@ -112,7 +137,9 @@ def test_llama3_alphaedit_spread_fits_48gb_with_float32_state_and_target_chunks(
     """The issue's numbers: 5 written layers x (P + C_prev) at 1.64 GB each in float64, ~80 GB
     of activations at batch 100 in one chunk; float32 state (the CUDA default) and chunks fit."""
     base = ["model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100", "num_edits=2000"]
-    whole = plan_for_config(compose_config([*base, "method.state_dtype=float64", "method.target.chunk=100"]), budget=48_000_000_000)
+    whole = plan_for_config(
+        compose_config([*base, "method.state_dtype=float64", "method.target.chunk=100"]), budget=48_000_000_000
+    )
     b = by_name(whole)
     assert b["projector P"] == b["C_prev"] == 5 * 14336**2 * 8
     assert 60e9 < b["activations"] < 110e9
@@ -128,7 +155,13 @@ def test_llama3_alphaedit_spread_fits_48gb_with_float32_state_and_target_chunks(
 def test_model_shape_errors_and_tiny_config():
     cfg = compose_config(["model=tiny-gptj"])
     shape = model_shape(cfg.model)
-    assert (shape.family, shape.hidden_size, shape.intermediate_size, shape.n_layers, shape.vocab_size) == ("gptj", 128, 512, 6, 4096)
+    assert (shape.family, shape.hidden_size, shape.intermediate_size, shape.n_layers, shape.vocab_size) == (
+        "gptj",
+        128,
+        512,
+        6,
+        4096,
+    )
     cfg.model.source = "nowhere/model"
     with pytest.raises(ConfigError, match="no shape facts"):
         model_shape(cfg.model)
@@ -137,7 +170,9 @@ def test_model_shape_errors_and_tiny_config():
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2"])
 def test_tiny_parameter_count_matches_the_model(name, load_tiny):
     adapter = load_tiny(name)
-    assert model_shape(compose_config([f"model={name}"]).model).n_params == sum(p.numel() for p in adapter.model.parameters())
+    assert model_shape(compose_config([f"model={name}"]).model).n_params == sum(
+        p.numel() for p in adapter.model.parameters()
+    )
 
 
 def _bench():

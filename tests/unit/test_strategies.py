@@ -21,7 +21,10 @@ def test_spread_writes_every_critical_layer():
 def test_unknown_names_give_one_line_errors_listing_choices():
     with pytest.raises(ConfigError, match=r"unknown strategy 'bleu' \(choose: blue, spread\)"):
         strategy_class("bleu")
-    with pytest.raises(ConfigError, match="unknown method 'memitt' \\(choose: alphaedit, memit, memit_seq, pmet, pmet_seq, prune, rect\\)") as info:
+    with pytest.raises(
+        ConfigError,
+        match="unknown method 'memitt' \\(choose: alphaedit, memit, memit_seq, pmet, pmet_seq, prune, rect\\)",
+    ) as info:
         method_class("memitt")
     assert "\n" not in str(info.value)
 
@@ -37,8 +40,15 @@ def test_registries_are_filled_by_decorators():
 
 @pytest.mark.parametrize(
     "method,sequential",
-    [("memit", False), ("memit_seq", True), ("alphaedit", True), ("pmet", False), ("pmet_seq", True),
-     ("rect", False), ("prune", False)],
+    [
+        ("memit", False),
+        ("memit_seq", True),
+        ("alphaedit", True),
+        ("pmet", False),
+        ("pmet_seq", True),
+        ("rect", False),
+        ("prune", False),
+    ],
 )
 def test_each_method_keeps_a_key_cache_exactly_as_the_reference_variant_of_its_name(method, sequential):
     from blue_cli.overrides import compose_config

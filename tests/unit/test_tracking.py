@@ -50,8 +50,15 @@ def test_tensorboard_scalars_read_back_at_logged_steps(tmp_path):
     assert got["summary/written_layers.1"] == [(0, 5.0)]
     assert not any("method" in t or "model" in t or "skipped" in t for t in got)
     assert set(got) == {
-        "batch/write_error", "batch/layers.17.norm", "eval/batches", "eval/edits", "eval/efficacy",
-        "eval/general.mmlu.acc", "summary/efficacy", "summary/written_layers.0", "summary/written_layers.1",
+        "batch/write_error",
+        "batch/layers.17.norm",
+        "eval/batches",
+        "eval/edits",
+        "eval/efficacy",
+        "eval/general.mmlu.acc",
+        "summary/efficacy",
+        "summary/written_layers.0",
+        "summary/written_layers.1",
     }
 
 

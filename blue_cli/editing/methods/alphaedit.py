@@ -39,7 +39,9 @@ class AlphaEdit(EditMethod):
         super().prepare(stats, device)
         threshold = float(self.cfg.nullspace_threshold)
         self.P = {
-            l: self.stored(stats.cached_tensor(l, f"nullspace_{threshold:g}", lambda C: nullspace_projector(C, threshold).float()))
+            l: self.stored(
+                stats.cached_tensor(l, f"nullspace_{threshold:g}", lambda C: nullspace_projector(C, threshold).float())
+            )
             for l in self.layers
         }
 

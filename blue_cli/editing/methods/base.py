@@ -84,7 +84,9 @@ class EditMethod:
             K64 = K.to(device=self.device, dtype=torch.float64)
             C_prev += (K64 @ K64.T).to(C_prev.device, C_prev.dtype)
 
-    def revise_batch(self, changes: dict[int, torch.Tensor], before: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    def revise_batch(
+        self, changes: dict[int, torch.Tensor], before: dict[int, torch.Tensor]
+    ) -> dict[int, torch.Tensor]:
         """After every layer of a batch is written: the changes (d x d_k) to keep, per layer.
 
         ``before`` holds the rewrite matrices as the batch found them. Default: keep all.

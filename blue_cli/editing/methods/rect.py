@@ -30,6 +30,10 @@ class Rect(Memit):
     is sparsified against the matrix as the batch found it.
     """
 
-    def revise_batch(self, changes: dict[int, torch.Tensor], before: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    def revise_batch(
+        self, changes: dict[int, torch.Tensor], before: dict[int, torch.Tensor]
+    ) -> dict[int, torch.Tensor]:
         fraction = float(self.cfg.keep_fraction)
-        return {l: keep_top_relative_change(change, before[l].to(change.dtype), fraction) for l, change in changes.items()}
+        return {
+            l: keep_top_relative_change(change, before[l].to(change.dtype), fraction) for l, change in changes.items()
+        }

@@ -55,10 +55,17 @@ class EditContext:
         if device.type != "cuda":
             return max(1, len(requests))
         budget = self.memory_budget_gb * 2**30 if self.memory_budget_gb else 0.6 * torch.cuda.mem_get_info(device)[0]
-        tokens = sum(len(self.adapter.tok(t.replace("{}", r.rewrite_prompt, 1))["input_ids"]) + 8 for r in requests[:1] for t in self.templates)
+        tokens = sum(
+            len(self.adapter.tok(t.replace("{}", r.rewrite_prompt, 1))["input_ids"]) + 8
+            for r in requests[:1]
+            for t in self.templates
+        )
         return requests_per_chunk(
-            hidden=self.adapter.hidden_size, tokens_per_request=tokens + 16, blocks=self.adapter.n_layers - layer,
-            elem_bytes=self.adapter.dtype.itemsize, budget_bytes=budget,
+            hidden=self.adapter.hidden_size,
+            tokens_per_request=tokens + 16,
+            blocks=self.adapter.n_layers - layer,
+            elem_bytes=self.adapter.dtype.itemsize,
+            budget_bytes=budget,
         )
 
 
@@ -129,9 +136,12 @@ class Strategy:
         if replay is None:
             trace = self.write_batch(method, ctx, requests, critical)
         else:
-            trace = BatchTrace(writes=[
-                self.write_layer(method, ctx, requests, layer, residual.to(adapter.device)) for layer, residual in replay
-            ])
+            trace = BatchTrace(
+                writes=[
+                    self.write_layer(method, ctx, requests, layer, residual.to(adapter.device))
+                    for layer, residual in replay
+                ]
+            )
         changes = {l: adapter.rewrite_weight(l).detach() - before[l] for l in written}
         kept = method.revise_batch(changes, before)
         if kept is not changes:
@@ -148,7 +158,9 @@ class Strategy:
         return trace
 
     @staticmethod
-    def compute_targets(method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int) -> TargetResult:
+    def compute_targets(
+        method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int
+    ) -> TargetResult:
         """Target vectors at the method's points of ``layer`` for every request, on the current model."""
         size = ctx.chunk_size(requests, layer)
         parts = [
@@ -181,6 +193,8 @@ class Strategy:
         )
 
     @staticmethod
-    def current_values(method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int) -> torch.Tensor:
+    def current_values(
+        method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int
+    ) -> torch.Tensor:
         """H: the write point's value at ``layer`` on the current weights (d x n)."""
         return values_at_subject(ctx.adapter, requests, layer, method.write_point)
