@@ -4,6 +4,13 @@
 """
 
 __version__ = "0.1.0"
+# The name on the package index (``blue-cli`` there is another project); the command is ``blue``.
+DISTRIBUTION = "blue-editing"
+
+
+def install_hint(extra: str) -> str:
+    """How to install an optional extra, from the index or from a checkout of this repository."""
+    return f'pip install "{DISTRIBUTION}[{extra}]" (from a checkout: pip install -e ".[{extra}]")'
 
 
 def __getattr__(name: str):

@@ -60,7 +60,9 @@ def iter_corpus(spec: str, *, max_docs: int | None = None) -> Iterator[str]:
         stream = datasets.load_dataset("wikimedia/wikipedia", "20231101.en", split="train", streaming=True)
         stream = stream.shuffle(seed=WIKIPEDIA_SEED, buffer_size=_STREAM_BUFFER)
         yield from stream_texts(stream, max_docs)
-    except _network_errors() as err:
+    except Exception as err:
+        if not is_transport_error(err):
+            raise
         raise _offline_error("wikipedia", err) from err
 
 
@@ -148,6 +150,12 @@ def _texts(rows: Iterable[Any], path: Path, unit: str, *, start: int) -> list[st
     return docs
 
 
+# The HTTP clients under datasets/huggingface_hub (httpx, or requests in older releases)
+# raise their own transport errors; they are recognised by module, not imported here.
+_TRANSPORT_MODULES = ("httpx", "httpcore", "requests", "urllib3", "aiohttp")
+_TRANSPORT_WORDS = ("Connect", "Timeout", "Transport")
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean 'the Hub could not be reached' across datasets/hub versions."""
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
@@ -157,19 +165,17 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         errors += [LocalEntryNotFoundError, OfflineModeIsEnabled]
     except ImportError:
         pass
-    try:
-        import httpx
-
-        errors.append(httpx.TransportError)
-    except ImportError:
-        pass
-    try:
-        import requests
-
-        errors.append(requests.exceptions.ConnectionError)
-    except ImportError:
-        pass
     return tuple(errors)
+
+
+def is_transport_error(err: BaseException) -> bool:
+    """Whether ``err`` is a connection or timeout error of an HTTP client library."""
+    if isinstance(err, _network_errors()):
+        return True
+    return any(
+        cls.__module__.split(".")[0] in _TRANSPORT_MODULES and any(w in cls.__name__ for w in _TRANSPORT_WORDS)
+        for cls in type(err).__mro__
+    )
 
 
 def _offline_error(name: str, err: BaseException) -> OfflineError:
@@ -195,7 +201,9 @@ def _load_wikipedia(max_docs: int | None) -> list[str]:
         stream = datasets.load_dataset(name, "20231101.en", split="train", streaming=True)
         stream = stream.shuffle(seed=WIKIPEDIA_SEED, buffer_size=_STREAM_BUFFER)
         return [row["text"] for row in stream.take(max_docs)]
-    except _network_errors() as err:
+    except Exception as err:
+        if not is_transport_error(err):
+            raise
         raise _offline_error("wikipedia", err) from err
 
 
@@ -205,6 +213,8 @@ def _load_wikitext103() -> list[str]:
 
     try:
         ds = datasets.load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1", split="train")
-    except _network_errors() as err:
+    except Exception as err:
+        if not is_transport_error(err):
+            raise
         raise _offline_error("wikitext", err) from err
     return split_articles("".join(ds["text"]))

@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from blue_cli import __version__
+from blue_cli import DISTRIBUTION, __version__
 from blue_cli.cache import atomic_path
 from blue_cli.errors import BlueError, DataError, OfflineError
 
@@ -41,7 +41,7 @@ def download_file(
     by_hand = f"to work offline, put the file at {dest} by hand"
     if offline_requested():
         raise OfflineError(f"BLUE_OFFLINE is set, so {url} was not downloaded; {by_hand}")
-    request = urllib.request.Request(url, headers={"User-Agent": f"blue-cli/{__version__}"})
+    request = urllib.request.Request(url, headers={"User-Agent": f"{DISTRIBUTION}/{__version__}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response, atomic_path(dest) as tmp:
             length = response.headers.get("Content-Length")

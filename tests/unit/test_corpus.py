@@ -86,6 +86,24 @@ def test_hub_connection_error_becomes_offline_error(monkeypatch: pytest.MonkeyPa
             load_corpus(spec, max_docs=5)
 
 
+def test_http_client_transport_errors_are_recognised_without_importing_the_client() -> None:
+    """httpx (huggingface_hub >= 1) and requests (older) raise their own errors; blue knows
+    them by module and name, so neither needs to be a dependency."""
+    from blue_cli.data.corpus import is_transport_error
+
+    def error_class(module: str, name: str, base: type = Exception) -> type:
+        return type(name, (base,), {"__module__": module})
+
+    transport = error_class("httpx._exceptions", "TransportError")
+    connect = error_class("httpx._exceptions", "ConnectError", transport)
+    assert is_transport_error(connect("refused"))
+    assert is_transport_error(error_class("requests.exceptions", "ConnectTimeout")("slow"))
+    assert is_transport_error(ConnectionError("down"))
+    assert not is_transport_error(error_class("httpx._exceptions", "DecodingError")("bad body"))
+    assert not is_transport_error(error_class("mylib", "ConnectError")("not an HTTP client"))
+    assert not is_transport_error(ValueError("x"))
+
+
 @pytest.mark.parametrize("spec", ["wikipedia", "wikitext"])
 def test_offline_env_gives_offline_error_quickly(tmp_path: Path, spec: str) -> None:
     """A fresh process, because datasets reads HF_*_OFFLINE only when first imported."""

@@ -96,7 +96,10 @@ def test_missing_backend_names_its_extra(tmp_path, monkeypatch, name):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ConfigError) as err:
         make_tracker(name, tmp_path, {"seed": 0})
-    assert str(err.value) == f"logger={name} needs `pip install blue-cli[{name}]`"
+    assert str(err.value) == (
+        f'logger={name} needs the {name} extra: pip install "blue-editing[{name}]" '
+        f'(from a checkout: pip install -e ".[{name}]")'
+    )
 
 
 def test_run_config_accepts_logger_and_rejects_unknown():
