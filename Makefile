@@ -9,14 +9,14 @@ export HF_HUB_OFFLINE ?= 1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install-cpu: ## install CPU-only torch (CI and machines without a GPU), then the package
+install-cpu: ## install CPU-only torch (CI and machines without a GPU), then the package with its test and dev tools
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[dev]"
 
-install: ## install the package and its dependencies (torch as your platform provides it)
-	$(PIP) install -q -e ".[test]"
+install: ## install the package with its test and dev tools (torch as your platform provides it)
+	$(PIP) install -q -e ".[dev]"
 
-test: ## unit, integration and end-to-end tests on the tiny models (< 10 min on 2 cores)
+test: ## unit, integration and end-to-end tests on the tiny models (< 4 min on 2 cores); prints the slowest
 	$(PYTHON) -m pytest -m "not slow and not gpu" -q --durations=25
 
 test-all: ## everything, the slow tests included
@@ -33,7 +33,6 @@ format: ## ruff: format the code and apply the safe lint fixes
 # One BLAS/OpenMP thread: mutmut forks per mutant, and a forked child of a torch process
 # that already started its thread pool can hang in linalg.solve (seen as timeouts).
 mutate: ## mutation-test blue_cli/editing/linalg.py with mutmut ([tool.mutmut]), then list the survivors
-	$(PIP) show -q mutmut >/dev/null 2>&1 || $(PIP) install -q mutmut
 	rm -rf mutants
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m mutmut run --max-children 2
 	@echo "surviving mutants (inspect one with: $(PYTHON) -m mutmut show NAME):"

@@ -19,6 +19,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from blue_cli.faults import fault_point
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fault_point(f"write:{path.name}")
         # mkstemp makes the file 0600; a cache shared by several users or jobs wants
         # the mode an ordinary open() would give (0644 under umask 022).
         os.chmod(tmp_path, 0o666 & ~current_umask())

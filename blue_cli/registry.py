@@ -22,7 +22,11 @@ STRATEGIES: dict[str, type] = {}
 DATASETS: dict[str, type] = {}
 DATASET_SCHEMAS: dict[str, type] = {}
 
-_PACKAGES = ("blue_cli.editing.methods", "blue_cli.editing.strategies", "blue_cli.datasets")
+METHOD_PACKAGE, STRATEGY_PACKAGE, DATASET_PACKAGE = (
+    "blue_cli.editing.methods",
+    "blue_cli.editing.strategies",
+    "blue_cli.datasets",
+)
 
 
 def register_method(name: str, *, config: type, variants: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]:
@@ -60,40 +64,49 @@ def register_dataset(name: str, *, config: type) -> Callable[[type[T]], type[T]]
     return decorator
 
 
-def _lookup(table: dict[str, type], kind: str, name: str) -> type:
-    load_builtins()
+def _lookup(table: dict[str, type], kind: str, name: str, package: str) -> type:
+    load_package(package)
     if name not in table:
         raise ConfigError(f"unknown {kind} '{name}' (choose: {', '.join(sorted(table))})")
     return table[name]
 
 
 def method_class(name: str) -> type:
-    return _lookup(METHODS, "method", name)
+    return _lookup(METHODS, "method", name, METHOD_PACKAGE)
 
 
 def strategy_class(name: str) -> type:
-    return _lookup(STRATEGIES, "strategy", name)
+    return _lookup(STRATEGIES, "strategy", name, STRATEGY_PACKAGE)
 
 
 def dataset_class(name: str) -> type:
-    return _lookup(DATASETS, "dataset", name)
+    return _lookup(DATASETS, "dataset", name, DATASET_PACKAGE)
 
 
 def method_schemas() -> dict[str, type]:
     """Method name -> config dataclass, for Hydra's ConfigStore."""
-    load_builtins()
+    load_package(METHOD_PACKAGE)
     return dict(METHOD_SCHEMAS)
 
 
 def dataset_schemas() -> dict[str, type]:
     """Dataset name -> config dataclass, for Hydra's ConfigStore."""
-    load_builtins()
+    load_package(DATASET_PACKAGE)
     return dict(DATASET_SCHEMAS)
 
 
+def load_package(package_name: str) -> None:
+    """Import every module of one of the packages above so their decorators run.
+
+    Method and dataset modules import torch and transformers only inside the functions
+    that compute, so reading their schemas (checking overrides) stays fast.
+    """
+    package = importlib.import_module(package_name)
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package_name}.{info.name}")
+
+
 def load_builtins() -> None:
-    """Import every module of the method and strategy packages so their decorators run."""
-    for package_name in _PACKAGES:
-        package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{package_name}.{info.name}")
+    """Import every method, strategy and dataset module."""
+    for package_name in (METHOD_PACKAGE, STRATEGY_PACKAGE, DATASET_PACKAGE):
+        load_package(package_name)

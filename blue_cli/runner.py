@@ -30,6 +30,7 @@ from blue_cli.editing.session import EditSession, seed_everything
 from blue_cli.errors import ConfigError
 from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
 from blue_cli.evaluation.summary import summarise
+from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.loading import load_model
 from blue_cli.registry import dataset_class
@@ -151,6 +152,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
             rows.append(session.edit_batch(batches[b], b))
             tracker.log_batch(rows[-1], step=b + 1)
             checkpoint.save(session, rows)
+            fault_point("batch")
             if b + 1 < len(batches) and points.due(b + 1):
                 with session.final_view():
                     points.record(adapter, b + 1)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,54 @@ def model_without_tokenizer(tmp_path):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_model_dir("tiny-gpt2") / name, folder / name)
     return folder
+
+
+# -- the CLI in process -----------------------------------------------------------------------
+
+
+@dataclass
+class CliResult:
+    """What a ``blue`` command did: exit code and its two streams."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def invoke_blue(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> CliResult:
+    """Run ``blue ARGS`` in this process, from ``cwd``: the Typer app, Hydra's own entry
+    point and the job, as the installed command runs them, without a new Python and torch.
+
+    Hydra leaves its logging handlers and its global state behind after a job; both are
+    restored here so the next test (or command) starts clean. An exception that is not a
+    clean exit propagates, with its traceback, as a test failure.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from typer.testing import CliRunner
+
+    from blue_cli.cli import app
+    from blue_cli.reporting.console import console, err_console
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    old_cwd = os.getcwd()
+    GlobalHydra.instance().clear()
+    os.chdir(cwd)
+    # The consoles read COLUMNS when created (at import); a command gets the width it asks for.
+    widths = console.width, err_console.width
+    console.width = err_console.width = int((env or {}).get("COLUMNS", 120))
+    try:
+        result = CliRunner(env=env).invoke(app, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        console.width, err_console.width = widths
+        os.chdir(old_cwd)
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    return CliResult(result.exit_code, result.stdout, result.stderr)

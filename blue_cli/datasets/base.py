@@ -9,10 +9,13 @@ evaluator reports the same three rates (``efficacy``, ``generalization``,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from blue_cli.data.records import EditRequest
 from blue_cli.errors import DataError
-from blue_cli.models.adapter import ModelAdapter
+
+if TYPE_CHECKING:  # a dataset module imports torch only when it evaluates (see registry.py)
+    from blue_cli.models.adapter import ModelAdapter
 
 Progress = Callable[[int, int], None]
 RATES = ("efficacy", "generalization", "specificity")

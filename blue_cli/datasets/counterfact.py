@@ -9,9 +9,6 @@ from typing import Optional
 from blue_cli.config import DatasetConfig
 from blue_cli.data.counterfact import CANONICAL_URL, load_counterfact
 from blue_cli.datasets.base import EditDataset
-from blue_cli.evaluation.consistency import Unavailable, load_consistency_resources
-from blue_cli.evaluation.counterfact import evaluate_counterfact
-from blue_cli.evaluation.generation import evaluate_generation
 from blue_cli.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -45,6 +42,8 @@ class CounterFact(EditDataset):
         return load_counterfact(self.cfg.path, offset=self.cfg.offset, limit=limit, url=self.cfg.url)
 
     def prepare(self):
+        from blue_cli.evaluation.consistency import Unavailable, load_consistency_resources
+
         if not self.eval_cfg.generation:
             return {}
         self.resources = load_consistency_resources(
@@ -56,6 +55,9 @@ class CounterFact(EditDataset):
         return {}
 
     def evaluate(self, adapter, requests, progress=None):
+        from blue_cli.evaluation.counterfact import evaluate_counterfact
+        from blue_cli.evaluation.generation import evaluate_generation
+
         cases = evaluate_counterfact(adapter, requests, progress=progress)
         if self.eval_cfg.generation:
             ev = self.eval_cfg

@@ -41,6 +41,7 @@ from blue_cli.editing.entries import (  # noqa: F401 (re-exported)
 )
 from blue_cli.editing.precision import exact_float32_matmul, product_precision
 from blue_cli.errors import ConfigError
+from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import pad_right
 
@@ -156,6 +157,7 @@ def moment_sums(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     started = time.perf_counter()
     for rng in picked:
+        fault_point("stats")
         batch = pad_right([list(windows[i]) for i in rng], pad, adapter.device)
         acts = adapter.read_points(batch, [f"key.{l}" for l in layers])
         mask = batch["attention_mask"].bool()

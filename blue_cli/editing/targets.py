@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from blue_cli.data.records import EditRequest
+from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter, frozen_prefix
 from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index, target_ids
 
@@ -209,6 +210,7 @@ def _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n):
     steps = torch.zeros(n, dtype=torch.long)
     init_kl, loss_init, nll = None, None, None
     for it in range(settings.steps):
+        fault_point("target")
         with ExitStack() as stack:
             for p in points:
                 stack.enter_context(adapter.inject(f"{p}.{layer}", deltas[p], batch.rows, batch.lookup))

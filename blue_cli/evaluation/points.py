@@ -15,6 +15,7 @@ from pathlib import Path
 from blue_cli.data.records import EditRequest
 from blue_cli.evaluation.general import evaluate_general, load_task
 from blue_cli.evaluation.summary import summarise
+from blue_cli.faults import fault_point
 from blue_cli.reporting import results
 
 GENERAL_METRICS = ("f1", "mcc", "accuracy")
@@ -73,6 +74,7 @@ class EvaluationPoints:
                 )
             for task, values in scores.items():
                 row.update({f"general.{task}.{k}": values[k] for k in GENERAL_METRICS if k in values})
+        fault_point("eval")
         if len(row) > 2:
             self.rows = [r for r in self.rows if r["batches"] != done] + [row]
             results.write_jsonl(self.run_dir, results.EVALS, self.rows)

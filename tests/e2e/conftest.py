@@ -1,4 +1,5 @@
-"""Run the installed ``blue`` command in a subprocess, from a scratch folder."""
+"""Run ``blue`` commands: in this process (most tests), or as the installed command in a
+new Python where the process itself is what is tested (kills, start-up environment)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import invoke_blue
+
 
 def blue_exe() -> list[str]:
     exe = shutil.which("blue")
     return [exe] if exe else [sys.executable, "-m", "blue_cli.cli"]
 
 
-def run_blue(
+def run_blue(args: list[str], cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """``blue ARGS`` in this process (tests/conftest.py: invoke_blue), as a CompletedProcess."""
+    env = {"COLUMNS": "120", **(env_extra or {})}
+    result = invoke_blue(args, cwd, env=env)
+    return subprocess.CompletedProcess(["blue", *args], result.code, result.stdout, result.stderr)
+
+
+def run_blue_process(
     args: list[str], cwd: Path, timeout: int = 900, env_extra: dict | None = None
 ) -> subprocess.CompletedProcess:
+    """The installed ``blue`` command in a new process."""
     env = dict(os.environ)
     env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
     env.update(env_extra or {})
@@ -30,60 +41,67 @@ def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-METHODS = ("memit", "memit_seq", "alphaedit", "pmet", "rect", "prune")
+# The methods whose 40-edit quality floors are checked; every other registered method
+# gets a smaller run (10 edits in 2 batches) that still shows what it adds.
+QUALITY_METHODS = ("memit", "memit_seq", "alphaedit")
+STRATEGIES = ("spread", "blue")
 
 
-@pytest.fixture(scope="session")
-def sweep_runs(tmp_path_factory):
-    """One -m sweep over the methods x strategies on tiny-gpt2 (40 edits, batches of 10)."""
-    root = tmp_path_factory.mktemp("sweep")
-    sweep = root / "sweep"
+def other_methods() -> tuple[str, ...]:
+    """Every method in the registry (its YAMLs) that is not a quality method."""
+    from blue_cli.config import group_choices
+
+    return tuple(m for m in group_choices("method") if m not in QUALITY_METHODS)
+
+
+def sweep(root: Path, *overrides: str) -> dict[tuple[str, str], Path]:
+    """One in-process ``blue edit -m`` sweep into ``root/sweep``: {(method, strategy): job folder}."""
+    folder = root / "sweep"
     proc = run_blue(
         [
             "edit",
             "-m",
-            f"method={','.join(METHODS)}",
-            "strategy=spread,blue",
-            "model=tiny-gpt2",
-            "num_edits=40",
-            "batch_size=10",
+            *overrides,
             "eval.generation=false",
-            f"hydra.sweep.dir={sweep}",
+            "~hydra.callbacks.sweep_report",
+            f"hydra.sweep.dir={folder}",
         ],
         cwd=root,
-        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {
-        (summary_of(p)["method"], summary_of(p)["strategy"]): p
-        for p in sweep.iterdir()
-        if (p / "summary.json").exists()
-    }
+    jobs = [p for p in folder.iterdir() if (p / "summary.json").exists()]
+    return {(summary_of(p)["method"], summary_of(p)["strategy"]): p for p in jobs}
+
+
+@pytest.fixture(scope="session")
+def sweep_runs(tmp_path_factory):
+    """The quality methods x strategies on tiny-gpt2, 40 edits in batches of 10 (one -m sweep)."""
+    root = tmp_path_factory.mktemp("sweep")
+    return sweep(
+        root, f"method={','.join(QUALITY_METHODS)}", f"strategy={','.join(STRATEGIES)}", "model=tiny-gpt2",
+        "num_edits=40", "batch_size=10",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory):
+    """Every other method x strategies on tiny-gpt2, 10 edits in batches of 5."""
+    root = tmp_path_factory.mktemp("small-sweep")
+    return sweep(
+        root, f"method={','.join(other_methods())}", f"strategy={','.join(STRATEGIES)}", "model=tiny-gpt2",
+        "num_edits=10", "batch_size=5",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def edit_runs(tmp_path_factory, sweep_runs):
     """The four acceptance runs of issue 2 (MEMIT_seq, as then): {(model, strategy): run_dir}.
 
-    tiny-gpt2's come from the sweep."""
-    root = tmp_path_factory.mktemp("edit-runs")
-    runs = {("tiny-gpt2", s): sweep_runs[("memit_seq", s)] for s in ("spread", "blue")}
-    for model in ("tiny-llama",):
-        for strategy in ("spread", "blue"):
-            run_dir = root / f"{model}-{strategy}"
-            proc = run_blue(
-                [
-                    "edit",
-                    f"model={model}",
-                    "method=memit_seq",
-                    f"strategy={strategy}",
-                    "num_edits=40",
-                    "batch_size=10",
-                    "eval.generation=false",
-                    f"hydra.run.dir={run_dir}",
-                ],
-                cwd=root,
-            )
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            runs[(model, strategy)] = run_dir
+    tiny-gpt2's come from the sweep; tiny-llama's from a sweep of their own."""
+    runs = {("tiny-gpt2", s): sweep_runs[("memit_seq", s)] for s in STRATEGIES}
+    llama = sweep(
+        tmp_path_factory.mktemp("llama-sweep"), "model=tiny-llama", "method=memit_seq",
+        f"strategy={','.join(STRATEGIES)}", "num_edits=40", "batch_size=10",
+    )  # fmt: skip
+    runs.update({("tiny-llama", s): llama[("memit_seq", s)] for s in STRATEGIES})
     return runs

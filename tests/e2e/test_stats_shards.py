@@ -7,7 +7,7 @@ import pytest
 from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.session import stats_settings
 from blue_cli.overrides import compose_config
-from tests.e2e.conftest import run_blue
+from tests.e2e.conftest import run_blue, run_blue_process
 
 BASE = [
     "model=tiny-gpt2",
@@ -24,24 +24,35 @@ def one_pass(load_tiny, tmp_path_factory):
     return adapter, {l: store.get(l) for l in (1, 3)}, {l: store.counts[l] for l in (1, 3)}
 
 
-@pytest.mark.parametrize("shards", [2, 3])
-def test_joblib_multirun_of_shards_equals_one_pass(shards, one_pass, tmp_path):
-    adapter, expected, counts = one_pass
+def _sharded_multirun(tmp_path, shards: int, launcher: list[str], run=run_blue):
     cache = tmp_path / "cache"
-    proc = run_blue(
-        [
-            "stats",
-            "-m",
-            *BASE,
-            f"stats.shard={','.join(map(str, range(shards)))}",
-            f"stats.shards={shards}",
-            "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
+    shard_list = ",".join(map(str, range(shards)))
+    proc = run(
+        ["stats", "-m", *BASE, f"stats.shard={shard_list}", f"stats.shards={shards}", *launcher,
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path,
         env_extra={"BLUE_CACHE": str(cache)},
-    )
+    )  # fmt: skip
+    return proc, cache
+
+
+def test_multirun_of_shards_equals_one_pass(one_pass, tmp_path):
+    """`blue stats -m` over 3 shards (Hydra's basic launcher, one job after another)."""
+    proc, cache = _sharded_multirun(tmp_path, 3, [])
+    _assert_merged(proc, cache, 3, one_pass)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shards", [2, 3])
+def test_joblib_multirun_of_shards_equals_one_pass(shards, one_pass, tmp_path):
+    """The same through the joblib launcher: shards computed by parallel worker processes."""
+    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc, cache = _sharded_multirun(tmp_path, shards, launcher, run=run_blue_process)
+    _assert_merged(proc, cache, shards, one_pass)
+
+
+def _assert_merged(proc, cache, shards, one_pass):
+    adapter, expected, counts = one_pass
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(cache.rglob(f"*.shard*of{shards}.safetensors"))) == 2 * shards  # layers 1 and 3
     store = CovarianceStore(adapter, stats_settings(compose_config(BASE)), cache / "stats")

@@ -145,14 +145,17 @@ def test_replay_rebuilds_the_weights_and_c_prev_exactly(full_run):
         assert session.method.C_prev[layer].abs().sum() > 0
 
 
-def test_targets_in_chunks_equal_one_chunk(load_tiny, requests10):
-    adapter = load_tiny("tiny-gpt2")
+def test_targets_in_chunks_equal_one_chunk(fresh_tiny, requests10):
+    """In float64, so that float32 rounding of differently shaped batches, which Adam's
+    first normalised steps can amplify past any fixed tolerance, does not decide the test."""
+    adapter = fresh_tiny("tiny-gpt2")
+    adapter.model.double()
     groups = context_templates(adapter, n_prefixes=1, seed=0)
     method = method_class("memit")(OmegaConf.create({"name": "memit", "sequential": False}), [3])
     settings = TargetSettings(lr=0.5, steps=5, clamp=4.0)
     whole = Strategy.compute_targets(method, EditContext(adapter, groups, settings), requests10[:5], 3)
     chunked = Strategy.compute_targets(method, EditContext(adapter, groups, settings, chunk=2), requests10[:5], 3)
-    assert torch.allclose(whole.delta["block"], chunked.delta["block"], atol=1e-4)  # as batched vs one at a time
+    assert torch.allclose(whole.delta["block"], chunked.delta["block"], rtol=0, atol=1e-9)
     assert whole.steps == chunked.steps and chunked.delta["block"].shape[0] == 5
 
 

@@ -19,14 +19,14 @@ def test_spread_writes_every_critical_layer():
 
 
 def test_unknown_names_give_one_line_errors_listing_choices():
-    with pytest.raises(ConfigError, match=r"unknown strategy 'bleu' \(choose: blue, spread\)"):
+    """The choices are the registry's, whatever has been added to it."""
+    with pytest.raises(ConfigError) as info:
         strategy_class("bleu")
-    with pytest.raises(
-        ConfigError,
-        match="unknown method 'memitt' \\(choose: alphaedit, memit, memit_seq, pmet, pmet_seq, prune, rect\\)",
-    ) as info:
+    assert str(info.value) == f"unknown strategy 'bleu' (choose: {', '.join(sorted(STRATEGIES))})"
+    with pytest.raises(ConfigError) as info:
         method_class("memitt")
-    assert "\n" not in str(info.value)
+    assert str(info.value) == f"unknown method 'memitt' (choose: {', '.join(sorted(METHODS))})"
+    assert len(METHODS) >= 2 and len(STRATEGIES) >= 2
 
 
 def test_registries_are_filled_by_decorators():

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from blue_cli.config import MethodConfig
-from blue_cli.editing.covariance import CovarianceStore
-from blue_cli.editing.linalg import alphaedit_update, nullspace_projector
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.registry import register_method
+
+if TYPE_CHECKING:
+    import torch
+
+    from blue_cli.editing.covariance import CovarianceStore
 
 
 @dataclass
@@ -36,6 +38,8 @@ class AlphaEdit(EditMethod):
     """
 
     def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
+        from blue_cli.editing.linalg import nullspace_projector
+
         super().prepare(stats, device)
         threshold = float(self.cfg.nullspace_threshold)
         self.P = {
@@ -46,5 +50,7 @@ class AlphaEdit(EditMethod):
         }
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        from blue_cli.editing.linalg import alphaedit_update
+
         P, C_prev = self.resident(self.P[layer]), self.resident(self.previous_keys(layer))
         return alphaedit_update(K, R, P, self.cfg.l2, C_prev)

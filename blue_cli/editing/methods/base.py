@@ -8,10 +8,12 @@ never knows which strategy drives it; strategies read its declared properties.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # a method module imports torch only when it runs (see registry.py)
+    import torch
 
-from blue_cli.editing.covariance import CovarianceStore
+    from blue_cli.editing.covariance import CovarianceStore
 
 
 class EditMethod:
@@ -44,6 +46,8 @@ class EditMethod:
         CUDA, where a Llama3 matrix is 0.8 GB instead of 1.6 GB; float64 on CPU) and,
         with ``offload_state``, in CPU memory between solves; solves upcast to float64.
         """
+        import torch
+
         self.device = device
         choice = self.cfg.get("state_dtype", "auto")
         if choice == "auto":
@@ -69,6 +73,8 @@ class EditMethod:
         if not self.sequential:
             return None
         if layer not in self.C_prev:
+            import torch
+
             size = self.key_sizes[layer]
             self.C_prev[layer] = torch.zeros(size, size, dtype=self.state_dtype, device=self.home)
         return self.C_prev[layer]
@@ -81,6 +87,8 @@ class EditMethod:
         """
         C_prev = self.previous_keys(layer)
         if C_prev is not None:
+            import torch
+
             K64 = K.to(device=self.device, dtype=torch.float64)
             C_prev += (K64 @ K64.T).to(C_prev.device, C_prev.dtype)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from blue_cli.config import MethodConfig
-from blue_cli.editing.covariance import CovarianceStore
-from blue_cli.editing.linalg import memit_update
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.registry import register_method
+
+if TYPE_CHECKING:
+    import torch
+
+    from blue_cli.editing.covariance import CovarianceStore
 
 
 @dataclass
@@ -35,5 +37,7 @@ class Memit(EditMethod):
         self.C = {l: self.stored(stats.get(l)) for l in self.layers}
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        from blue_cli.editing.linalg import memit_update
+
         C, C_prev = self.resident(self.C[layer]), self.resident(self.previous_keys(layer))
         return memit_update(K, R, C, self.cfg.cov_weight, C_prev)

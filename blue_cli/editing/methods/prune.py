@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from blue_cli.editing.linalg import compress_singular_values
 from blue_cli.editing.methods.memit import Memit, MemitConfig
 from blue_cli.registry import register_method
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -31,6 +32,10 @@ class Prune(Memit):
     final_view = True
 
     def final_weights(self, current, originals):
+        import torch
+
+        from blue_cli.editing.linalg import compress_singular_values
+
         weights: dict[int, torch.Tensor] = {}
         info: dict[str, float] = {}
         for layer, W0 in originals.items():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from blue_cli.editing.linalg import keep_top_relative_change
 from blue_cli.editing.methods.memit import Memit, MemitConfig
 from blue_cli.registry import register_method
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Rect(Memit):
     def revise_batch(
         self, changes: dict[int, torch.Tensor], before: dict[int, torch.Tensor]
     ) -> dict[int, torch.Tensor]:
+        from blue_cli.editing.linalg import keep_top_relative_change
+
         fraction = float(self.cfg.keep_fraction)
         return {
             l: keep_top_relative_change(change, before[l].to(change.dtype), fraction) for l, change in changes.items()
