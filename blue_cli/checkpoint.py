@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -53,6 +53,15 @@ def read_metadata(run_dir: Path) -> dict[str, str] | None:
         return f.metadata() or {}
 
 
+def saved_batches(run_dir: Path) -> tuple[int, int]:
+    """(finished batches, batches in the run) of a run folder's checkpoint; (0, 0) without one."""
+    try:
+        meta = read_metadata(run_dir) or {}
+        return int(meta.get("batches_done", 0)), int(meta.get("batches_total", meta.get("batches_done", 0)))
+    except Exception:  # a damaged checkpoint: nothing to count (resuming reports it)
+        return 0, 0
+
+
 class Checkpoint:
     """Save after each finished batch; load (replay) to resume a killed run of the same config."""
 
@@ -60,15 +69,24 @@ class Checkpoint:
         self.run_dir = Path(run_dir)
         self.config_key = config_key
         self.finish_info: dict[str, float] = {}
+        # sha256 of cases_pre.jsonl as the run wrote it: a resume reuses only that file.
+        self.pre_cases_digest: str | None = None
 
     @property
     def path(self) -> Path:
         return self.run_dir / CHECKPOINT
 
     def save(
-        self, session, batch_rows: list[dict], *, finished: bool = False, info: dict[str, float] | None = None
+        self,
+        session,
+        batch_rows: list[dict],
+        *,
+        finished: bool = False,
+        info: dict[str, float] | None = None,
+        total: int | None = None,
     ) -> None:
-        """Write every finished batch of ``session`` (an EditSession) and its rows."""
+        """Write every finished batch of ``session`` (an EditSession) and its rows
+        (``total``: the run's number of batches, for messages about an unfinished run)."""
         tensors = {
             f"residual.{b}.{i}": residual.contiguous()
             for b, entry in enumerate(session.log)
@@ -77,12 +95,14 @@ class Checkpoint:
         metadata = {
             "format": FORMAT,
             "batches_done": str(len(session.log)),
+            "batches_total": str(total if total is not None else len(session.log)),
             "config_key": self.config_key or "",
             "finished": json.dumps(finished),
             "finish_info": json.dumps(info or {}),
             "batches": json.dumps(batch_rows),
             "writes": json.dumps([[layer for layer, _ in entry.writes] for entry in session.log]),
             "fingerprints": json.dumps([{str(l): v for l, v in entry.fingerprint.items()} for entry in session.log]),
+            "pre_cases_sha256": self.pre_cases_digest or "",
         }
         with atomic_path(self.path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -105,14 +125,25 @@ class Checkpoint:
             )
         return meta
 
-    def load(self, session, batches: Sequence[Sequence[EditRequest]], progress=None) -> tuple[list[dict], bool]:
+    def load(
+        self,
+        session,
+        batches: Sequence[Sequence[EditRequest]],
+        progress=None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[list[dict], bool]:
         """Replay the finished batches into ``session``; returns (their rows, finished).
 
-        A finished run also gets the method's final view (PRUNE) applied again.
+        ``on_batch(done)`` is called before the first replayed batch (0, the base model) and
+        after each (the runner redoes there what a kill lost: evaluation points). A finished
+        run also gets the method's final view (PRUNE) applied again.
         """
         meta = self.check()
-        if meta is None:
+        if meta is None or int(meta.get("batches_done", 0)) == 0:
             return [], False
+        self.pre_cases_digest = meta.get("pre_cases_sha256") or None
+        if on_batch is not None:
+            on_batch(0)
         with safe_open(str(self.path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         done = int(meta["batches_done"])
@@ -138,6 +169,8 @@ class Checkpoint:
                     raise ConfigError(f"replaying batch {b} of '{self.path}' failed: {exc}") from None
                 inexact = max(inexact, _compare(b, prints[b], session.log[-1].fingerprint, self.path))
                 update(b + 1)
+                if on_batch is not None:
+                    on_batch(b + 1)
         if inexact:
             log.warning(
                 "the replay matches the run only to %.1e relative, not bit for bit "

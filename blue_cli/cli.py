@@ -13,19 +13,43 @@ import typer  # noqa: E402
 
 from blue_cli.errors import BlueError, NumericalError  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Locate-then-edit knowledge editing experiments.")
+# A log record with this attribute set goes to the run's blue.log, not the console
+# (conf/hydra/job_logging/blue.yaml): the console already shows the red error line.
+FILE_ONLY = "blue_file_only"
 
+
+class ConsoleFilter(logging.Filter):
+    """Keeps :data:`FILE_ONLY` records off the console handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, FILE_ONLY, False)
+
+
+# rich_markup_mode=None: help texts hold brackets ([-m], [key=value ...]) that must print as written.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["--help", "-h"]},
+    help="Locate-then-edit knowledge editing experiments.",
+)
+
+# edit and stats hand their arguments to Hydra; their help is handled before anything runs.
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+HELP_FLAGS = ("--help", "-h")
 
 
 log = logging.getLogger(__name__)
 
 
 def _fail(exc: BlueError) -> None:
-    from blue_cli.reporting.console import err_console
-
-    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    _report_error(exc)
     raise typer.Exit(code=2)
+
+
+def _help_requested(args: list[str]) -> bool:
+    """``--help`` or ``-h`` anywhere: print help, do nothing else (no config, no hub, no job)."""
+    return any(a in HELP_FLAGS for a in args)
 
 
 def _hydra_job(cfg, held_lock=None) -> None:
@@ -33,41 +57,34 @@ def _hydra_job(cfg, held_lock=None) -> None:
 
     ``held_lock``: the run folder's lock when ``edit`` already took it (a single run
     with ``hydra.run.dir``); otherwise it is taken here. A failure is one red line on
-    stderr and an ``error:`` line in the job's ``blue.log``; a run that saved no batch
-    removes the folder it created.
+    stderr (and an ``error:`` line in the job's ``blue.log``), then at most one line on
+    what became of the run folder; a run that saved no batch removes the folder it made.
+    Ctrl-C says how many batches are saved and the command that continues the run.
     """
     from hydra.core.hydra_config import HydraConfig
 
     from blue_cli.reporting.console import RichProgress, console, show_run
     from blue_cli.reporting.results import BATCHES, read_jsonl
-    from blue_cli.run_folder import is_fresh, lock_run_folder
+    from blue_cli.run_folder import is_fresh, lock_run_folder, unfinished_runs_like
     from blue_cli.runner import run_experiment
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     fresh = is_fresh(run_dir)
-    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
     try:
         lock = held_lock or lock_run_folder(run_dir)
     except BlueError as exc:  # another run's folder: report, but touch nothing there
         _report_error(exc)
         raise SystemExit(2) from None
+    progress = RichProgress(on_start=lambda: _announce(run_dir, cfg, fresh, unfinished_runs_like))
     try:
-        summary = run_experiment(cfg, run_dir, progress=RichProgress())
+        summary = run_experiment(cfg, run_dir, progress=progress)
     except BlueError as exc:
         _report_error(exc, log_it=True)
         _end_failed(run_dir, fresh)
         raise SystemExit(1 if isinstance(exc, NumericalError) else 2) from None
     except KeyboardInterrupt:
-        from blue_cli.reporting.console import err_console
-
-        log.error("interrupted")
-        if not _end_failed(run_dir, fresh):
-            err_console.print(
-                f"[yellow]interrupted:[/yellow] finished batches are saved in {run_dir}; "
-                f"rerun with hydra.run.dir={run_dir} to resume",
-                highlight=False,
-                soft_wrap=True,
-            )
+        log.error("interrupted (Ctrl-C)")
+        _end_interrupted(run_dir, fresh)
         raise SystemExit(130) from None
     except Exception:
         log.exception("error: unexpected failure (a bug in blue; please report it with this log)")
@@ -77,27 +94,60 @@ def _hydra_job(cfg, held_lock=None) -> None:
         if lock is not held_lock:
             lock.release()
     show_run(run_dir, summary, read_jsonl(run_dir / BATCHES))
-    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
+    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _announce(run_dir: Path, cfg, fresh: bool, find_unfinished) -> None:
+    """Once the run is set up (model loaded): where it writes, and, for a new folder, any
+    unfinished run of the same config nearby that ``blue resume`` would continue."""
+    from blue_cli.reporting.console import console
+
+    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True, markup=False)
+    if fresh:
+        for other, done, total in find_unfinished(cfg, run_dir)[:1]:
+            console.print(
+                f"note: {other} holds an unfinished run of this config ({done} of {total} batches saved); "
+                f"continue it with: blue resume {other}",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
 
 
 def _report_error(exc: BlueError, log_it: bool = False) -> None:
-    """The one red ``error:`` line on stderr, and (``log_it``) the same line in ``blue.log``."""
+    """The one red ``error:`` line on stderr, and (``log_it``) the same line in ``blue.log`` only."""
+    from rich.markup import escape
+
     from blue_cli.reporting.console import err_console
 
     if log_it:
-        log.error("error: %s", exc)
-    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        log.error("error: %s", exc, extra={FILE_ONLY: True})
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
 def _end_failed(run_dir: Path, fresh: bool) -> bool:
-    """Remove a run folder that holds no saved batch and was created by this run; say what happened."""
-    from blue_cli.reporting.console import console
+    """Remove a run folder that holds no saved batch and was created by this run; one line on what happened."""
+    from blue_cli.reporting.console import err_console
     from blue_cli.run_folder import remove_failed_start
 
     removed = remove_failed_start(run_dir, fresh)
     note = "removed (no batch was saved)" if removed else "kept"
-    console.print(f"run folder: {run_dir} {note}", highlight=False, soft_wrap=True)
+    err_console.print(f"run folder {run_dir} {note}", highlight=False, soft_wrap=True, markup=False)
     return removed
+
+
+def _end_interrupted(run_dir: Path, fresh: bool) -> None:
+    """One line: the batches saved and the command that continues, or the folder removed."""
+    from blue_cli.checkpoint import saved_batches
+    from blue_cli.reporting.console import err_console
+    from blue_cli.run_folder import remove_failed_start
+
+    if remove_failed_start(run_dir, fresh):
+        line = f"interrupted before the first batch was saved: run folder {run_dir} removed"
+    else:
+        done, total = saved_batches(run_dir)
+        line = f"interrupted: {done} of {total} batches saved in {run_dir}; continue with: blue resume {run_dir}"
+    err_console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def run_hydra(args: list[str], held_lock=None) -> None:
@@ -149,13 +199,21 @@ def _preflight(args: list[str]):
     return lock_run_folder(run_dir)
 
 
-@app.command(context_settings=PASS_THROUGH)
+@app.command(context_settings=PASS_THROUGH, short_help="Run sequential editing and evaluation (blue edit -h).")
 def edit(ctx: typer.Context) -> None:
     """Run sequential editing + evaluation: blue edit [-m] [--cfg job] [group=choice ...] [key=value ...]."""
     args = list(ctx.args)
-    if any(a in ("--help", "-h", "--hydra-help") for a in args):
+    if _help_requested(args):
+        typer.echo(edit_help())
+        return
+    if "--hydra-help" in args:
         run_hydra(args)
         return
+    _edit(args)
+
+
+def _edit(args: list[str]) -> None:
+    """Check, lock and run ``blue edit ARGS`` (also the body of ``blue resume``)."""
     try:
         held_lock = _preflight(args)
     except BlueError as exc:
@@ -165,6 +223,76 @@ def edit(ctx: typer.Context) -> None:
     finally:
         if held_lock is not None:
             held_lock.release()
+
+
+def edit_help() -> str:
+    """``blue edit --help``: the public config groups and their choices, the common keys, examples."""
+    from blue_cli.config import GROUPS, group_choices
+
+    groups = [*GROUPS, "+experiment"]
+    width = max(map(len, groups)) + 2
+    rows = [f"  {g:<{width}}{', '.join(group_choices(g.lstrip('+')))}" for g in groups]
+    return "\n".join(
+        [
+            "Usage: blue edit [-m] [--cfg job] [group=choice ...] [key=value ...]",
+            "",
+            "  Edit a model batch after batch, then evaluate it; everything goes to a run folder",
+            "  (outputs/<date>/<time>_<model>_<method>_<strategy>_<dataset> unless hydra.run.dir=...).",
+            "",
+            "Config groups (group=choice):",
+            *rows,
+            "",
+            "Common keys (key=value): num_edits, batch_size, seed, device, eval_every, resume,",
+            "  method.target.steps, stats.samples, dataset.path, hydra.run.dir.",
+            "  blue edit --cfg job [overrides] prints every key with its value and runs nothing.",
+            "",
+            "Options:",
+            "  -m, --multirun   a sweep: comma-separated values become separate jobs",
+            "  --cfg job        print the composed config, run nothing",
+            "  --hydra-help     Hydra's own help (launchers, sweepers, logging)",
+            "  -h, --help       this help",
+            "",
+            "Examples:",
+            "  blue edit model=llama3 method=memit strategy=blue",
+            "  blue edit -m method=memit,alphaedit strategy=spread,blue",
+            "  blue resume outputs/2026-12-01/10-00-00_tiny-gpt2_memit_blue_counterfact",
+        ]
+    )
+
+
+@app.command(short_help="Continue an interrupted or killed run in its folder.")
+def resume(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run folder of blue edit that did not finish"),
+) -> None:
+    """Continue an interrupted or killed run in its own folder, with its own config."""
+    try:
+        overrides = _run_overrides(run_dir)
+    except BlueError as exc:
+        _fail(exc)
+    _edit([*overrides, f"hydra.run.dir={run_dir.resolve()}", "resume=true"])
+
+
+def _run_overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides a run folder was started with (Hydra's .hydra/overrides.yaml)."""
+    from omegaconf import ListConfig, OmegaConf
+
+    from blue_cli.errors import RunFolderError
+
+    if not run_dir.is_dir():
+        raise RunFolderError(f"'{run_dir}' is not a folder (give a run folder written by blue edit)")
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        raise RunFolderError(f"'{run_dir}' has no .hydra/overrides.yaml: not a run folder of blue edit")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # any parse error of a damaged file
+        raise RunFolderError(
+            f"'{path}' is damaged ({type(exc).__name__}): cannot tell how the run was started"
+        ) from None
+    overrides = OmegaConf.to_container(loaded) if isinstance(loaded, ListConfig) else None
+    if overrides is None or not all(isinstance(o, str) for o in overrides):
+        raise RunFolderError(f"'{path}' is damaged (not a list of overrides): cannot tell how the run was started")
+    return [o for o in overrides if not o.startswith(("hydra.run.dir=", "resume="))]
 
 
 @app.command(name="list")
@@ -184,16 +312,25 @@ def list_choices() -> None:
     console.print(table)
 
 
-@app.command(context_settings=PASS_THROUGH)
+@app.command(
+    context_settings=PASS_THROUGH,
+    options_metavar="[-m] [OVERRIDES]",
+    short_help="Precompute the covariance statistics a run needs.",
+)
 def stats(ctx: typer.Context) -> None:
     """Precompute (and cache) the covariance statistics a run would need: blue stats [-m] [overrides].
 
-    stats.shard=i stats.shards=n collects only the i-th of n slices (merged when all are
-    there); -m sweeps run through Hydra, so hydra/launcher=joblib or submitit_slurm spread them.
+    Takes the same overrides as blue edit (model=..., strategy=..., stats.*); the written
+    layers of that run get their statistics. stats.shard=i stats.shards=n collects only the
+    i-th of n slices (merged when all are there); -m sweeps run through Hydra, so
+    hydra/launcher=joblib or submitit_slurm spread them.
     """
     from blue_cli.overrides import compose_config, split_args, validate_overrides
 
     args = list(ctx.args)
+    if _help_requested(args):
+        typer.echo(ctx.get_help())
+        return
     flags, overrides = split_args(args)
     try:
         if any(f in ("-m", "--multirun") for f in flags):
@@ -241,7 +378,11 @@ def collect_stats(cfg, overrides: list[str]) -> None:
         console.print(f"layer {layer}: {store.path(layer)}", soft_wrap=True, highlight=False)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] [OVERRIDES]",
+    short_help="Memory, disk and time plan of a run, from the model's shape.",
+)
 def plan(
     ctx: typer.Context,
     gpu_memory: str = typer.Option(None, "--gpu-memory", help="device memory to fit, e.g. 48GB (decimal) or 80GiB"),
@@ -253,6 +394,10 @@ def plan(
     """The memory and disk plan of a run, from the model's shape (no download).
 
     blue plan [overrides] [--gpu-memory 48GB] [--gpu a40]
+
+    Takes the same overrides as blue edit (model=..., method=..., strategy=...,
+    num_edits=..., batch_size=..., +experiment=...) and plans that run; keys not given
+    keep the run defaults, and the plan says which.
     """
     import json
 
@@ -282,6 +427,15 @@ def plan(
         f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, target chunk {facts.chunk}, "
         f"written layers {list(facts.written)}"
     )
+    defaults = _defaults_used(list(ctx.args), ("num_edits", "batch_size"))
+    if defaults:
+        console.print(
+            f"note: planning the run defaults {' '.join(f'{k}={cfg[k]}' for k in defaults)} "
+            f"(set {' '.join(f'{k}=...' for k in defaults)} to plan another run)",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
     console.print(plan_table(result, title))
     console.print(plan_verdict(result, chunk), soft_wrap=True, highlight=False)
     if card:
@@ -289,6 +443,14 @@ def plan(
 
         console.print(compute_table(compute, card))
         console.print(compute_verdict(compute, card, batches), soft_wrap=True, highlight=False)
+
+
+def _defaults_used(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
+    """The ``keys`` that neither the command line nor an experiment preset set."""
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    if any(o.lstrip("+").startswith("experiment=") for o in overrides):
+        return []  # an experiment sets its own sizes
+    return [k for k in keys if k not in given]
 
 
 def _stats_job(cfg) -> None:
@@ -328,9 +490,11 @@ def _run_stats_hydra(args: list[str]) -> None:
         sys.argv = saved
 
 
-@app.command()
+@app.command(short_help="Compare finished runs, or reprint one; tables, plots, the paper's numbers.")
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="run folders and/or sweep folders written by blue edit"),
+    run_dirs: list[Path] = typer.Argument(
+        ..., metavar="RUN_DIR...", help="run folders and/or sweep folders written by blue edit"
+    ),
     fmt: str = typer.Option("table", "--format", help="table, md, csv or json"),
     out: Path | None = typer.Option(None, "--out", help="write the report to this file (plots go beside it)"),
     baseline: str | None = typer.Option(None, "--baseline", help="KEY=VALUE, e.g. strategy=spread: add % change vs it"),
@@ -393,9 +557,9 @@ def report(
         _fail(exc)
 
 
-@app.command()
+@app.command(short_help="Write a run's edited model as a Hugging Face folder.")
 def export(
-    run_dir: Path = typer.Argument(..., help="a finished run folder written by blue edit"),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a finished run folder written by blue edit"),
     out: Path = typer.Option(..., "--out", help="new folder for the Hugging Face model (must not exist or be empty)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
 ) -> None:
@@ -410,7 +574,10 @@ def export(
     console.print(f"exported {run_dir} -> {path} ({dtype})", highlight=False, soft_wrap=True)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] [OVERRIDES]",
+)
 def analyze(
     ctx: typer.Context,
     run: Path | None = typer.Option(None, "--run", help="a run folder of blue edit: analyse its edited model"),

@@ -10,7 +10,9 @@ looks like a result.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -69,6 +71,65 @@ def remove_failed_start(run_dir: Path, fresh: bool) -> bool:
     shutil.rmtree(run_dir, ignore_errors=True)
     log.info("removed %s: the run failed before its first batch was saved", run_dir)
     return not run_dir.exists()
+
+
+def unfinished_runs_like(cfg, run_dir: Path, limit: int = 500) -> list[tuple[Path, int, int]]:
+    """Other run folders near ``run_dir`` (its siblings and its parent's) whose checkpoint is of
+    the same config and not finished: (folder, batches saved, batches in all), newest first."""
+    from blue_cli.checkpoint import read_metadata
+    from blue_cli.runner import resume_key
+
+    run_dir = Path(run_dir).resolve()
+    candidates = {*run_dir.parent.glob(f"*/{CHECKPOINT}"), *run_dir.parent.parent.glob(f"*/*/{CHECKPOINT}")}
+    key, found = resume_key(cfg), []
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]:
+        if path.parent == run_dir:
+            continue
+        try:
+            meta = read_metadata(path.parent) or {}
+        except Exception:  # a damaged checkpoint is not offered for resuming
+            continue
+        if meta.get("config_key") == key and meta.get("finished") == "false":
+            done = int(meta.get("batches_done", 0))
+            found.append((path.parent, done, int(meta.get("batches_total", done))))
+    return found
+
+
+# The files of a run (besides Hydra's): what resume=false sets aside before starting over.
+RUN_FILES = (
+    CHECKPOINT,
+    "summary.json",
+    "batches.jsonl",
+    "cases.jsonl",
+    "cases_pre.jsonl",
+    "evals.jsonl",
+    "config.yaml",
+    "run_info.json",
+    "context_templates.json",
+    "tensorboard",
+    "analysis",
+)
+
+
+def set_aside_previous_run(run_dir: Path) -> Path | None:
+    """``resume=false`` in a folder holding a run: move that run's files into
+    ``previous-<time>/`` first, so that nothing of it (its summary, cases, checkpoint)
+    can be read as the new run's, even if the new start fails. Returns that folder."""
+    run_dir = Path(run_dir)
+    found = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir / f"previous-{stamp}"
+    n = 1
+    while target.exists():
+        target = run_dir / f"previous-{stamp}-{n}"
+        n += 1
+    target.mkdir()
+    for path in found:
+        os.replace(path, target / path.name)
+    log.warning("resume=false: the earlier run's files in %s are moved to %s", run_dir, target.name)
+    return target
 
 
 def check_resume(cfg, run_dir: Path) -> None:

@@ -36,12 +36,16 @@ from blue_cli.models.loading import load_model
 from blue_cli.registry import dataset_class
 from blue_cli.reporting import results
 from blue_cli.reporting.tracking import make_tracker
+from blue_cli.run_folder import set_aside_previous_run
 
 log = logging.getLogger(__name__)
 
 
 class NullProgress:
     """A progress sink that shows nothing (tests, library use)."""
+
+    def started(self) -> None:
+        pass
 
     @contextmanager
     def track(self, description: str, total: int) -> Iterator[Callable[..., None]]:
@@ -111,6 +115,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     checkpoint = Checkpoint(run_dir, resume_key(cfg))
     if cfg.resume:
         checkpoint.check()
+    else:
+        set_aside_previous_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tracker = make_tracker(cfg.get("logger"), run_dir, cfg)
     try:
@@ -130,28 +136,40 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
 
     adapter = load_adapter(cfg)
     dataset.check_fits(adapter, requests, cfg.context.n_tokens)
+    progress.started()
     session = EditSession(cfg, adapter, progress)
     results.write_json(run_dir, "context_templates.json", session.groups)
 
     batches = batches_of(requests, cfg.batch_size)
-    rows, finished = checkpoint.load(session, batches, progress) if cfg.resume else ([], False)
-    done = len(rows)
-    pre_cases = results.read_jsonl(run_dir / results.PRE_CASES) if done else []
-    t_eval = time.perf_counter()
-    if len(pre_cases) != len(requests):
-        pre_cases = _evaluate(dataset, adapter, requests, progress, "pre-edit evaluation")
-        results.write_jsonl(run_dir, results.PRE_CASES, pre_cases)
-    eval_seconds = time.perf_counter() - t_eval
     points = EvaluationPoints(cfg, dataset, batches, run_dir, progress, tracker)
+    pre = PreEdit(run_dir, dataset, adapter, requests, progress, checkpoint)
+
+    def base_model_and_points(done: int) -> None:
+        """At 0 finished batches (the base model): the pre-edit evaluation and evaluation
+        point; after each replayed batch of a resumed run, an evaluation point that a kill
+        lost (the checkpoint is saved before the point is evaluated)."""
+        if done == 0:
+            pre.ensure()
+            if not points.has(0):
+                points.record(adapter, 0)
+        elif done < len(batches) and points.due(done) and not points.has(done):
+            with session.final_view():
+                points.record(adapter, done)
+
+    rows, finished = (
+        checkpoint.load(session, batches, progress, on_batch=base_model_and_points) if cfg.resume else ([], False)
+    )
+    done = len(rows)
     if done == 0:
         points.reset()
-        points.record(adapter, 0)
+        base_model_and_points(0)
+    pre_cases, eval_seconds = pre.cases, pre.seconds
     with progress.track("editing batches", len(batches)) as update:
         update(done)
         for b in range(done, len(batches)):
             rows.append(session.edit_batch(batches[b], b))
             tracker.log_batch(rows[-1], step=b + 1)
-            checkpoint.save(session, rows)
+            checkpoint.save(session, rows, total=len(batches))
             fault_point("batch")
             if b + 1 < len(batches) and points.due(b + 1):
                 with session.final_view():
@@ -161,7 +179,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
         finish_info = checkpoint.finish_info
     else:
         finish_info = session.apply_final_weights()
-        checkpoint.save(session, rows, finished=True, info=finish_info)
+        checkpoint.save(session, rows, finished=True, info=finish_info, total=len(batches))
 
     t_eval = time.perf_counter()
     post_cases = _evaluate(dataset, adapter, requests, progress, "post-edit evaluation")
@@ -194,6 +212,42 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     )
     results.write_json(run_dir, results.SUMMARY, summary)
     return summary
+
+
+class PreEdit:
+    """The pre-edit evaluation (cases_pre.jsonl): computed on the base model once, reused on
+    resume only if it is the file the run wrote (its digest is in the checkpoint) and holds
+    the run's cases in order; anything else is evaluated again, on the base model."""
+
+    def __init__(self, run_dir: Path, dataset, adapter, requests, progress, checkpoint: Checkpoint):
+        self.path = Path(run_dir) / results.PRE_CASES
+        self.dataset, self.adapter, self.requests, self.progress = dataset, adapter, requests, progress
+        self.checkpoint = checkpoint
+        self.cases: list[dict] = []
+        self.seconds = 0.0
+
+    def ensure(self) -> None:
+        saved = self._saved()
+        if saved is not None:
+            self.cases = saved
+        else:
+            start = time.perf_counter()
+            self.cases = _evaluate(self.dataset, self.adapter, self.requests, self.progress, "pre-edit evaluation")
+            results.write_jsonl(self.path.parent, self.path.name, self.cases)
+            self.seconds = time.perf_counter() - start
+        self.checkpoint.pre_cases_digest = results.file_digest(self.path)
+
+    def _saved(self) -> list[dict] | None:
+        recorded = self.checkpoint.pre_cases_digest
+        if recorded is None or not self.path.is_file() or results.file_digest(self.path) != recorded:
+            return None
+        try:
+            cases = results.read_jsonl(self.path)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if [c.get("case_id") for c in cases] != [r.case_id for r in self.requests]:
+            return None
+        return cases
 
 
 def _evaluate(dataset, adapter, requests, progress, label) -> list[dict]:

@@ -193,7 +193,7 @@ def token_windows(tok, docs: Sequence[str], max_len: int, limit: int) -> list[li
     """
     windows: list[list[int]] = []
     for doc in docs:
-        ids = tok(doc)["input_ids"]
+        ids = tok(doc, verbose=False)["input_ids"]  # longer than the model's context on purpose: windowed below
         windows += [ids[i : i + max_len] for i in range(0, len(ids), max_len) if len(ids[i : i + max_len]) > 1]
         if len(windows) >= limit:
             break

@@ -44,6 +44,10 @@ class EvaluationPoints:
         """A fresh run: forget the rows of an earlier run in this folder."""
         self.rows = []
 
+    def has(self, done: int) -> bool:
+        """Whether evals.jsonl already holds the row of evaluation point ``done``."""
+        return any(r.get("batches") == done for r in self.rows)
+
     def _general_due(self, done: int) -> bool:
         every = self.eval_cfg.general_every
         last = len(self.batches)

@@ -81,6 +81,20 @@ def hub_offline_when_asked() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """No "Loading weights" bar: blue shows its own progress, one bar per long step."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     source: str,
     *,
@@ -105,7 +119,7 @@ def load_model(
     kwargs = {"revision": revision} if (revision and not local) else {}
     use_map = device_map if (device_map and dev.type == "cuda") else None
     try:
-        with hub_offline_when_asked():
+        with hub_offline_when_asked(), no_progress_bars():
             tok = AutoTokenizer.from_pretrained(path, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=use_map, **kwargs)
     except ImportError as exc:

@@ -103,7 +103,11 @@ def expand_run_dirs(paths: Iterable[Path]) -> list[Path]:
         if (path / SUMMARY).is_file():
             found.append(path)
             continue
-        jobs = sorted((p for p in path.iterdir() if (p / SUMMARY).is_file()), key=_job_order)
+        # a run folder's previous-*/ holds a run that resume=false set aside: not a job of it
+        jobs = sorted(
+            (p for p in path.iterdir() if (p / SUMMARY).is_file() and not p.name.startswith("previous-")),
+            key=_job_order,
+        )
         if not jobs:
             raise ReportError(f"no {SUMMARY} in '{path}' or its subfolders (give a finished run or sweep folder)")
         found.extend(jobs)
@@ -154,6 +158,13 @@ def _fixed_value(run: Run, name: str) -> str:
     _, skey, ckey = next(f for f in FIXED if f[0] == name)
     value = run.summary.get(skey)
     return str(value) if value is not None else _value(run, ckey)
+
+
+def _fixed_cell(run: Run, name: str) -> Any:
+    """A fixed column's value as stored (numbers stay numbers in JSON and CSV)."""
+    _, skey, ckey = next(f for f in FIXED if f[0] == name)
+    value = run.summary.get(skey)
+    return value if value is not None else run.config.get(ckey, MISSING)
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
@@ -248,7 +259,7 @@ def compare(runs: Sequence[Run], baseline: str | None = None) -> Comparison:
     rows: list[dict[str, Any]] = []
     for run in runs:
         row: dict[str, Any] = {"run": run.name}
-        row.update({name: _fixed_value(run, name) for name, _, _ in FIXED})
+        row.update({name: _fixed_cell(run, name) for name, _, _ in FIXED})
         row.update({key: _value(run, key) for key in overrides})
         row.update({m: run.summary.get(m) if _is_number(run.summary.get(m)) else None for m in metrics})
         rows.append(row)

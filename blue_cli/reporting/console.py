@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,10 +38,18 @@ class RateColumn(ProgressColumn):
 
 
 class RichProgress:
-    """The runner's progress sink: one bar per long step (stats, batches, evaluation)."""
+    """The runner's progress sink: one bar per long step (stats, batches, evaluation).
 
-    def __init__(self, target: Console | None = None):
+    ``on_start``: called once the run is set up (:meth:`started`), to announce it.
+    """
+
+    def __init__(self, target: Console | None = None, on_start: Callable[[], None] | None = None):
         self.console = target or console
+        self.on_start = on_start
+
+    def started(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
 
     @contextmanager
     def track(self, description: str, total: int, rate_unit: str | None = None) -> Iterator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -44,6 +45,11 @@ def write_jsonl(run_dir: Path, name: str, rows: Sequence[dict]) -> Path:
     text = "".join(json.dumps(_clean(row), sort_keys=False) + "\n" for row in rows)
     write_text_atomic(path, text)
     return path
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (a resume checks that a run file is the one the run wrote)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_jsonl(path: Path) -> list[dict]:

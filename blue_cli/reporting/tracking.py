@@ -179,9 +179,15 @@ class MlflowTracker(Tracker):
 
 
 def check_logger(name: str | None) -> None:
-    """One-line error for a ``logger`` value that is not a known backend."""
+    """One-line error for a ``logger`` value that is not a known backend, or whose library
+    is not installed (checked with the overrides, before a run folder exists)."""
+    import importlib.util
+
     if name is not None and str(name).lower() not in LOGGERS:
         raise ConfigError(f"unknown logger '{name}' (choose: {', '.join(LOGGERS)})")
+    backend = "none" if name is None else str(name).lower()
+    if backend != "none" and importlib.util.find_spec(backend) is None:
+        raise ConfigError(f"logger={backend} needs the {backend} extra: {install_hint(backend)}")
 
 
 def make_tracker(name: str | None, run_dir: Path | str, cfg: Any = None) -> Tracker:
