@@ -54,7 +54,7 @@ def first_batch_flops(cfg) -> float:
     from blue_cli.editing.session import stats_settings, target_settings
     from blue_cli.editing.strategies.base import EditContext
     from blue_cli.registry import method_class, strategy_class
-    from blue_cli.runner import load_adapter
+    from blue_cli.runs.runner import load_adapter
 
     adapter = load_adapter(cfg)
     requests = load_counterfact(cfg.dataset.path, offset=cfg.dataset.offset, limit=cfg.batch_size)
@@ -79,7 +79,7 @@ def run_one(overrides: list[str]) -> dict:
     import torch
 
     from blue_cli.overrides import compose_config
-    from blue_cli.runner import run_experiment
+    from blue_cli.runs.runner import run_experiment
 
     cfg = compose_config(overrides)
     with tempfile.TemporaryDirectory() as tmp:

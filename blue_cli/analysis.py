@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from blue_cli import replay
 from blue_cli.config import check_run_config
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
@@ -47,9 +46,10 @@ from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import subject_last_index
 from blue_cli.overrides import compose_config
 from blue_cli.registry import dataset_class, method_class, strategy_class
-from blue_cli.replay import replay_run
-from blue_cli.reporting import results
-from blue_cli.runner import NullProgress, load_adapter
+from blue_cli.runs import files as results
+from blue_cli.runs import replay
+from blue_cli.runs.replay import replay_run
+from blue_cli.runs.runner import NullProgress, load_adapter
 
 log = logging.getLogger(__name__)
 

@@ -64,9 +64,9 @@ def _hydra_job(cfg, held_lock=None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from blue_cli.reporting.console import RichProgress, console, show_run
-    from blue_cli.reporting.results import BATCHES, read_jsonl
-    from blue_cli.run_folder import is_fresh, lock_run_folder, unfinished_runs_like
-    from blue_cli.runner import run_experiment
+    from blue_cli.runs.files import BATCHES, read_jsonl
+    from blue_cli.runs.folder import is_fresh, lock_run_folder, unfinished_runs_like
+    from blue_cli.runs.runner import run_experiment
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     fresh = is_fresh(run_dir)
@@ -128,7 +128,7 @@ def _report_error(exc: BlueError, log_it: bool = False) -> None:
 def _end_failed(run_dir: Path, fresh: bool) -> bool:
     """Remove a run folder that holds no saved batch and was created by this run; one line on what happened."""
     from blue_cli.reporting.console import err_console
-    from blue_cli.run_folder import remove_failed_start
+    from blue_cli.runs.folder import remove_failed_start
 
     removed = remove_failed_start(run_dir, fresh)
     note = "removed (no batch was saved)" if removed else "kept"
@@ -138,9 +138,9 @@ def _end_failed(run_dir: Path, fresh: bool) -> bool:
 
 def _end_interrupted(run_dir: Path, fresh: bool) -> None:
     """One line: the batches saved and the command that continues, or the folder removed."""
-    from blue_cli.checkpoint import saved_batches
     from blue_cli.reporting.console import err_console
-    from blue_cli.run_folder import remove_failed_start
+    from blue_cli.runs.checkpoint import saved_batches
+    from blue_cli.runs.folder import remove_failed_start
 
     if remove_failed_start(run_dir, fresh):
         line = f"interrupted before the first batch was saved: run folder {run_dir} removed"
@@ -192,7 +192,7 @@ def _preflight(args: list[str]):
     given = None if is_multirun(args) else explicit_run_dir(args)
     if given is None:
         return None
-    from blue_cli.run_folder import check_resume, lock_run_folder
+    from blue_cli.runs.folder import check_resume, lock_run_folder
 
     run_dir = Path(os.path.abspath(given))
     check_resume(configs[0], run_dir)
@@ -351,7 +351,7 @@ def collect_stats(cfg, overrides: list[str]) -> None:
     from blue_cli.editing.shards import check_shard
     from blue_cli.registry import strategy_class
     from blue_cli.reporting.console import RichProgress, console
-    from blue_cli.runner import load_adapter
+    from blue_cli.runs.runner import load_adapter
 
     shard, shards = cfg.stats.shard, cfg.stats.shards
     check_shard(shard, shards)
@@ -516,7 +516,7 @@ def report(
     from blue_cli.reporting.compare import compare, load_runs
     from blue_cli.reporting.console import console, err_console, show_run
     from blue_cli.reporting.render import FORMATS, average_line, render
-    from blue_cli.reporting.results import BATCHES, SUMMARY, read_jsonl, read_summary
+    from blue_cli.runs.files import BATCHES, SUMMARY, read_jsonl, read_summary
 
     try:
         if fmt not in FORMATS:

@@ -15,7 +15,7 @@ from omegaconf import MISSING
 
 from blue_cli.errors import ConfigError
 from blue_cli.registry import dataset_schemas, method_schemas
-from blue_cli.reporting.tracking import check_logger
+from blue_cli.runs.tracking import check_logger
 
 
 @dataclass

@@ -35,7 +35,7 @@ class ExportError(BlueError):
 
 def check_finished(run_dir: Path) -> None:
     """Refuse a run folder without a checkpoint, or whose run is not finished."""
-    from blue_cli.checkpoint import CHECKPOINT, read_metadata
+    from blue_cli.runs.checkpoint import CHECKPOINT, read_metadata
 
     meta = read_metadata(run_dir)
     if meta is None:
@@ -56,7 +56,7 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
     folder is built under a temporary name beside ``out_dir`` and renamed into place.
     """
     from blue_cli.models.loading import load_model
-    from blue_cli.replay import edited_weights, run_config
+    from blue_cli.runs.replay import edited_weights, run_config
 
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"unknown --dtype '{dtype}' (choose: {', '.join(EXPORT_DTYPES)})")

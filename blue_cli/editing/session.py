@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from blue_cli.checkpoint import fingerprint
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore, StatsSettings
@@ -27,6 +26,7 @@ from blue_cli.editing.targets import TargetSettings
 from blue_cli.errors import DataError, NumericalError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.registry import method_class, strategy_class
+from blue_cli.runs.checkpoint import fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from blue_cli.data.records import EditRequest
 from blue_cli.evaluation.general import evaluate_general, load_task
 from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
-from blue_cli.reporting import results
+from blue_cli.runs import files as results
 
 GENERAL_METRICS = ("f1", "mcc", "accuracy")
 

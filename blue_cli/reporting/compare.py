@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from blue_cli.errors import BlueError
-from blue_cli.reporting.results import (
+from blue_cli.runs.files import (
     CONFIG,
     EVALS,
     HEADLINE,

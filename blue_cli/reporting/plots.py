@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from blue_cli.cache import atomic_path
 from blue_cli.reporting.compare import EXTRA, FIXED, Run, short_run_name
-from blue_cli.reporting.results import HEADLINE
+from blue_cli.runs.files import HEADLINE
 
 log = logging.getLogger(__name__)
 

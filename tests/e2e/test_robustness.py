@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from blue_cli.checkpoint import CHECKPOINT
 from blue_cli.config import group_choices
 from blue_cli.data.counterfact import BUNDLED_PATH, load_counterfact
 from blue_cli.data.files import MAX_TEXT_CHARS
 from blue_cli.errors import ConfigError, DataError, NumericalError
 from blue_cli.overrides import validate_overrides
+from blue_cli.runs.checkpoint import CHECKPOINT
 from tests.e2e.conftest import blue_exe, run_blue, run_blue_process
 
 TINY = [
@@ -123,7 +123,7 @@ def _job(tmp_path, monkeypatch, failure: BaseException, write: tuple[str, ...] =
     """Run the CLI's Hydra job body in-process with a runner that writes ``write`` then raises."""
     import hydra.core.hydra_config
 
-    import blue_cli.runner
+    import blue_cli.runs.runner
     from blue_cli.cli import _hydra_job
 
     run_dir = tmp_path / "run"
@@ -138,7 +138,7 @@ def _job(tmp_path, monkeypatch, failure: BaseException, write: tuple[str, ...] =
             (Path(folder) / name).write_text("x")
         raise failure
 
-    monkeypatch.setattr(blue_cli.runner, "run_experiment", failing_run)
+    monkeypatch.setattr(blue_cli.runs.runner, "run_experiment", failing_run)
     with pytest.raises(SystemExit) as exit_info:
         _hydra_job(None)
     return run_dir, exit_info.value.code
@@ -159,7 +159,7 @@ def test_numerical_error_exits_1_and_is_logged(tmp_path, monkeypatch, caplog):
 
 
 def test_failure_after_a_saved_batch_keeps_the_folder_and_frees_the_lock(tmp_path, monkeypatch):
-    from blue_cli.run_folder import lock_run_folder
+    from blue_cli.runs.folder import lock_run_folder
 
     run_dir, code = _job(tmp_path, monkeypatch, ConfigError("bad"), write=("config.yaml", CHECKPOINT))
     assert code == 2 and (run_dir / CHECKPOINT).exists()
@@ -180,7 +180,7 @@ def test_second_run_in_a_busy_folder_fails_at_once(finished_run, tmp_path, monke
     """While a run holds its folder's lock (here the test holds it, as a running job would),
     another run there is refused before Hydra writes anything: by the explicit folder, and
     by a folder Hydra only knows through an interpolation (locked inside the job)."""
-    from blue_cli.run_folder import lock_run_folder
+    from blue_cli.runs.folder import lock_run_folder
 
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run.dir, run_dir)
@@ -484,12 +484,12 @@ def test_malformed_overrides_are_one_line_config_errors(override):
 
 
 def test_huge_record_fails_before_the_model_loads_in_one_line_without_a_run_folder(tmp_path, monkeypatch):
-    import blue_cli.runner
+    import blue_cli.runs.runner
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the records were checked")
 
-    monkeypatch.setattr(blue_cli.runner, "load_model", no_model)
+    monkeypatch.setattr(blue_cli.runs.runner, "load_model", no_model)
     records = json.loads(BUNDLED_PATH.read_text())[:8]
     records[5]["requested_rewrite"]["prompt"] = "{} " + "a" * 10_000_000
     data = tmp_path / "huge.json"

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from blue_cli import runner
 from blue_cli.analysis import analyse_layers, run_analysis, write_analysis
 from blue_cli.cli import app
 from blue_cli.editing import session
@@ -23,6 +22,7 @@ from blue_cli.editing.targets import optimise_targets
 from blue_cli.overrides import compose_config
 from blue_cli.registry import dataset_class, method_class
 from blue_cli.reporting.residual_analysis import write_figures
+from blue_cli.runs import runner
 
 FAST = ["model=tiny-gpt2", "method.target.steps=5", "stats.samples=40", "context.n_prefixes=2"]
 RECORDS = 4

@@ -9,11 +9,11 @@ import math
 import torch
 from safetensors import safe_open
 
-from blue_cli import runner
 from blue_cli.editing import session as session_module
 from blue_cli.editing.methods.memit import Memit
 from blue_cli.overrides import compose_config
-from blue_cli.replay import edited_weights
+from blue_cli.runs import runner
+from blue_cli.runs.replay import edited_weights
 
 SMALL = ["model=tiny-gpt2", "num_edits=4", "batch_size=2", "method.target.steps=4", "stats.samples=40"]
 

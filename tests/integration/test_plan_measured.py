@@ -19,7 +19,6 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from blue_cli.checkpoint import Checkpoint, fingerprint
 from blue_cli.data.counterfact import load_counterfact
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore
@@ -31,6 +30,7 @@ from blue_cli.editing.targets import _build_batch, optimise_targets
 from blue_cli.overrides import compose_config
 from blue_cli.plan import make_plan, model_shape, run_facts, target_items
 from blue_cli.registry import method_class, strategy_class
+from blue_cli.runs.checkpoint import Checkpoint, fingerprint
 
 TOLERANCE = 0.25
 

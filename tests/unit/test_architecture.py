@@ -55,7 +55,7 @@ def test_no_method_name_branches_in_strategies_or_runner():
     from blue_cli.registry import METHODS, method_class
 
     method_class("memit")  # fills the registry
-    for f in [*_files("editing/strategies"), PKG / "runner.py"]:
+    for f in [*_files("editing/strategies"), PKG / "runs" / "runner.py"]:
         text = f.read_text(encoding="utf-8")
         for name in METHODS:
             assert f'== "{name}"' not in text and f"== '{name}'" not in text, (f, name)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from blue_cli.errors import ConfigError
-from blue_cli.reporting.tracking import NullTracker, TensorBoardTracker, flatten_scalars, make_tracker
+from blue_cli.runs.tracking import NullTracker, TensorBoardTracker, flatten_scalars, make_tracker
 
 
 def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -118,7 +118,7 @@ def test_no_backend_is_imported_unless_chosen():
     import subprocess
 
     code = (
-        "import sys, blue_cli.config, blue_cli.reporting.tracking as t; t.make_tracker(None, '.', None);"
+        "import sys, blue_cli.config, blue_cli.runs.tracking as t; t.make_tracker(None, '.', None);"
         "print([m for m in ('tensorboard', 'wandb', 'mlflow', 'tensorboardX') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from blue_cli.cache import atomic_path
 from blue_cli.data.records import EditRequest
 from blue_cli.errors import ConfigError, NumericalError
-from blue_cli.reporting import results
+from blue_cli.runs import files as results
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from blue_cli.cache import current_umask
-from blue_cli.checkpoint import CHECKPOINT
 from blue_cli.errors import RunFolderError
+from blue_cli.runs.checkpoint import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def remove_failed_start(run_dir: Path, fresh: bool) -> bool:
 def unfinished_runs_like(cfg, run_dir: Path, limit: int = 500) -> list[tuple[Path, int, int]]:
     """Other run folders near ``run_dir`` (its siblings and its parent's) whose checkpoint is of
     the same config and not finished: (folder, batches saved, batches in all), newest first."""
-    from blue_cli.checkpoint import read_metadata
-    from blue_cli.runner import resume_key
+    from blue_cli.runs.checkpoint import read_metadata
+    from blue_cli.runs.runner import resume_key
 
     run_dir = Path(run_dir).resolve()
     candidates = {*run_dir.parent.glob(f"*/{CHECKPOINT}"), *run_dir.parent.parent.glob(f"*/*/{CHECKPOINT}")}
@@ -140,7 +140,7 @@ def check_resume(cfg, run_dir: Path) -> None:
     """
     if not cfg.resume or not has_checkpoint(run_dir):
         return
-    from blue_cli.checkpoint import Checkpoint
-    from blue_cli.runner import resume_key
+    from blue_cli.runs.checkpoint import Checkpoint
+    from blue_cli.runs.runner import resume_key
 
     Checkpoint(Path(run_dir), resume_key(cfg)).check()

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from blue_cli.checkpoint import CHECKPOINT, Checkpoint, read_metadata
 from blue_cli.editing.session import EditSession
 from blue_cli.errors import DataError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.registry import dataset_class
-from blue_cli.reporting import results
+from blue_cli.runs import files as results
+from blue_cli.runs.checkpoint import CHECKPOINT, Checkpoint, read_metadata
 
 
 def run_config(run_dir: Path) -> DictConfig:
@@ -36,7 +36,7 @@ def replay_run(
     ``cfg``: the run's config with changes (``blue analyze --run ... device=cpu``); one
     that changes what the batches wrote (another lambda, other statistics) is refused
     by the checkpoint's fingerprints, one that only changes rounding is reported."""
-    from blue_cli.runner import batches_of, load_adapter
+    from blue_cli.runs.runner import batches_of, load_adapter
 
     run_dir = Path(run_dir)
     if read_metadata(run_dir) is None:
