@@ -48,12 +48,12 @@ def first_batch_flops(cfg) -> float:
     """FLOPs of editing the first batch (targets, keys, solves), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from blue_cli.config.registry import method_class, strategy_class
     from blue_cli.data.counterfact import load_counterfact
     from blue_cli.editing.context import context_templates
     from blue_cli.editing.covariance import CovarianceStore
     from blue_cli.editing.session import stats_settings, target_settings
     from blue_cli.editing.strategies.base import EditContext
-    from blue_cli.registry import method_class, strategy_class
     from blue_cli.runs.runner import load_adapter
 
     adapter = load_adapter(cfg)
@@ -78,7 +78,7 @@ def run_one(overrides: list[str]) -> dict:
     """Child process: one experiment; returns its summary plus peak memory."""
     import torch
 
-    from blue_cli.overrides import compose_config
+    from blue_cli.cli.overrides import compose_config
     from blue_cli.runs.runner import run_experiment
 
     cfg = compose_config(overrides)

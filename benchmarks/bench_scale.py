@@ -123,9 +123,9 @@ class FixedStats:
 def build(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from blue_cli.cli.overrides import compose_config
     from blue_cli.models.adapter import ModelAdapter
     from blue_cli.models.tiny import tiny_model_dir
-    from blue_cli.overrides import compose_config
     from blue_cli.plan import model_shape
 
     yaml_name, tiny = MODELS[args.model]
@@ -187,11 +187,11 @@ def edit_once(
     from omegaconf import OmegaConf
 
     import blue_cli.editing.strategies.base as strategy_base
+    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.registry import method_class, strategy_class
     from blue_cli.editing.context import context_templates
     from blue_cli.editing.diagnostics import batch_diagnostics, observe_before
     from blue_cli.editing.session import target_settings
-    from blue_cli.overrides import compose_config
-    from blue_cli.registry import method_class, strategy_class
 
     over = [f"method={cfg.method.name}", f"strategy={strategy_name}", *schedule]
     scfg = compose_config([f"model={cfg.model.name}", *over])

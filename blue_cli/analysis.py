@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from blue_cli.config import check_run_config
+from blue_cli.cli.overrides import compose_config
+from blue_cli.config.registry import dataset_class, method_class, strategy_class
+from blue_cli.config.schema import check_run_config
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore
@@ -44,8 +46,6 @@ from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.errors import ConfigError, DataError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import subject_last_index
-from blue_cli.overrides import compose_config
-from blue_cli.registry import dataset_class, method_class, strategy_class
 from blue_cli.runs import files as results
 from blue_cli.runs import replay
 from blue_cli.runs.replay import replay_run

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from blue_cli.cli.overrides import compose_config
+from blue_cli.config.registry import dataset_class
 from blue_cli.data.counterfact import parse_record
 from blue_cli.data.records import EditRequest
 from blue_cli.data.zsre import parse_zsre_record
@@ -21,8 +23,6 @@ from blue_cli.editing.session import EditSession, seed_everything
 from blue_cli.errors import DataError
 from blue_cli.evaluation.summary import summarise
 from blue_cli.models.adapter import ModelAdapter
-from blue_cli.overrides import compose_config
-from blue_cli.registry import dataset_class
 
 
 @dataclass

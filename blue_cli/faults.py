@@ -52,6 +52,11 @@ def fault_point(name: str) -> None:
         _hold(Path(action.split("=", 1)[1]))
 
 
+def reset_counts() -> None:
+    """Forget the passes counted so far (a command run again in the same process, as tests do)."""
+    _HITS.clear()
+
+
 def parse_fault(spec: str) -> tuple[str, int, str]:
     """``"write:summary.json@2:interrupt"`` -> (``"write:summary.json"``, 2, ``"interrupt"``)."""
     head, _, action = spec.partition("@")

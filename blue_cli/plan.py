@@ -245,8 +245,8 @@ class RunFacts:
 
 def run_facts(cfg: DictConfig) -> RunFacts:
     """Read the plan's inputs from ``cfg``; the device is CUDA unless ``device`` says cpu."""
+    from blue_cli.config.registry import method_class, strategy_class
     from blue_cli.editing.precision import product_precision
-    from blue_cli.registry import method_class, strategy_class
 
     critical = tuple(cfg.model.layers)
     written = tuple(strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(list(critical)))

@@ -97,13 +97,15 @@ def invoke_blue(args: list[str], cwd: Path, env: dict[str, str] | None = None) -
     from hydra.core.global_hydra import GlobalHydra
     from typer.testing import CliRunner
 
-    from blue_cli.cli import app
+    from blue_cli import faults
+    from blue_cli.cli.commands import app
     from blue_cli.reporting.console import console, err_console
 
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     old_cwd = os.getcwd()
     GlobalHydra.instance().clear()
+    faults.reset_counts()  # fault points count passes per process: each command starts afresh
     os.chdir(cwd)
     # The consoles read COLUMNS when created (at import); a command gets the width it asks for.
     widths = console.width, err_console.width

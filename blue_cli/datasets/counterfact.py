@@ -6,10 +6,10 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-from blue_cli.config import DatasetConfig
+from blue_cli.config.registry import register_dataset
+from blue_cli.config.schema import DatasetConfig
 from blue_cli.data.counterfact import CANONICAL_URL, load_counterfact
 from blue_cli.datasets.base import EditDataset
-from blue_cli.registry import register_dataset
 
 log = logging.getLogger(__name__)
 

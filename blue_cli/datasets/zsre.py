@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from blue_cli.config import DatasetConfig
+from blue_cli.config.registry import register_dataset
+from blue_cli.config.schema import DatasetConfig
 from blue_cli.data.zsre import CANONICAL_URL, load_zsre
 from blue_cli.datasets.base import EditDataset
-from blue_cli.registry import register_dataset
 
 
 @dataclass

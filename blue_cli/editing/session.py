@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from blue_cli.config.registry import method_class, strategy_class
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore, StatsSettings
@@ -25,7 +26,6 @@ from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings
 from blue_cli.errors import DataError, NumericalError
 from blue_cli.models.adapter import ModelAdapter
-from blue_cli.registry import method_class, strategy_class
 from blue_cli.runs.checkpoint import fingerprint
 
 log = logging.getLogger(__name__)

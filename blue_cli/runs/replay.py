@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from blue_cli.config.registry import dataset_class
 from blue_cli.editing.session import EditSession
 from blue_cli.errors import DataError
 from blue_cli.models.adapter import ModelAdapter
-from blue_cli.registry import dataset_class
 from blue_cli.runs import files as results
 from blue_cli.runs.checkpoint import CHECKPOINT, Checkpoint, read_metadata
 

@@ -23,7 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from blue_cli.cache import content_key, write_text_atomic
-from blue_cli.config import check_run_config
+from blue_cli.config.registry import dataset_class
+from blue_cli.config.schema import check_run_config
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.session import EditSession, seed_everything
 from blue_cli.errors import ConfigError
@@ -32,7 +33,6 @@ from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.loading import load_model
-from blue_cli.registry import dataset_class
 from blue_cli.runs import files as results
 from blue_cli.runs.checkpoint import Checkpoint
 from blue_cli.runs.folder import set_aside_previous_run

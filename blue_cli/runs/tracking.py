@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from blue_cli import install_hint
+from blue_cli.config.schema import check_logger
 from blue_cli.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-LOGGERS = ("none", "tensorboard", "wandb", "mlflow")
 
 
 def flatten_scalars(row: Mapping[str, Any], group: str = "") -> dict[str, float]:
@@ -176,18 +175,6 @@ class MlflowTracker(Tracker):
         if self.run is not None:
             self._mlflow.end_run()
             self.run = None
-
-
-def check_logger(name: str | None) -> None:
-    """One-line error for a ``logger`` value that is not a known backend, or whose library
-    is not installed (checked with the overrides, before a run folder exists)."""
-    import importlib.util
-
-    if name is not None and str(name).lower() not in LOGGERS:
-        raise ConfigError(f"unknown logger '{name}' (choose: {', '.join(LOGGERS)})")
-    backend = "none" if name is None else str(name).lower()
-    if backend != "none" and importlib.util.find_spec(backend) is None:
-        raise ConfigError(f"logger={backend} needs the {backend} extra: {install_hint(backend)}")
 
 
 def make_tracker(name: str | None, run_dir: Path | str, cfg: Any = None) -> Tracker:

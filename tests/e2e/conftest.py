@@ -49,7 +49,7 @@ STRATEGIES = ("spread", "blue")
 
 def other_methods() -> tuple[str, ...]:
     """Every method in the registry (its YAMLs) that is not a quality method."""
-    from blue_cli.config import group_choices
+    from blue_cli.config.schema import group_choices
 
     return tuple(m for m in group_choices("method") if m not in QUALITY_METHODS)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from blue_cli.config import GROUPS, group_choices
+from blue_cli.config.schema import GROUPS, group_choices
 from tests.e2e.conftest import blue_exe, run_blue, summary_of
 
 TINY = [
@@ -53,7 +53,7 @@ def assert_same_run_files(a: Path, b: Path) -> None:
 
 
 def test_every_command_is_listed():
-    from blue_cli.cli import app
+    from blue_cli.cli.commands import app
 
     names = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
     assert set(COMMANDS) <= names
@@ -63,14 +63,14 @@ def test_every_command_is_listed():
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_anywhere_prints_help_and_does_nothing(tmp_path, monkeypatch, command, flag):
     """With model=gpt2-xl and the flag last: no hub lookup, no statistics pass, no folder."""
-    import blue_cli.cli
+    import blue_cli.cli.commands
     import blue_cli.models.source
 
     def no_work(*args, **kwargs):
         raise AssertionError("a --help run did work")
 
-    monkeypatch.setattr(blue_cli.cli, "collect_stats", no_work)
-    monkeypatch.setattr(blue_cli.cli, "run_hydra", no_work)
+    monkeypatch.setattr(blue_cli.cli.commands, "collect_stats", no_work)
+    monkeypatch.setattr(blue_cli.cli.commands, "run_hydra", no_work)
     monkeypatch.setattr(blue_cli.models.source, "check_model_available", no_work)
     args = [command, "model=gpt2-xl", flag] if command not in ("resume", "report", "export") else [command, flag]
     proc = run_blue(args, cwd=tmp_path)

@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from blue_cli.config import group_choices
+from blue_cli.cli.overrides import validate_overrides
+from blue_cli.config.schema import group_choices
 from blue_cli.data.counterfact import BUNDLED_PATH, load_counterfact
 from blue_cli.data.files import MAX_TEXT_CHARS
 from blue_cli.errors import ConfigError, DataError, NumericalError
-from blue_cli.overrides import validate_overrides
 from blue_cli.runs.checkpoint import CHECKPOINT
 from tests.e2e.conftest import blue_exe, run_blue, run_blue_process
 
@@ -124,7 +124,7 @@ def _job(tmp_path, monkeypatch, failure: BaseException, write: tuple[str, ...] =
     import hydra.core.hydra_config
 
     import blue_cli.runs.runner
-    from blue_cli.cli import _hydra_job
+    from blue_cli.cli.commands import _hydra_job
 
     run_dir = tmp_path / "run"
     monkeypatch.setattr(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from blue_cli.cli.overrides import compose_config
 from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.session import stats_settings
-from blue_cli.overrides import compose_config
 from tests.e2e.conftest import run_blue, run_blue_process
 
 BASE = [

@@ -31,8 +31,8 @@ def test_readme_example_runs_and_edits(capsys):
 
 def test_api_edit_equals_a_session_run_on_the_same_config(fresh_tiny, requests10):
     """Same requests, same overrides: the API and an EditSession write the same matrices."""
+    from blue_cli.cli.overrides import compose_config
     from blue_cli.editing.session import EditSession
-    from blue_cli.overrides import compose_config
 
     overrides = ["model.layers=[1,2,3]", "stats.samples=40", "method.target.steps=4"]
     a = fresh_tiny("tiny-gpt2")

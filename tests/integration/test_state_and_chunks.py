@@ -11,14 +11,14 @@ import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from blue_cli import registry
+from blue_cli.cli.overrides import compose_config
+from blue_cli.config.registry import method_class
+from blue_cli.config.schema import registry
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.session import EditSession
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.editing.targets import TargetSettings, requests_per_chunk
 from blue_cli.errors import ConfigError
-from blue_cli.overrides import compose_config
-from blue_cli.registry import method_class
 from blue_cli.runs import runner
 from blue_cli.runs.checkpoint import Checkpoint
 from blue_cli.runs.replay import replay_run

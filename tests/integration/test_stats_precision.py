@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from blue_cli.cli.overrides import compose_config
 from blue_cli.data.corpus import load_corpus
 from blue_cli.editing.covariance import (
     CovarianceStore,
@@ -34,7 +35,6 @@ from blue_cli.editing.shards import (
     shard_batches,
 )
 from blue_cli.errors import ConfigError
-from blue_cli.overrides import compose_config
 from blue_cli.plan import RunFacts, Shape, make_plan, run_facts
 
 BASE = {

@@ -11,13 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from blue_cli.config.registry import method_class, strategy_class
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.covariance import CovarianceStore, StatsSettings
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.strategies import base as strategy_base
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings
-from blue_cli.registry import method_class, strategy_class
 
 CRITICAL = [1, 2, 3]
 SETTINGS = TargetSettings(lr=0.5, steps=5, clamp=4.0)

@@ -121,7 +121,7 @@ def test_blue_plan_gpu_prints_the_compute_and_the_json_carries_it():
 
     from typer.testing import CliRunner
 
-    from blue_cli.cli import app
+    from blue_cli.cli.commands import app
 
     args = [
         "plan",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from blue_cli.cli.overrides import compose_config
 from blue_cli.errors import ConfigError
-from blue_cli.overrides import compose_config
 from blue_cli.plan import RunFacts, Shape, largest_chunk, make_plan, model_shape, parse_size, plan_for_config, run_facts
 
 SHAPE = Shape(

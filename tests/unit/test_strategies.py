@@ -2,8 +2,8 @@
 
 import pytest
 
+from blue_cli.config.registry import METHODS, STRATEGIES, method_class, strategy_class
 from blue_cli.errors import ConfigError
-from blue_cli.registry import METHODS, STRATEGIES, method_class, strategy_class
 
 
 def test_blue_writes_only_boundary_layers():
@@ -51,7 +51,7 @@ def test_registries_are_filled_by_decorators():
     ],
 )
 def test_each_method_keeps_a_key_cache_exactly_as_the_reference_variant_of_its_name(method, sequential):
-    from blue_cli.overrides import compose_config
+    from blue_cli.cli.overrides import compose_config
 
     cfg = compose_config([f"method={method}"])
     assert cfg.method.sequential is sequential

@@ -103,8 +103,8 @@ def test_missing_backend_names_its_extra(tmp_path, monkeypatch, name):
 
 
 def test_run_config_accepts_logger_and_rejects_unknown():
-    from blue_cli.config import check_run_config
-    from blue_cli.overrides import compose_config
+    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.schema import check_run_config
 
     cfg = compose_config(["logger=tensorboard"])
     assert cfg.logger == "tensorboard"
@@ -118,7 +118,7 @@ def test_no_backend_is_imported_unless_chosen():
     import subprocess
 
     code = (
-        "import sys, blue_cli.config, blue_cli.runs.tracking as t; t.make_tracker(None, '.', None);"
+        "import sys, blue_cli.config.schema, blue_cli.runs.tracking as t; t.make_tracker(None, '.', None);"
         "print([m for m in ('tensorboard', 'wandb', 'mlflow', 'tensorboardX') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

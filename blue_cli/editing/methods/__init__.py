@@ -1,1 +1,1 @@
-"""Built-in methods: every module here registers itself (see blue_cli.registry)."""
+"""Built-in methods: every module here registers itself (see blue_cli.config.registry)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from blue_cli.config import MethodConfig
+from blue_cli.config.registry import register_method
+from blue_cli.config.schema import MethodConfig
 from blue_cli.editing.methods.base import EditMethod
-from blue_cli.registry import register_method
 
 if TYPE_CHECKING:
     import torch

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from blue_cli.config.registry import register_method
 from blue_cli.editing.methods.memit import Memit, MemitConfig
-from blue_cli.registry import register_method
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from blue_cli.config.registry import register_method
 from blue_cli.editing.methods.memit import Memit, MemitConfig
-from blue_cli.registry import register_method
 
 if TYPE_CHECKING:
     import torch

@@ -1,1 +1,1 @@
-"""Built-in strategies: every module here registers itself (see blue_cli.registry)."""
+"""Built-in strategies: every module here registers itself (see blue_cli.config.registry)."""

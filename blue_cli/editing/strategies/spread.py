@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from blue_cli.config.registry import register_strategy
 from blue_cli.editing.linalg import split_residual
 from blue_cli.editing.strategies.base import BatchTrace, Strategy
-from blue_cli.registry import register_strategy
 
 
 @register_strategy("spread")

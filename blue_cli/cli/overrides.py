@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from blue_cli.config import GROUPS, check_run_config, conf_dir, group_choices, register_configs
+from blue_cli.config.schema import GROUPS, check_run_config, conf_dir, group_choices, register_configs
 from blue_cli.errors import ConfigError
 
 # Hydra flags that take a value; everything else starting with "-" is a switch.

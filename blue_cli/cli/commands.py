@@ -154,7 +154,7 @@ def run_hydra(args: list[str], held_lock=None) -> None:
     """Hand ``args`` to Hydra's own main (so -m sweeps, launchers and run folders work)."""
     import hydra
 
-    from blue_cli.config import conf_dir, register_configs
+    from blue_cli.config.schema import conf_dir, register_configs
 
     def blue(cfg) -> None:
         _hydra_job(cfg, held_lock)
@@ -176,13 +176,13 @@ def _preflight(args: list[str]):
     run in an explicit ``hydra.run.dir`` must match that folder's checkpoint, and its
     lock is taken here (returned) so that a second run there writes nothing at all.
     """
-    from blue_cli.models.source import check_model_available
-    from blue_cli.overrides import (
+    from blue_cli.cli.overrides import (
         explicit_run_dir,
         is_multirun,
         runs_no_job,
         validate_overrides,
     )
+    from blue_cli.models.source import check_model_available
 
     configs = validate_overrides(args)
     if runs_no_job(args):
@@ -227,7 +227,7 @@ def _edit(args: list[str]) -> None:
 
 def edit_help() -> str:
     """``blue edit --help``: the public config groups and their choices, the common keys, examples."""
-    from blue_cli.config import GROUPS, group_choices
+    from blue_cli.config.schema import GROUPS, group_choices
 
     groups = [*GROUPS, "+experiment"]
     width = max(map(len, groups)) + 2
@@ -300,7 +300,7 @@ def list_choices() -> None:
     """Show the available models, datasets, methods and strategies."""
     from rich.table import Table
 
-    from blue_cli.config import GROUPS, group_choices
+    from blue_cli.config.schema import GROUPS, group_choices
     from blue_cli.reporting.console import console
 
     table = Table(title="config groups (use as group=choice)")
@@ -325,7 +325,7 @@ def stats(ctx: typer.Context) -> None:
     i-th of n slices (merged when all are there); -m sweeps run through Hydra, so
     hydra/launcher=joblib or submitit_slurm spread them.
     """
-    from blue_cli.overrides import compose_config, split_args, validate_overrides
+    from blue_cli.cli.overrides import compose_config, split_args, validate_overrides
 
     args = list(ctx.args)
     if _help_requested(args):
@@ -346,10 +346,10 @@ def stats(ctx: typer.Context) -> None:
 
 def collect_stats(cfg, overrides: list[str]) -> None:
     """The statistics of ``cfg``'s written layers: one shard (stats.shard set), or all of them (merging shards)."""
+    from blue_cli.config.registry import strategy_class
     from blue_cli.editing.covariance import CovarianceStore
     from blue_cli.editing.session import stats_settings
     from blue_cli.editing.shards import check_shard
-    from blue_cli.registry import strategy_class
     from blue_cli.reporting.console import RichProgress, console
     from blue_cli.runs.runner import load_adapter
 
@@ -402,7 +402,7 @@ def plan(
     import json
 
     from blue_cli import compute_plan
-    from blue_cli.overrides import compose_config
+    from blue_cli.cli.overrides import compose_config
     from blue_cli.plan import largest_chunk, make_plan, parse_size, planned_facts
     from blue_cli.reporting.console import console
     from blue_cli.reporting.plan_table import plan_table, plan_verdict
@@ -457,7 +457,7 @@ def _stats_job(cfg) -> None:
     """One Hydra job of ``blue stats -m`` (e.g. one shard)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from blue_cli.config import check_run_config
+    from blue_cli.config.schema import check_run_config
 
     try:
         check_run_config(cfg)
@@ -473,7 +473,7 @@ def _run_stats_hydra(args: list[str]) -> None:
     """``blue stats -m ...`` through Hydra's own main: sweeps, launchers (joblib, submitit), job folders."""
     import hydra
 
-    from blue_cli.config import conf_dir, register_configs
+    from blue_cli.config.schema import conf_dir, register_configs
 
     extra = []
     if not any(a.startswith("hydra.sweep.subdir=") for a in args):

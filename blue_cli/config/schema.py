@@ -13,9 +13,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from blue_cli import install_hint
+from blue_cli.config.registry import dataset_schemas, method_schemas
 from blue_cli.errors import ConfigError
-from blue_cli.registry import dataset_schemas, method_schemas
-from blue_cli.runs.tracking import check_logger
 
 
 @dataclass
@@ -202,14 +202,31 @@ def register_configs() -> None:
 
 def conf_dir() -> Path:
     """The Hydra config tree: inside the installed package, else the repo's top-level conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
+    package = Path(__file__).resolve().parents[1]  # blue_cli/
+    candidates = (package / "conf", package.parent / "conf")  # a wheel's copy, or the repository's
+    for candidate in candidates:
         if (candidate / "config.yaml").is_file():
             return candidate
-    raise ConfigError(f"cannot find the config tree (looked in {here / 'conf'} and {here.parent / 'conf'})")
+    raise ConfigError(f"cannot find the config tree (looked in {candidates[0]} and {candidates[1]})")
 
 
 GROUPS = ("model", "dataset", "method", "strategy")
+# Experiment tracking backends (logger=...); each but none is an optional extra.
+LOGGERS = ("none", "tensorboard", "wandb", "mlflow")
+
+
+def check_logger(name: str | None) -> None:
+    """One-line error for a ``logger`` value that is not a known backend, or whose library
+    is not installed (checked with the overrides, before a run folder exists)."""
+    import importlib.util
+
+    if name is not None and str(name).lower() not in LOGGERS:
+        raise ConfigError(f"unknown logger '{name}' (choose: {', '.join(LOGGERS)})")
+    backend = "none" if name is None else str(name).lower()
+    if backend != "none" and importlib.util.find_spec(backend) is None:
+        raise ConfigError(f"logger={backend} needs the {backend} extra: {install_hint(backend)}")
+
+
 MAX_TARGET_LR = 1e3
 
 
