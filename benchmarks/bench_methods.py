@@ -49,10 +49,10 @@ def first_batch_flops(cfg) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from blue_cli.config.registry import method_class, strategy_class
-    from blue_cli.data.counterfact import load_counterfact
+    from blue_cli.datasets.counterfact.records import load_counterfact
     from blue_cli.editing.context import context_templates
-    from blue_cli.editing.covariance import CovarianceStore
     from blue_cli.editing.session import stats_settings, target_settings
+    from blue_cli.editing.statistics.store import CovarianceStore
     from blue_cli.editing.strategies.base import EditContext
     from blue_cli.runs.runner import load_adapter
 

@@ -126,7 +126,7 @@ def build(args):
     from blue_cli.cli.overrides import compose_config
     from blue_cli.models.adapter import ModelAdapter
     from blue_cli.models.tiny import tiny_model_dir
-    from blue_cli.plan import model_shape
+    from blue_cli.tools.memory_plan import model_shape
 
     yaml_name, tiny = MODELS[args.model]
     cfg = compose_config(
@@ -166,8 +166,8 @@ def build(args):
 
 
 def covariance(adapter, layers, windows: int, length: int, timer: Timer):
-    from blue_cli.data.corpus import load_corpus
-    from blue_cli.editing.covariance import StatsSettings, accumulate_second_moments, token_windows
+    from blue_cli.editing.statistics.corpus import load_corpus
+    from blue_cli.editing.statistics.store import StatsSettings, accumulate_second_moments, token_windows
 
     docs = load_corpus("wikitext-bundled", max_docs=windows * 4)
     chunks = token_windows(adapter.tok, docs, length, windows)
@@ -258,7 +258,7 @@ def main() -> None:
     args.strategies = args.strategies or ("spread,blue" if cuda else "blue")
     args.steps = args.steps or (None if cuda else 5)
 
-    from blue_cli.data.counterfact import load_counterfact
+    from blue_cli.datasets.counterfact.records import load_counterfact
 
     t0 = time.perf_counter()
     cfg, adapter, critical, info = build(args)

@@ -3,7 +3,11 @@
 ``from blue_cli import edit, evaluate`` is the Python API (see :mod:`blue_cli.api`).
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+# Data shipped inside the package: tiny models, bundled samples, the paper's tables.
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 # The name on the package index (``blue-cli`` there is another project); the command is ``blue``.
 DISTRIBUTION = "blue-editing"
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from blue_cli.cli.overrides import compose_config
 from blue_cli.config.registry import dataset_class
-from blue_cli.data.counterfact import parse_record
-from blue_cli.data.records import EditRequest
-from blue_cli.data.zsre import parse_zsre_record
+from blue_cli.datasets.counterfact.records import parse_record
+from blue_cli.datasets.records import EditRequest
+from blue_cli.datasets.zsre.records import parse_zsre_record
 from blue_cli.editing.session import EditSession, seed_everything
 from blue_cli.errors import DataError
 from blue_cli.evaluation.summary import summarise

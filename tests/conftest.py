@@ -54,7 +54,7 @@ def fresh_tiny():
 
 @pytest.fixture(scope="session")
 def requests10():
-    from blue_cli.data.counterfact import load_counterfact
+    from blue_cli.datasets.counterfact.records import load_counterfact
 
     return load_counterfact("bundled", limit=10)
 

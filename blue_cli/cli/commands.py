@@ -347,9 +347,9 @@ def stats(ctx: typer.Context) -> None:
 def collect_stats(cfg, overrides: list[str]) -> None:
     """The statistics of ``cfg``'s written layers: one shard (stats.shard set), or all of them (merging shards)."""
     from blue_cli.config.registry import strategy_class
-    from blue_cli.editing.covariance import CovarianceStore
     from blue_cli.editing.session import stats_settings
-    from blue_cli.editing.shards import check_shard
+    from blue_cli.editing.statistics.shards import check_shard
+    from blue_cli.editing.statistics.store import CovarianceStore
     from blue_cli.reporting.console import RichProgress, console
     from blue_cli.runs.runner import load_adapter
 
@@ -401,11 +401,11 @@ def plan(
     """
     import json
 
-    from blue_cli import compute_plan
     from blue_cli.cli.overrides import compose_config
-    from blue_cli.plan import largest_chunk, make_plan, parse_size, planned_facts
     from blue_cli.reporting.console import console
     from blue_cli.reporting.plan_table import plan_table, plan_verdict
+    from blue_cli.tools import compute_plan
+    from blue_cli.tools.memory_plan import largest_chunk, make_plan, parse_size, planned_facts
 
     try:
         budget = parse_size(gpu_memory) if gpu_memory is not None else None
@@ -564,8 +564,8 @@ def export(
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
 ) -> None:
     """Write a run's edited model as a Hugging Face folder (config, safetensors, tokenizer)."""
-    from blue_cli.export import export_run
     from blue_cli.reporting.console import console
+    from blue_cli.tools.export import export_run
 
     try:
         path = export_run(run_dir, out, dtype)
@@ -592,9 +592,9 @@ def analyze(
     """
     import time
 
-    from blue_cli.analysis import analysis_config, run_analysis, write_analysis
     from blue_cli.reporting.console import RichProgress, console
     from blue_cli.reporting.residual_analysis import layer_table, run_table, write_figures
+    from blue_cli.tools.analysis import analysis_config, run_analysis, write_analysis
 
     try:
         if run is not None and not run.is_dir():
@@ -620,7 +620,7 @@ def analyze(
 
 
 def main() -> None:
-    from blue_cli.data.download import offline_requested
+    from blue_cli.download import offline_requested
 
     if offline_requested():
         # The hub clients read these once, at import: set them before anything imports

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.errors import DataError
 
 if TYPE_CHECKING:  # a dataset module imports torch only when it evaluates (see registry.py)

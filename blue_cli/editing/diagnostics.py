@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.keys import values_at_subject
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.editing.strategies.base import BatchTrace

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index
 

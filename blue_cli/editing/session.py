@@ -18,10 +18,10 @@ import torch
 from omegaconf import DictConfig
 
 from blue_cli.config.registry import method_class, strategy_class
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.context import context_templates
-from blue_cli.editing.covariance import CovarianceStore, StatsSettings
 from blue_cli.editing.diagnostics import batch_diagnostics, observe_before, swapped_weights
+from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings
 from blue_cli.errors import DataError, NumericalError

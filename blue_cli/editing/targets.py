@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter, frozen_prefix
 from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index, target_ids

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.evaluation.general import evaluate_general, load_task
 from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from blue_cli.data.download import offline_requested
+from blue_cli.download import offline_requested
 from blue_cli.errors import ConfigError, OfflineError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.source import check_model_source, hub_offline, offline_message

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from blue_cli.data.download import offline_requested
+from blue_cli.download import offline_requested
 from blue_cli.errors import ConfigError, OfflineError
 from blue_cli.models.tiny import is_tiny
 

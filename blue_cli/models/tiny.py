@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from blue_cli import ASSETS_DIR
 from blue_cli.errors import ConfigError
 
 TINY_MODELS = ("tiny-gpt2", "tiny-gptj", "tiny-llama", "tiny-qwen2")
-COMMITTED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+COMMITTED_DIR = ASSETS_DIR / "tiny"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 REBUILD_COMMAND = "make tiny-models"
 

@@ -18,15 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blue_cli.datasets.base import RATES as HEADLINE
 from blue_cli.errors import BlueError
-from blue_cli.runs.files import (
-    CONFIG,
-    EVALS,
-    HEADLINE,
-    SUMMARY,
-    read_jsonl,
-    read_summary,
-)
+from blue_cli.runs.files import CONFIG, EVALS, SUMMARY, read_jsonl, read_summary
 
 # Columns shown for every run, as (column name, summary key, flattened config key).
 FIXED = (

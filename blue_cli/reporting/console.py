@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from blue_cli.runs.files import HEADLINE
+from blue_cli.datasets.base import RATES as HEADLINE
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blue_cli import ASSETS_DIR
 from blue_cli.reporting.compare import Comparison, ReportError, Run
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "assets" / "paper"
+PAPER_DIR = ASSETS_DIR / "paper"
 # (summary key, the paper's column name)
 PAPER_METRICS = (
     ("efficacy", "Eff"),

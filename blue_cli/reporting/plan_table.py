@@ -73,7 +73,7 @@ def human_time(seconds: float) -> str:
 
 def compute_table(phases, card) -> Table:
     """FLOPs of each phase and the time they take at ``card``'s peak (lower bounds)."""
-    from blue_cli.compute_plan import seconds_at_peak
+    from blue_cli.tools.compute_plan import seconds_at_peak
 
     table = Table(title=f"compute at the datasheet peak of an {card.name} (lower bounds)", title_justify="left")
     for column, justify in (
@@ -92,7 +92,7 @@ def compute_table(phases, card) -> Table:
 
 
 def compute_verdict(phases, card, batches: int) -> str:
-    from blue_cli.compute_plan import run_seconds
+    from blue_cli.tools.compute_plan import run_seconds
 
     edit, stats = run_seconds(phases, card, batches)
     return (

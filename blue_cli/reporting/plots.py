@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from blue_cli.cache import atomic_path
+from blue_cli.datasets.base import RATES as HEADLINE
 from blue_cli.reporting.compare import EXTRA, FIXED, Run, short_run_name
-from blue_cli.runs.files import HEADLINE
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from blue_cli.datasets.base import RATES
+
 BEGIN = "<!-- results:begin (make readme-results writes this block) -->"
 END = "<!-- results:end -->"
 BENCH_BEGIN = "<!-- bench:begin (make readme-results writes this block from the newest make bench file) -->"
@@ -60,10 +62,7 @@ def collect(run_dirs: Iterable[Path]) -> list[dict]:
 def _cell(row: dict | None) -> str:
     if row is None:
         return "–"
-    return (
-        " / ".join(f"{row[k]:.3f}" for k in ("efficacy", "generalization", "specificity"))
-        + f" / {row['target_logprob_gain']:.2f}"
-    )
+    return " / ".join(f"{row[k]:.3f}" for k in RATES) + f" / {row['target_logprob_gain']:.2f}"
 
 
 def render(rows: Sequence[dict]) -> str:
@@ -77,7 +76,7 @@ def render(rows: Sequence[dict]) -> str:
         pairs.setdefault((row["model"], row["method"]), {})[row["strategy"]] = row
     for (model, method), by_strategy in pairs.items():
         any_row = next(iter(by_strategy.values()))
-        pre = " / ".join(f"{any_row[f'pre_{k}']:.3f}" for k in ("efficacy", "generalization", "specificity"))
+        pre = " / ".join(f"{any_row[f'pre_{k}']:.3f}" for k in RATES)
         lines.append(
             f"| {model} | {method} | {_cell(by_strategy.get('spread'))} | {_cell(by_strategy.get('blue'))} | {pre} |"
         )

@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from blue_cli.cache import atomic_path
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.errors import ConfigError, NumericalError
 from blue_cli.runs import files as results
 

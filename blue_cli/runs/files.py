@@ -19,8 +19,6 @@ EVALS = "evals.jsonl"
 RUN_INFO = "run_info.json"
 CONFIG = "config.yaml"
 
-HEADLINE = ("efficacy", "generalization", "specificity")
-
 
 def _clean(value: Any) -> Any:
     """JSON has no NaN: write null instead, so every file parses with a strict reader."""

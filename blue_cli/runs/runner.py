@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from blue_cli.cache import content_key, write_text_atomic
 from blue_cli.config.registry import dataset_class
 from blue_cli.config.schema import check_run_config
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.session import EditSession, seed_everything
 from blue_cli.errors import ConfigError
 from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks

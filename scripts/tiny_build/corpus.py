@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blue_cli.data.corpus import BUNDLED_WIKITEXT_PATH as WIKITEXT_FILE  # noqa: F401 (train.py reads it here)
-from blue_cli.data.counterfact import BUNDLED_PATH as COUNTERFACT_FILE
+from blue_cli.datasets.counterfact.records import BUNDLED_PATH as COUNTERFACT_FILE
+from blue_cli.editing.statistics.corpus import BUNDLED_WIKITEXT_PATH as WIKITEXT_FILE  # noqa: F401 (train.py reads it here)
 
 SEQ_LEN = 64
 HELDOUT_FRACTION = 0.1

@@ -134,7 +134,7 @@ def _rewrite_scores(model_dir, run_dir):
     """log P(target_new | rewrite prompt) of the run's cases, computed on the exported model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from blue_cli.data.counterfact import load_counterfact
+    from blue_cli.datasets.counterfact.records import load_counterfact
     from blue_cli.evaluation.scoring import score_targets
     from blue_cli.models.adapter import ModelAdapter
 

@@ -23,8 +23,8 @@ from safetensors import safe_open
 
 from blue_cli.cli.overrides import validate_overrides
 from blue_cli.config.schema import group_choices
-from blue_cli.data.counterfact import BUNDLED_PATH, load_counterfact
-from blue_cli.data.files import MAX_TEXT_CHARS
+from blue_cli.datasets.counterfact.records import BUNDLED_PATH, load_counterfact
+from blue_cli.datasets.files import MAX_TEXT_CHARS
 from blue_cli.errors import ConfigError, DataError, NumericalError
 from blue_cli.runs.checkpoint import CHECKPOINT
 from tests.e2e.conftest import blue_exe, run_blue, run_blue_process

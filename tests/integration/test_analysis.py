@@ -12,17 +12,17 @@ import torch.nn.functional as F
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from blue_cli.analysis import analyse_layers, run_analysis, write_analysis
 from blue_cli.cli.commands import app
 from blue_cli.cli.overrides import compose_config
 from blue_cli.config.registry import dataset_class, method_class
 from blue_cli.editing import session
-from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.keys import values_at_subject
+from blue_cli.editing.statistics.store import CovarianceStore
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import optimise_targets
 from blue_cli.reporting.residual_analysis import write_figures
 from blue_cli.runs import runner
+from blue_cli.tools.analysis import analyse_layers, run_analysis, write_analysis
 
 FAST = ["model=tiny-gpt2", "method.target.steps=5", "stats.samples=40", "context.n_prefixes=2"]
 RECORDS = 4

@@ -7,13 +7,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from blue_cli.cli.overrides import compose_config
-from blue_cli.compute_plan import key_flops, target_flops
-from blue_cli.data.counterfact import load_counterfact
+from blue_cli.datasets.counterfact.records import load_counterfact
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.keys import CHUNK, collect_keys, key_sentences
 from blue_cli.editing.session import target_settings
 from blue_cli.editing.targets import _build_batch, optimise_targets
-from blue_cli.plan import model_shape, run_facts
+from blue_cli.tools.compute_plan import key_flops, target_flops
+from blue_cli.tools.memory_plan import model_shape, run_facts
 
 TOLERANCE = 0.25
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from blue_cli.cli.overrides import compose_config
-from blue_cli.data.counterfact import load_counterfact
 from blue_cli.datasets.counterfact import CounterFact
+from blue_cli.datasets.counterfact.consistency import tfidf_cosine
+from blue_cli.datasets.counterfact.records import load_counterfact
 from blue_cli.datasets.zsre import Zsre
 from blue_cli.errors import DataError
-from blue_cli.evaluation.consistency import tfidf_cosine
 from blue_cli.runs import runner
 
 FAST = ["method.target.steps=5", "stats.samples=40"]

@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 
 from blue_cli.config.registry import method_class, strategy_class
 from blue_cli.editing.context import context_templates
-from blue_cli.editing.covariance import CovarianceStore, StatsSettings, collect_second_moments
 from blue_cli.editing.keys import collect_keys
 from blue_cli.editing.session import target_settings
+from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings, collect_second_moments
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.editing.targets import TargetSettings, optimise_targets
 

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from blue_cli.evaluation.consistency import (
+from blue_cli.datasets.counterfact.consistency import (
     Unavailable,
     load_consistency_resources,
     tfidf_cosine,
 )
-from blue_cli.evaluation.fluency import fluency
-from blue_cli.evaluation.generation import (
+from blue_cli.datasets.counterfact.generation import (
     clean_text,
     evaluate_generation,
     generate,
     left_pad,
     sample_ids,
 )
+from blue_cli.evaluation.fluency import fluency
 
 PROMPTS = ["The trademark of LinkedIn is owned by", "Paris is", "The native language of Jean Rostand is"]
 

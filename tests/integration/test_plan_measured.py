@@ -21,16 +21,16 @@ from torch.utils._pytree import tree_flatten
 
 from blue_cli.cli.overrides import compose_config
 from blue_cli.config.registry import method_class, strategy_class
-from blue_cli.data.counterfact import load_counterfact
+from blue_cli.datasets.counterfact.records import load_counterfact
 from blue_cli.editing.context import context_templates
-from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.diagnostics import observe_before
 from blue_cli.editing.keys import collect_keys
 from blue_cli.editing.session import BatchLog, stats_settings, target_settings
+from blue_cli.editing.statistics.store import CovarianceStore
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import _build_batch, optimise_targets
-from blue_cli.plan import make_plan, model_shape, run_facts, target_items
 from blue_cli.runs.checkpoint import Checkpoint, fingerprint
+from blue_cli.tools.memory_plan import make_plan, model_shape, run_facts, target_items
 
 TOLERANCE = 0.25
 

@@ -13,16 +13,8 @@ import json
 import pytest
 import torch
 
-from blue_cli.data.corpus import iter_corpus, load_corpus, stream_texts
-from blue_cli.editing.covariance import (
-    CovarianceStore,
-    StatsSettings,
-    accumulate_second_moments,
-    moment_sums,
-    token_windows,
-    window_length,
-)
-from blue_cli.editing.shards import (
+from blue_cli.editing.statistics.corpus import iter_corpus, load_corpus, stream_texts
+from blue_cli.editing.statistics.shards import (
     MissingShardError,
     batch_ranges,
     check_shard,
@@ -31,6 +23,14 @@ from blue_cli.editing.shards import (
     missing_shards,
     shard_batches,
     shards_on_disk,
+)
+from blue_cli.editing.statistics.store import (
+    CovarianceStore,
+    StatsSettings,
+    accumulate_second_moments,
+    moment_sums,
+    token_windows,
+    window_length,
 )
 from blue_cli.errors import ConfigError
 

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from blue_cli.cli.overrides import compose_config
+from blue_cli.config import registry
 from blue_cli.config.registry import method_class
-from blue_cli.config.schema import registry
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.session import EditSession
 from blue_cli.editing.strategies.base import EditContext, Strategy

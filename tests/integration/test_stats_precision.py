@@ -16,8 +16,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from blue_cli.cli.overrides import compose_config
-from blue_cli.data.corpus import load_corpus
-from blue_cli.editing.covariance import (
+from blue_cli.editing.statistics.corpus import load_corpus
+from blue_cli.editing.statistics.entries import read_entry, write_entry
+from blue_cli.editing.statistics.precision import exact_float32_matmul, product_precision
+from blue_cli.editing.statistics.shards import (
+    MissingShardError,
+    batch_ranges,
+    merge_sums,
+    shard_batches,
+)
+from blue_cli.editing.statistics.store import (
     CovarianceStore,
     StatsSettings,
     accumulate_second_moments,
@@ -26,16 +34,8 @@ from blue_cli.editing.covariance import (
     token_windows,
     window_length,
 )
-from blue_cli.editing.entries import read_entry, write_entry
-from blue_cli.editing.precision import exact_float32_matmul, product_precision
-from blue_cli.editing.shards import (
-    MissingShardError,
-    batch_ranges,
-    merge_sums,
-    shard_batches,
-)
 from blue_cli.errors import ConfigError
-from blue_cli.plan import RunFacts, Shape, make_plan, run_facts
+from blue_cli.tools.memory_plan import RunFacts, Shape, make_plan, run_facts
 
 BASE = {
     "corpus": "wikitext-bundled",

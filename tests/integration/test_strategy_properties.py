@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from blue_cli.config.registry import method_class, strategy_class
 from blue_cli.editing.context import context_templates
-from blue_cli.editing.covariance import CovarianceStore, StatsSettings
 from blue_cli.editing.keys import collect_keys, values_at_subject
+from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings
 from blue_cli.editing.strategies import base as strategy_base
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings

@@ -14,9 +14,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from blue_cli.data.records import EditRequest
-from blue_cli.editing.covariance import StatsSettings, collect_second_moments
+from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.keys import collect_keys, values_at_subject
+from blue_cli.editing.statistics.store import StatsSettings, collect_second_moments
 from blue_cli.editing.targets import KL_PROMPT, TargetSettings, _build_batch, _losses, optimise_targets
 from blue_cli.models.tokens import subject_last_index
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blue_cli.data.zsre import BUNDLED, load_zsre
-from blue_cli.evaluation.zsre import RATES, evaluate_zsre
+from blue_cli.datasets.zsre.metrics import RATES, evaluate_zsre
+from blue_cli.datasets.zsre.records import BUNDLED, load_zsre
 
 
 @pytest.fixture(scope="module")

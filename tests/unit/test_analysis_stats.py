@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from blue_cli.analysis import batch_layer_statistics, summary_of
 from blue_cli.errors import DataError
+from blue_cli.tools.analysis import batch_layer_statistics, summary_of
 
 
 def test_summary_is_mean_and_population_std():

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blue_cli.cache import atomic_path, write_json_atomic
-from blue_cli.data.corpus import load_corpus
-from blue_cli.editing.covariance import CovarianceStore, StatsSettings, collect_second_moments, write_entry
+from blue_cli.editing.statistics.corpus import load_corpus
+from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings, collect_second_moments, write_entry
 from blue_cli.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def test_non_finite_values_with_a_matching_checksum_are_rejected(gpt2, tmp_path,
 
 
 def test_non_finite_statistics_are_refused_not_cached(gpt2, tmp_path, monkeypatch):
-    import blue_cli.editing.covariance as covariance
+    import blue_cli.editing.statistics.store as covariance
 
     def overflowed(adapter, windows, layers, settings, progress=None):
         return {l: torch.full((adapter.key_size(l),) * 2, float("inf"), dtype=torch.float64) for l in layers}, 99
@@ -224,7 +224,7 @@ JOB = textwrap.dedent(
     from pathlib import Path
     os.umask(0o022)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
-    from blue_cli.editing.covariance import CovarianceStore, StatsSettings
+    from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings
     from blue_cli.models.loading import load_model
 
     root, work = Path(sys.argv[1]), Path(sys.argv[2])

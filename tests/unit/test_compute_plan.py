@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from blue_cli.compute_plan import (
+from blue_cli.errors import ConfigError
+from blue_cli.tools.compute_plan import (
     GPUS,
     block_weights,
     forward_flops,
@@ -19,8 +20,7 @@ from blue_cli.compute_plan import (
     solve_flops,
     target_flops,
 )
-from blue_cli.errors import ConfigError
-from blue_cli.plan import RunFacts, Shape
+from blue_cli.tools.memory_plan import RunFacts, Shape
 
 SHAPE = Shape(
     family="llama",

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from blue_cli.data import load_corpus
-from blue_cli.data.corpus import split_articles
+from blue_cli.editing.statistics.corpus import load_corpus, split_articles
 from blue_cli.errors import ConfigError, DataError, OfflineError
 
 WIKI = " = Alpha = \n Alpha text .\n = = History = = \n Old alpha .\n = Beta = \n Beta text .\n"
@@ -89,7 +88,7 @@ def test_hub_connection_error_becomes_offline_error(monkeypatch: pytest.MonkeyPa
 def test_http_client_transport_errors_are_recognised_without_importing_the_client() -> None:
     """httpx (huggingface_hub >= 1) and requests (older) raise their own errors; blue knows
     them by module and name, so neither needs to be a dependency."""
-    from blue_cli.data.corpus import is_transport_error
+    from blue_cli.editing.statistics.corpus import is_transport_error
 
     def error_class(module: str, name: str, base: type = Exception) -> type:
         return type(name, (base,), {"__module__": module})
@@ -110,7 +109,7 @@ def test_offline_env_gives_offline_error_quickly(tmp_path: Path, spec: str) -> N
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     code = textwrap.dedent(
         f"""
-        from blue_cli.data import load_corpus
+        from blue_cli.editing.statistics.corpus import load_corpus
         from blue_cli.errors import OfflineError
         try:
             load_corpus({spec!r}, max_docs=10)

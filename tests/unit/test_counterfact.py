@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from blue_cli.data import BUNDLED, BUNDLED_PATH, EditRequest, load_counterfact
+from blue_cli.datasets.counterfact.records import BUNDLED, BUNDLED_PATH, load_counterfact
+from blue_cli.datasets.records import EditRequest
 from blue_cli.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"

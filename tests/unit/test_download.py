@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from blue_cli.data import BUNDLED_PATH, download_file, load_counterfact
+from blue_cli.datasets.counterfact.records import BUNDLED_PATH, load_counterfact
+from blue_cli.download import download_file
 from blue_cli.errors import DataError, OfflineError
 
 

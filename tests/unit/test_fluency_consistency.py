@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blue_cli.errors import DataError
-from blue_cli.evaluation.consistency import (
+from blue_cli.datasets.counterfact.consistency import (
     ConsistencyResources,
     Unavailable,
     consistency_score,
@@ -23,6 +22,7 @@ from blue_cli.evaluation.consistency import (
     tfidf_cosine,
     tfidf_vector,
 )
+from blue_cli.errors import DataError
 from blue_cli.evaluation.fluency import fluency, ngram_entropy, text_entropy, words
 
 # --- fluency ---------------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_bad_or_missing_given_files_are_user_errors(tmp_path: Path) -> None:
 
 
 def test_counterfact_records_carry_the_ids_that_key_the_snippets(tmp_path: Path) -> None:
-    from blue_cli.data.counterfact import BUNDLED, BUNDLED_PATH, load_counterfact
+    from blue_cli.datasets.counterfact.records import BUNDLED, BUNDLED_PATH, load_counterfact
 
     first = load_counterfact(BUNDLED, limit=1)[0]
     assert (first.relation_id, first.target_new_id) == ("P127", "Q6346")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blue_cli.errors import ConfigError, DataError
-from blue_cli.evaluation.general.generation import prompt_ids
+from blue_cli.evaluation.general.answers import prompt_ids
 from blue_cli.evaluation.general.metrics import UNPARSED
 from blue_cli.evaluation.general.tasks import FEW_SHOT_RESERVE, GENERAL_TASKS, TASKS, load_task
 

@@ -10,7 +10,16 @@ import pytest
 
 from blue_cli.cli.overrides import compose_config
 from blue_cli.errors import ConfigError
-from blue_cli.plan import RunFacts, Shape, largest_chunk, make_plan, model_shape, parse_size, plan_for_config, run_facts
+from blue_cli.tools.memory_plan import (
+    RunFacts,
+    Shape,
+    largest_chunk,
+    make_plan,
+    model_shape,
+    parse_size,
+    plan_for_config,
+    run_facts,
+)
 
 SHAPE = Shape(
     family="llama", hidden_size=10, intermediate_size=20, n_layers=6, n_heads=2, vocab_size=100, n_params=1000

@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from blue_cli.data import load_zsre
-from blue_cli.data.zsre import BUNDLED, BUNDLED_PATH
-from blue_cli.errors import DataError, OfflineError
-from blue_cli.evaluation.zsre import (
+from blue_cli.datasets.zsre.metrics import (
     evaluate_zsre,
     summarise,
     teacher_forced,
     token_accuracy,
 )
+from blue_cli.datasets.zsre.records import BUNDLED, BUNDLED_PATH, load_zsre
+from blue_cli.errors import DataError, OfflineError
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 SUBSET_0 = SHARED / "data" / "zsre" / "zsre_random_subsets_1000" / "random_subset_0.json"

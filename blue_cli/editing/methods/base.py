@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # a method module imports torch only when it runs (see registry.py)
     import torch
 
-    from blue_cli.editing.covariance import CovarianceStore
+    from blue_cli.editing.statistics.store import CovarianceStore
 
 
 class EditMethod:

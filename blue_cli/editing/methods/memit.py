@@ -12,7 +12,7 @@ from blue_cli.editing.methods.base import EditMethod
 if TYPE_CHECKING:
     import torch
 
-    from blue_cli.editing.covariance import CovarianceStore
+    from blue_cli.editing.statistics.store import CovarianceStore
 
 
 @dataclass

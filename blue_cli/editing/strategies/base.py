@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.editing.targets import TargetResult, TargetSettings, merge_results, optimise_targets, requests_per_chunk

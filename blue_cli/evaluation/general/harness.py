@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blue_cli.errors import ConfigError
-from blue_cli.evaluation.general.generation import context_length, greedy_continuations, prompt_ids
+from blue_cli.evaluation.general.answers import context_length, greedy_continuations, prompt_ids
 from blue_cli.evaluation.general.metrics import classification_scores
 from blue_cli.evaluation.general.tasks import FEW_SHOT_RESERVE, TaskData, load_task, task_spec
 from blue_cli.models.adapter import ModelAdapter

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blue_cli import ASSETS_DIR
 from blue_cli.errors import ConfigError, DataError
 from blue_cli.evaluation.general.metrics import UNPARSED
 
@@ -32,7 +33,7 @@ GENERAL_TASKS = ("sst2", "mrpc", "cola", "rte", "mmlu", "nli")
 FEW_SHOT_RESERVE = 10
 """Records reserved at the head of every file for demonstrations (the reference's split)."""
 BUNDLED = "bundled"
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "assets" / "data" / "general"
+BUNDLED_DIR = ASSETS_DIR / "data" / "general"
 """110 records per task (10 reserved + 100 test), the head of each shared/data/glue set."""
 
 Record = Mapping[str, Any]

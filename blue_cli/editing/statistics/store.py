@@ -32,14 +32,14 @@ from pathlib import Path
 import torch
 
 from blue_cli.cache import cache_root, content_key, entry_lock
-from blue_cli.editing.entries import (  # noqa: F401 (re-exported)
+from blue_cli.editing.statistics.entries import (  # noqa: F401 (re-exported)
     BadEntry,
     read_entry,
     read_valid_entry,
     tensor_checksum,
     write_entry,
 )
-from blue_cli.editing.precision import exact_float32_matmul, product_precision
+from blue_cli.editing.statistics.precision import exact_float32_matmul, product_precision
 from blue_cli.errors import ConfigError
 from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter
@@ -142,7 +142,7 @@ def moment_sums(
     it up to float64 summation order. ``progress(tokens_done, tokens_total)``; the rate
     is logged when done.
     """
-    from blue_cli.editing.shards import batch_ranges
+    from blue_cli.editing.statistics.shards import batch_ranges
 
     tok = adapter.tok
     ranges = batch_ranges(len(windows), max(1, settings.batch_tokens // window_length(adapter, settings)))
@@ -308,7 +308,7 @@ class CovarianceStore:
         See shards.py for how the corpus is dealt out. Layers whose shard entry is
         already valid are skipped; returns the shard files of all ``layers``.
         """
-        from blue_cli.editing.shards import (
+        from blue_cli.editing.statistics.shards import (
             batch_ranges,
             check_shard,
             shard_batches,
@@ -363,7 +363,7 @@ class CovarianceStore:
         No shards: False (compute in one pass). Some missing: with ``strict`` a
         :class:`MissingShardError` naming the first missing shard and the command that makes it.
         """
-        from blue_cli.editing.shards import (
+        from blue_cli.editing.statistics.shards import (
             MissingShardError,
             complete_set,
             merge_sums,
@@ -459,7 +459,7 @@ class CovarianceStore:
 
     def _windows(self) -> list[list[int]]:
         """The token windows of the corpus, documents read (streamed) only until ``samples`` windows."""
-        from blue_cli.data.corpus import iter_corpus
+        from blue_cli.editing.statistics.corpus import iter_corpus
 
         s = self.settings
         return token_windows(

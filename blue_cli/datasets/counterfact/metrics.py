@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.base import RATES
+from blue_cli.datasets.records import EditRequest
 from blue_cli.evaluation.scoring import TargetScore, score_targets
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import fill
-
-RATES = ("efficacy", "generalization", "specificity")
 
 
 def rewrite_prompt(req: EditRequest) -> str:

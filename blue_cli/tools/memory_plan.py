@@ -246,7 +246,7 @@ class RunFacts:
 def run_facts(cfg: DictConfig) -> RunFacts:
     """Read the plan's inputs from ``cfg``; the device is CUDA unless ``device`` says cpu."""
     from blue_cli.config.registry import method_class, strategy_class
-    from blue_cli.editing.precision import product_precision
+    from blue_cli.editing.statistics.precision import product_precision
 
     critical = tuple(cfg.model.layers)
     written = tuple(strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(list(critical)))
@@ -366,7 +366,7 @@ def statistics_items(shape: Shape, facts: RunFacts) -> list[Item]:
     """The covariance pass: float64 accumulators for every written layer, one product x^T x
     (float32 products: plus its float64 copy), and each layer's captured keys for one
     forward plus one layer's keys cast to the product's precision."""
-    from blue_cli.editing.precision import product_precision
+    from blue_cli.editing.statistics.precision import product_precision
 
     dk, n = shape.intermediate_size, len(facts.written)
     b = DTYPE_BYTES[facts.model_dtype]
@@ -409,7 +409,7 @@ def disk_items(shape: Shape, facts: RunFacts) -> list[Item]:
 
 def make_plan(shape: Shape, facts: RunFacts, budget: int | None = None) -> Plan:
     """Every item of the plan; the peak per device and whether it fits ``budget`` bytes."""
-    from blue_cli.editing.precision import product_precision
+    from blue_cli.editing.statistics.precision import product_precision
 
     n = len(facts.written)
     d, dk = shape.hidden_size, shape.intermediate_size

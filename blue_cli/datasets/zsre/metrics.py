@@ -26,13 +26,13 @@ from dataclasses import dataclass
 
 import torch
 
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.base import RATES
+from blue_cli.datasets.records import EditRequest
 from blue_cli.errors import DataError
 from blue_cli.evaluation.summary import summarise
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import fill, pad_id, pad_right, target_ids
 
-RATES = ("efficacy", "generalization", "specificity")
 CHUNK = 64
 
 __all__ = ["RATES", "TeacherForced", "evaluate_zsre", "predict_tokens", "summarise", "teacher_forced", "token_accuracy"]

@@ -8,10 +8,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from blue_cli import ASSETS_DIR
 from blue_cli.errors import ConfigError, DataError, OfflineError
 
 BUNDLED_WIKITEXT = "wikitext-bundled"
-BUNDLED_WIKITEXT_PATH = Path(__file__).resolve().parent.parent / "assets" / "data" / "wikitext_excerpt.txt"
+BUNDLED_WIKITEXT_PATH = ASSETS_DIR / "data" / "wikitext_excerpt.txt"
 CORPUS_CHOICES = (BUNDLED_WIKITEXT, "wikipedia", "wikitext")
 CHUNK_CHARS = 2000
 WIKIPEDIA_SEED = 1

@@ -30,7 +30,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blue_cli.data.files import (
+from blue_cli import ASSETS_DIR
+from blue_cli.datasets.files import (
     BUNDLED,
     check_lengths,
     check_range,
@@ -40,12 +41,12 @@ from blue_cli.data.files import (
     resolve_files,
     select_range,
 )
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.errors import DataError
 
 CANONICAL_URL = "https://rome.baulab.info/data/dsets/zsre_mend_eval.json"
 """The file ROME/MEMIT's ``MENDQADataset`` downloads (19,086 records)."""
-BUNDLED_PATH = Path(__file__).resolve().parent.parent / "assets" / "data" / "zsre_sample.json"
+BUNDLED_PATH = ASSETS_DIR / "data" / "zsre_sample.json"
 NQ_PREFIX = "nq question: "
 
 _LABEL = "zsRE"
@@ -64,7 +65,7 @@ def load_zsre(
 ) -> list[EditRequest]:
     """Read zsRE edit requests and return ``records[offset:offset + limit]``.
 
-    ``path`` means what it means for :func:`blue_cli.data.counterfact.load_counterfact`:
+    ``path`` means what it means for :func:`blue_cli.datasets.counterfact.records.load_counterfact`:
     a JSON file, a folder of ``*.json`` (sorted by name, concatenated), ``"bundled"``,
     or ``None`` to download ``url`` into ``cache_dir`` (default ``cache_root()/"data"``).
     Every record is validated before any is returned; extra keys are ignored.

@@ -35,13 +35,13 @@ from omegaconf import DictConfig, OmegaConf
 from blue_cli.cli.overrides import compose_config
 from blue_cli.config.registry import dataset_class, method_class, strategy_class
 from blue_cli.config.schema import check_run_config
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.context import context_templates
-from blue_cli.editing.covariance import CovarianceStore
 from blue_cli.editing.diagnostics import new_target_logprobs, swapped_weights
 from blue_cli.editing.linalg import split_residual
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.editing.session import seed_everything, stats_settings, target_settings
+from blue_cli.editing.statistics.store import CovarianceStore
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.errors import ConfigError, DataError
 from blue_cli.models.adapter import ModelAdapter

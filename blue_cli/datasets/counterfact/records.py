@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blue_cli.data.files import (
+from blue_cli import ASSETS_DIR
+from blue_cli.datasets.files import (
     BUNDLED,
     check_lengths,
     check_range,
@@ -15,11 +16,11 @@ from blue_cli.data.files import (
     resolve_files,
     select_range,
 )
-from blue_cli.data.records import EditRequest
+from blue_cli.datasets.records import EditRequest
 from blue_cli.errors import DataError
 
 CANONICAL_URL = "https://rome.baulab.info/data/dsets/multi_counterfact.json"
-BUNDLED_PATH = Path(__file__).resolve().parent.parent / "assets" / "data" / "counterfact_sample.json"
+BUNDLED_PATH = ASSETS_DIR / "data" / "counterfact_sample.json"
 """300 records (the first of shared ``random_subset_1.json``; CounterFact is MIT) so runs work offline."""
 
 _PROMPT_LISTS = ("paraphrase_prompts", "neighborhood_prompts", "generation_prompts")

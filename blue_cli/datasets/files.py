@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from blue_cli.cache import cache_root
-from blue_cli.data.download import download_file
+from blue_cli.download import download_file
 from blue_cli.errors import DataError
 
 BUNDLED = "bundled"

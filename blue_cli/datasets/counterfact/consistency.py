@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from blue_cli.cache import cache_root
-from blue_cli.data.download import download_file
+from blue_cli.download import download_file
 from blue_cli.errors import DataError, OfflineError
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from blue_cli.errors import ConfigError
-from blue_cli.plan import PROMPT_TOKENS, TARGET_TOKENS_MAX, TARGET_TOKENS_MEAN, RunFacts, Shape, sequence_length
+from blue_cli.tools.memory_plan import (
+    PROMPT_TOKENS,
+    TARGET_TOKENS_MAX,
+    TARGET_TOKENS_MEAN,
+    RunFacts,
+    Shape,
+    sequence_length,
+)
 
 # Weight matrices of width d_k in a block's MLP: GPT-2/GPT-J up and down, Llama/Qwen2 gate, up and down.
 MLP_MATRICES = {"gpt2": 2, "gptj": 2, "llama": 3, "qwen2": 3}
@@ -131,7 +138,7 @@ def solve_flops(shape: Shape, facts: RunFacts) -> float:
 def phases(shape: Shape, facts: RunFacts) -> list[Phase]:
     """The run's compute by phase: per batch (at most ``target_steps`` steps: early
     stopping only shortens it), and the statistics pass once per model."""
-    from blue_cli.editing.precision import product_precision
+    from blue_cli.editing.statistics.precision import product_precision
 
     steps, reuse_prefix, samples = facts.target_steps, facts.reuse_prefix, facts.stats_samples
     dtype = facts.model_dtype

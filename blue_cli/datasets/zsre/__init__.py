@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from blue_cli.config.registry import register_dataset
 from blue_cli.config.schema import DatasetConfig
-from blue_cli.data.zsre import CANONICAL_URL, load_zsre
 from blue_cli.datasets.base import EditDataset
+from blue_cli.datasets.zsre.records import CANONICAL_URL, load_zsre
 
 
 @dataclass
@@ -26,6 +26,6 @@ class Zsre(EditDataset):
         return load_zsre(self.cfg.path, offset=self.cfg.offset, limit=limit, url=self.cfg.url)
 
     def evaluate(self, adapter, requests, progress=None):
-        from blue_cli.evaluation.zsre import evaluate_zsre
+        from blue_cli.datasets.zsre.metrics import evaluate_zsre
 
         return evaluate_zsre(adapter, requests, progress=progress)

@@ -8,8 +8,8 @@ from typing import Optional
 
 from blue_cli.config.registry import register_dataset
 from blue_cli.config.schema import DatasetConfig
-from blue_cli.data.counterfact import CANONICAL_URL, load_counterfact
 from blue_cli.datasets.base import EditDataset
+from blue_cli.datasets.counterfact.records import CANONICAL_URL, load_counterfact
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class CounterFact(EditDataset):
         return load_counterfact(self.cfg.path, offset=self.cfg.offset, limit=limit, url=self.cfg.url)
 
     def prepare(self):
-        from blue_cli.evaluation.consistency import Unavailable, load_consistency_resources
+        from blue_cli.datasets.counterfact.consistency import Unavailable, load_consistency_resources
 
         if not self.eval_cfg.generation:
             return {}
@@ -55,8 +55,8 @@ class CounterFact(EditDataset):
         return {}
 
     def evaluate(self, adapter, requests, progress=None):
-        from blue_cli.evaluation.counterfact import evaluate_counterfact
-        from blue_cli.evaluation.generation import evaluate_generation
+        from blue_cli.datasets.counterfact.generation import evaluate_generation
+        from blue_cli.datasets.counterfact.metrics import evaluate_counterfact
 
         cases = evaluate_counterfact(adapter, requests, progress=progress)
         if self.eval_cfg.generation:

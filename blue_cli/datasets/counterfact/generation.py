@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from blue_cli.data.records import EditRequest
-from blue_cli.evaluation.consistency import (
+from blue_cli.datasets.counterfact.consistency import (
     ConsistencyResources,
     Unavailable,
     consistency_score,
 )
+from blue_cli.datasets.records import EditRequest
 from blue_cli.evaluation.fluency import fluency
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import pad_id
