@@ -4,7 +4,6 @@ and parallel sweep jobs compute each statistics entry once."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +26,7 @@ from blue_cli.data.counterfact import BUNDLED_PATH, load_counterfact
 from blue_cli.data.files import MAX_TEXT_CHARS
 from blue_cli.errors import ConfigError, DataError, NumericalError
 from blue_cli.overrides import validate_overrides
+from tests.conftest import counting_server
 from tests.e2e.conftest import blue_exe, run_blue, run_blue_process
 
 TINY = [
@@ -280,34 +280,6 @@ def test_blue_offline_fails_with_the_offline_message_without_touching_the_networ
     assert_one_line_error(proc, "model 'gpt2-xl' is not in the local Hugging Face cache and the hub cannot be reached")
     assert requests == []
     assert run_files(tmp_path / "outputs") == []
-
-
-@contextlib.contextmanager
-def counting_server():
-    """A loopback HTTP server that answers 404 and records every request path."""
-    import http.server
-    import threading
-
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the http.server API)
-            seen.append(self.path)
-            self.send_error(404)
-
-        do_HEAD = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- 5. malformed records and overrides (property-based) ------------------------------------
