@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +124,36 @@ def invoke_blue(args: list[str], cwd: Path, env: dict[str, str] | None = None) -
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
     return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+# -- loopback servers -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def counting_server(status: int = 404) -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP server that answers every GET and HEAD with ``status`` and records
+    each request path; yields (base url, paths). It stands in for the hub or a data site."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            seen.append(self.path)
+            self.send_error(status)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

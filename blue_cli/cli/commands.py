@@ -172,7 +172,8 @@ def run_hydra(args: list[str], held_lock=None) -> None:
 def _preflight(args: list[str]):
     """Checks that must pass before Hydra creates or touches any run folder.
 
-    Every composed config's model must be loadable (offline: already cached); a single
+    Every composed config's model must be loadable (cached, or on a hub that answers a
+    short probe: offline or unreachable, one line here instead of a minute of retries); a single
     run in an explicit ``hydra.run.dir`` must match that folder's checkpoint, and its
     lock is taken here (returned) so that a second run there writes nothing at all.
     """
@@ -187,8 +188,8 @@ def _preflight(args: list[str]):
     configs = validate_overrides(args)
     if runs_no_job(args):
         return None
-    for cfg in configs:
-        check_model_available(cfg.model.source, cfg.model.revision)
+    for source, revision in dict.fromkeys((cfg.model.source, cfg.model.revision) for cfg in configs):
+        check_model_available(source, revision)  # once per model, however many jobs a sweep has
     given = None if is_multirun(args) else explicit_run_dir(args)
     if given is None:
         return None

@@ -4,7 +4,8 @@ Every ``eval_every`` batches the records edited so far are evaluated (and the fi
 batch's records on their own, to show forgetting); every ``eval.general_every``
 batches, and before the first and after the last, the general-capability tasks.
 Each point is one row of ``evals.jsonl``: ``batches``, ``edits``, the rates,
-``first_batch.<rate>``, ``fluency`` where generated, ``general.<task>.<metric>``.
+``first_batch.<rate>``, ``fluency`` where generated, ``general.<task>.<metric>``
+(null, with ``general.<task>.unparsed`` beside it, where no answer parsed).
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blue_cli.datasets.records import EditRequest
-from blue_cli.evaluation.general import evaluate_general, load_task
+from blue_cli.evaluation.general import SCORES, evaluate_general, load_task
 from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
 from blue_cli.runs import files as results
-
-GENERAL_METRICS = ("f1", "mcc", "accuracy")
 
 
 def check_general_tasks(eval_cfg) -> None:
@@ -71,19 +70,42 @@ class EvaluationPoints:
             row.update(summarise(cases))
             row.update(summarise(cases[: len(self.batches[0])], prefix="first_batch."))
         if self._general_due(done):
-            ev = self.eval_cfg
-            with self.progress.track("general capability", 1):
-                scores = evaluate_general(
-                    adapter, ev.general, n_items=ev.general_items, n_shots=ev.general_shots, path=ev.general_path
-                )
-            for task, values in scores.items():
-                row.update({f"general.{task}.{k}": values[k] for k in GENERAL_METRICS if k in values})
+            row.update(self._general_row(adapter))
         fault_point("eval")
         if len(row) > 2:
             self.rows = [r for r in self.rows if r["batches"] != done] + [row]
             results.write_jsonl(self.run_dir, results.EVALS, self.rows)
             if self.tracker is not None:
                 self.tracker.log_eval(row, step=row["edits"])
+        return row
+
+    def _general_row(self, adapter) -> dict:
+        """``general.<task>.<metric>`` for every task, and ``.unparsed`` where the scores are null.
+
+        The bar counts finished tasks and is completed at the end, so it never stays at 0/1.
+        """
+        ev = self.eval_cfg
+        tasks = list(dict.fromkeys(ev.general))
+        with self.progress.track("general capability", len(tasks)) as update:
+
+            def finished(name: str, done: int, total: int) -> None:
+                if done == total:
+                    update(tasks.index(name) + 1)
+
+            scores = evaluate_general(
+                adapter,
+                tasks,
+                n_items=ev.general_items,
+                n_shots=ev.general_shots,
+                path=ev.general_path,
+                progress=finished,
+            )
+            update(len(tasks))
+        row: dict = {}
+        for task, values in scores.items():
+            row.update({f"general.{task}.{k}": values[k] for k in SCORES})
+            if values["accuracy"] is None:
+                row[f"general.{task}.unparsed"] = values["unparsed"]
         return row
 
     def general_summary(self, final_row: dict) -> dict:

@@ -12,7 +12,14 @@ import torch
 from blue_cli.download import offline_requested
 from blue_cli.errors import ConfigError, OfflineError
 from blue_cli.models.adapter import ModelAdapter
-from blue_cli.models.source import check_model_source, hub_offline, offline_message
+from blue_cli.models.source import (
+    check_model_available,
+    check_model_source,
+    hub_endpoint,
+    hub_offline,
+    offline_message,
+    unreachable_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +114,14 @@ def load_model(
     """Load ``source`` (tiny preset, local folder or hub id) and wrap it in an adapter.
 
     ``device_map='auto'`` spreads a big model over several GPUs through accelerate;
-    it is ignored on CPU.
+    it is ignored on CPU. A hub model that is neither cached nor reachable is refused
+    before the hub client starts its retries (``check_model_available``): every command
+    and the Python API load through here, not only ``blue edit``'s preflight.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind = check_model_source(source)
+    check_model_available(source, revision)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = _source_dir(source)
@@ -127,7 +137,12 @@ def load_model(
     except OSError as exc:
         offline = hub_offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower()
         if not local and offline:
-            raise OfflineError(offline_message(source)) from None
+            message = (
+                offline_message(source)
+                if hub_offline()
+                else unreachable_message(source, hub_endpoint(), _first_line(exc))
+            )
+            raise OfflineError(message) from None
         raise ConfigError(f"cannot load model '{source}': {_first_line(exc)}") from None
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         # e.g. a folder whose tokenizer files are damaged, or a config of an unknown model type

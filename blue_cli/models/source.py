@@ -8,13 +8,26 @@ transformers traceback, or as a minute of hub retries for a name the hub cannot 
 
 from __future__ import annotations
 
+import http.client
+import logging
 import os
 import re
+import socket
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from blue_cli.download import offline_requested
 from blue_cli.errors import ConfigError, OfflineError
 from blue_cli.models.tiny import is_tiny
+
+log = logging.getLogger(__name__)
+
+# One short look at the hub before a download: the hub client's own retries and
+# timeouts spend about a minute (and print a warning per retry) on an unreachable hub.
+HUB_PROBE_TIMEOUT_S = 3.0
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 
 # The hub's own rule: letters, digits, '-', '_', '.', at most 96 characters a part,
 # no '--' or '..' (see huggingface_hub's validate_repo_id).
@@ -54,6 +67,72 @@ def offline_message(source: str) -> str:
     )
 
 
+def unreachable_message(source: str, endpoint: str, reason: str) -> str:
+    return (
+        f"model '{source}' is not in the local Hugging Face cache and the hub at {endpoint} cannot be reached "
+        f"({reason}); download it on a connected machine or set model.source to a local folder, "
+        "and set BLUE_OFFLINE=1 to skip the hub"
+    )
+
+
+def hub_endpoint() -> str:
+    """The hub the client would use: ``HF_ENDPOINT`` (a mirror, or a test's loopback server), else huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or DEFAULT_HUB_ENDPOINT
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is already an answer: following it could only add a second host to wait for."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def probe_hub(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """One HEAD request to ``endpoint``: None when the hub answers, else why it did not.
+
+    Any HTTP status below 500 counts as reachable (the hub client then reports a missing
+    or gated model itself); a 5xx, often a proxy that cannot reach the hub, does not.
+    Nothing is retried, and the whole probe gets ``2 * timeout``: it runs in a daemon
+    thread because the socket timeout bounds neither the name lookup (the system
+    resolver's own retries) nor the sum over a host's several addresses.
+    """
+    outcome: list[str | None] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(_head(endpoint, timeout)), name="blue-hub-probe", daemon=True
+    )
+    worker.start()
+    worker.join(2 * timeout)
+    return outcome[0] if outcome else f"no answer, timed out after {2 * timeout:g} s"
+
+
+def _head(endpoint: str, timeout: float) -> str | None:
+    """The probe's request itself (``timeout`` for the connection and for the answer)."""
+    opener = urllib.request.build_opener(_NoRedirect)
+    request = urllib.request.Request(endpoint + "/", method="HEAD")
+    try:
+        with opener.open(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code} {err.reason}" if err.code >= 500 else None
+    except urllib.error.URLError as err:
+        return _reason(err.reason, timeout)
+    except (OSError, http.client.HTTPException) as err:
+        return _reason(err, timeout)
+
+
+def _reason(err: object, timeout: float) -> str:
+    """A few words for why a probe failed: a timeout, a refusal, a name that does not resolve."""
+    if isinstance(err, (TimeoutError, socket.timeout)):
+        return f"no answer, timed out after {timeout:g} s"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, socket.gaierror):
+        return "host name does not resolve"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
 def check_model_source(source: str) -> str:
     """Return ``"tiny"``, ``"local"`` or ``"hub"`` for a usable source, else raise ConfigError."""
     if is_tiny(source):
@@ -76,12 +155,26 @@ def check_model_source(source: str) -> str:
     return "hub"
 
 
-def check_model_available(source: str, revision: str | None = None) -> None:
-    """Offline, refuse at once a hub model that is not in the local cache (no network calls)."""
-    if check_model_source(source) != "hub" or not hub_offline():
+def check_model_available(
+    source: str, revision: str | None = None, *, probe_timeout: float = HUB_PROBE_TIMEOUT_S
+) -> None:
+    """Refuse at once, in one line, a hub model that is not cached and cannot be fetched.
+
+    Offline (``BLUE_OFFLINE``, ``HF_HUB_OFFLINE``) the local cache alone decides and no
+    connection is tried. Online, a model that must be downloaded costs one probe of the
+    hub (``probe_hub``): unreachable, the run stops here instead of in the hub client's
+    minute of retries; reachable, loading goes on as before.
+    """
+    if check_model_source(source) != "hub":
         return
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(source, "config.json", revision=revision)
-    if not isinstance(found, str):
+    if isinstance(try_to_load_from_cache(source, "config.json", revision=revision), str):
+        return
+    if hub_offline():
         raise OfflineError(offline_message(source))
+    endpoint = hub_endpoint()
+    reason = probe_hub(endpoint, probe_timeout)
+    if reason is not None:
+        raise OfflineError(unreachable_message(source, endpoint, reason))
+    log.info("model '%s' is not cached; the hub at %s answers, so it will be downloaded", source, endpoint)

@@ -257,16 +257,20 @@ def _evaluate(dataset, adapter, requests, progress, label) -> list[dict]:
 
 def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> dict:
     """Top-level numbers: post and pre rates, target_logprob_gain and write_error
-    (diagnostics over the batches that were edited, not those skipped for NaN)."""
+    (diagnostics over the batches that were edited, not those skipped for NaN).
+
+    ``target_logprob_gain`` is the mean over cases of post minus pre summed log P(target_new)
+    on the rewrite prompt; the per-case ``rewrite_*`` numbers stay in cases.jsonl only.
+    """
     rows = [r for r in all_rows if "skipped" not in r] or [
         {"write_error": float("nan"), "target_gain": float("nan"), "edit_gain": float("nan"), "edit_seconds": 0.0}
     ]
     post = summarise(post_cases)
     pre = summarise(pre_cases, prefix="pre_")
     gain = [
-        p["rewrite_logprob_new"] - q["rewrite_logprob_new"]
+        _logprob_sum_new(p) - _logprob_sum_new(q)
         for p, q in zip(post_cases, pre_cases)
-        if "rewrite_logprob_new" in p
+        if _logprob_sum_new(p) is not None and _logprob_sum_new(q) is not None
     ]
     edit_secs = sorted(r["edit_seconds"] for r in rows)
     summary = {k: post[k] for k in post if not k.startswith("rewrite_")}
@@ -281,3 +285,12 @@ def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> 
     summary["skipped_batches"] = sum("skipped" in r for r in all_rows)
     summary.update(finish_info)
     return summary
+
+
+def _logprob_sum_new(case: dict) -> float | None:
+    """A case's summed log P(target_new | rewrite prompt), or None for a dataset without it.
+
+    cases_pre.jsonl of a run started before the per-token means were added (and resumed
+    after an upgrade) names the sum ``rewrite_logprob_new``; it is the same number.
+    """
+    return case.get("rewrite_logprob_sum_new", case.get("rewrite_logprob_new"))

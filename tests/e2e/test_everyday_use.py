@@ -133,6 +133,37 @@ def test_a_runtime_error_is_one_red_line_and_one_line_on_the_folder(tmp_path, ar
     assert not run_dir.exists()
 
 
+def test_an_unreachable_hub_is_one_line_after_one_probe(tmp_path, monkeypatch):
+    """A sweep over a hub model that is not cached, the hub refusing connections: one probe,
+    one line naming BLUE_OFFLINE=1, no run folder (not a minute of retry warnings)."""
+    import socket
+
+    import huggingface_hub.constants as hub_constants
+
+    made: list = []
+    real = socket.create_connection
+    monkeypatch.setattr(
+        socket, "create_connection", lambda address, *a, **k: made.append(address) or real(address, *a, **k)
+    )
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("BLUE_OFFLINE", raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        proc = run_blue(["edit", "-m", "model=gpt2-xl", "strategy=spread,blue"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert lines(proc) == [
+        f"error: model 'gpt2-xl' is not in the local Hugging Face cache and the hub at {endpoint} cannot be "
+        "reached (connection refused); download it on a connected machine or set model.source to a local folder, "
+        "and set BLUE_OFFLINE=1 to skip the hub"
+    ]
+    assert len(made) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_plan_says_when_it_plans_the_run_defaults(tmp_path):
     proc = run_blue(["plan", "model=llama3"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

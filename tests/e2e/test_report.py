@@ -159,9 +159,9 @@ def test_export_reproduces_the_runs_post_edit_logprobs(sweep, tmp_path):
     model, cases, logprobs = _rewrite_scores(out, run_dir)
     assert next(model.parameters()).dtype.is_floating_point
     for case, logprob in zip(cases, logprobs):
-        assert logprob == pytest.approx(case["rewrite_logprob_new"], abs=1e-5), case["case_id"]
+        assert logprob == pytest.approx(case["rewrite_logprob_sum_new"], abs=1e-5), case["case_id"]
     # ... and these are the edited model's numbers, not the base model's.
-    assert max(abs(c["pre_rewrite_logprob_new"] - lp) for c, lp in zip(cases, logprobs)) > 1e-3
+    assert max(abs(c["pre_rewrite_logprob_sum_new"] - lp) for c, lp in zip(cases, logprobs)) > 1e-3
     again = run_blue(["export", str(run_dir), "--out", str(out)], cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
 

@@ -4,7 +4,6 @@ and parallel sweep jobs compute each statistics entry once."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +26,7 @@ from blue_cli.datasets.counterfact.records import BUNDLED_PATH, load_counterfact
 from blue_cli.datasets.files import MAX_TEXT_CHARS
 from blue_cli.errors import ConfigError, DataError, NumericalError
 from blue_cli.runs.checkpoint import CHECKPOINT
+from tests.conftest import counting_server
 from tests.e2e.conftest import blue_exe, run_blue, run_blue_process
 
 TINY = [
@@ -44,10 +44,12 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str, code: int = 2) -> None:
+    """One red error line, at most one more on what became of the run folder, nothing else."""
     assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:], proc.stdout[-2000:])
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert error_lines(proc) and len(error_lines(proc)) == 1, proc.stderr
-    assert needle in proc.stderr, proc.stderr
+    lines = error_lines(proc)
+    assert lines and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("run folder ")), proc.stderr
 
 
 def folder_hashes(folder: Path) -> dict[str, str]:
@@ -105,7 +107,7 @@ def test_failed_run_logs_the_error_and_keeps_a_folder_it_did_not_create(finished
     log_errors = [line for line in (run_dir / "blue.log").read_text().splitlines() if "[ERROR]" in line]
     assert len(log_errors) == 1 and "error: " in log_errors[0] and "/nonexistent/cf.json" in log_errors[0]
     assert (run_dir / "summary.json").read_bytes() == summary
-    assert f"run folder: {run_dir} kept" in proc.stdout
+    assert error_lines(proc)[1] == f"run folder {run_dir} kept"
 
 
 def test_failed_start_removes_the_run_folder_it_created(tmp_path):
@@ -113,7 +115,7 @@ def test_failed_start_removes_the_run_folder_it_created(tmp_path):
     proc = run_blue(["edit", *TINY, "dataset.path=/nonexistent/cf.json", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert_one_line_error(proc, "/nonexistent/cf.json")
     assert not run_dir.exists()
-    assert f"run folder: {run_dir} removed" in proc.stdout
+    assert error_lines(proc)[1] == f"run folder {run_dir} removed (no batch was saved)"
     default = run_blue(["edit", *TINY, "dataset.path=/nonexistent/cf.json"], cwd=tmp_path)
     assert_one_line_error(default, "/nonexistent/cf.json")
     assert run_files(tmp_path / "outputs") == []
@@ -280,34 +282,6 @@ def test_blue_offline_fails_with_the_offline_message_without_touching_the_networ
     assert_one_line_error(proc, "model 'gpt2-xl' is not in the local Hugging Face cache and the hub cannot be reached")
     assert requests == []
     assert run_files(tmp_path / "outputs") == []
-
-
-@contextlib.contextmanager
-def counting_server():
-    """A loopback HTTP server that answers 404 and records every request path."""
-    import http.server
-    import threading
-
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the http.server API)
-            seen.append(self.path)
-            self.send_error(404)
-
-        do_HEAD = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- 5. malformed records and overrides (property-based) ------------------------------------

@@ -202,7 +202,9 @@ def test_analyze_a_run_folder_from_the_cli(finished_run, tmp_path):
     assert run["write_error"] == pytest.approx(sum(b["write_error"] for b in batches) / 2)
     # The run's edited weights are in place: P(target_new) without vectors is the run's post-edit value.
     cases = {c["case_id"]: c for c in map(json.loads, (finished_run / "cases.jsonl").read_text().splitlines())}
-    assert data["logprob_base"] == pytest.approx([cases[i]["rewrite_logprob_new"] for i in data["case_ids"]], abs=1e-4)
+    assert data["logprob_base"] == pytest.approx(
+        [cases[i]["rewrite_logprob_sum_new"] for i in data["case_ids"]], abs=1e-4
+    )
     assert data["context_templates"] == json.loads((finished_run / "context_templates.json").read_text())
     for name in ("residual_similarity.png", "target_probability.png", "run_layers.png"):
         assert imread(out / name).shape[0] > 300, name

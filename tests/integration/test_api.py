@@ -25,7 +25,7 @@ def test_readme_example_runs_and_edits(capsys):
     exec(compile(_example(), "README.md", "exec"), scope)
     result, before, after = scope["result"], scope["before"], scope["after"]
     assert [b["batch"] for b in result.batches] == [0, 1] and all(b["edits"] == 2 for b in result.batches)
-    assert after["rewrite_logprob_new"] > before["rewrite_logprob_new"] + 0.5
+    assert after["rewrite_logprob_sum_new"] > before["rewrite_logprob_sum_new"] + 0.5
     assert "->" in capsys.readouterr().out
 
 

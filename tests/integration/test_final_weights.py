@@ -45,7 +45,7 @@ def test_every_evaluation_point_and_the_checkpoint_see_the_methods_final_view(tm
     assert [r["edits"] for r in evals] == [2, 4]
     first_two = sum(c["efficacy"] for c in pre[:2]) / 2
     assert evals[0]["efficacy"] == first_two
-    assert evals[0]["rewrite_logprob_new"] == sum(c["rewrite_logprob_new"] for c in pre[:2]) / 2
+    assert evals[0]["rewrite_logprob_sum_new"] == sum(c["rewrite_logprob_sum_new"] for c in pre[:2]) / 2
     assert summary["efficacy"] == summary["pre_efficacy"] and summary["undone"] == 1.0
     _, meta = _checkpoint(tmp_path)
     assert json.loads(meta["finished"]) is True

@@ -7,7 +7,11 @@ checked end to end by scripting the model's answer with a hook.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,15 +45,18 @@ def gpt2_runs(load_tiny):
     return {task: run_task(adapter, load_task(task), n_items=N, batch_size=8) for task in ("sst2", "mmlu")}
 
 
-def test_scores_are_finite_and_deterministic(load_tiny, gpt2_runs):
+def test_scores_are_finite_or_unmeasured_and_deterministic(load_tiny, gpt2_runs):
     adapter = load_tiny("tiny-gpt2")
     scores = evaluate_general(adapter, ["sst2", "mmlu"], n_items=N, batch_size=16)
     assert set(scores) == {"sst2", "mmlu"}
     for task, got in scores.items():
         assert got["n"] == N
         assert 0 <= got["unparsed"] <= N
-        assert all(math.isfinite(got[k]) for k in ("f1", "mcc", "accuracy"))
-        assert 0.0 <= got["f1"] <= 1.0 and -1.0 <= got["mcc"] <= 1.0
+        if got["unparsed"] == N:  # nothing parsed, nothing measured (the random tiny model's usual case)
+            assert all(got[k] is None for k in ("f1", "mcc", "accuracy"))
+        else:
+            assert all(math.isfinite(got[k]) for k in ("f1", "mcc", "accuracy"))
+            assert 0.0 <= got["f1"] <= 1.0 and -1.0 <= got["mcc"] <= 1.0
         assert got == gpt2_runs[task].scores()  # a second call, other batches: same numbers
     assert adapter.tok.padding_side == "right"
 
@@ -142,3 +149,67 @@ def test_bad_settings_are_one_line_config_errors(load_tiny):
         evaluate_general(adapter, ["sst2"], n_shots=11)
     with pytest.raises(ConfigError, match="n_items must be >= 1"):
         evaluate_general(adapter, ["sst2"], n_items=0)
+
+
+# -- a model that never answers in a parseable form is not a measured 0 ----------------------
+
+
+def _never_parsed(adapter):
+    """A forward hook making every continuation " maybe" on a loop: no keyword, no "a\\n".."d\\n"."""
+    return adapter.model.register_forward_hook(_ScriptedAnswer(adapter, " maybe maybe"), with_kwargs=True)
+
+
+def test_no_parseable_answer_is_null_with_the_count_and_one_warning(fresh_tiny, caplog):
+    adapter = fresh_tiny("tiny-gpt2")
+    handle = _never_parsed(adapter)
+    try:
+        with caplog.at_level(logging.WARNING, logger="blue_cli.evaluation.general.harness"):
+            scores = evaluate_general(adapter, ["sst2", "mmlu"], n_items=6, batch_size=6)
+    finally:
+        handle.remove()
+    for task in ("sst2", "mmlu"):
+        assert scores[task]["unparsed"] == scores[task]["n"] == 6
+        assert scores[task]["f1"] is None and scores[task]["mcc"] is None and scores[task]["accuracy"] is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "sst2" in warnings[0] and "mmlu" in warnings[0] and "6 of 6" in warnings[0]
+
+
+class _RecordingProgress:
+    """The runner's progress interface, recording each bar's total and updates."""
+
+    def __init__(self):
+        self.bars: dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def track(self, description, total):
+        seen = self.bars.setdefault(description, [total])
+
+        def update(done, new_total=None):
+            seen.append((done, new_total or total))
+
+        yield update
+
+
+def test_an_evaluation_point_reports_null_and_unparsed_and_its_bar_finishes(fresh_tiny, tmp_path):
+    from blue_cli.evaluation.points import EvaluationPoints
+
+    general = SimpleNamespace(
+        general=["sst2", "mmlu"], general_every=None, general_items=4, general_shots=0, general_path=None
+    )
+    cfg = SimpleNamespace(eval_every=None, eval=general)
+    progress = _RecordingProgress()
+    points = EvaluationPoints(cfg, dataset=None, batches=[[None]], run_dir=tmp_path, progress=progress)
+    adapter = fresh_tiny("tiny-gpt2")
+    handle = _never_parsed(adapter)
+    try:
+        row = points.record(adapter, 0)
+    finally:
+        handle.remove()
+    for task in ("sst2", "mmlu"):
+        assert row[f"general.{task}.unparsed"] == 4
+        assert all(row[f"general.{task}.{m}"] is None for m in ("f1", "mcc", "accuracy"))
+    total, *updates = progress.bars["general capability"]
+    assert updates and updates[-1] == (total, total)
+    saved = json.loads((tmp_path / "evals.jsonl").read_text().splitlines()[0])
+    assert saved["general.sst2.f1"] is None and saved["general.sst2.unparsed"] == 4

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 
 from blue_cli.datasets.counterfact.consistency import (
+    FAILED_DOWNLOAD_MARKER,
+    FAILED_DOWNLOAD_WINDOW_S,
+    SNIPPETS_FILE,
     ConsistencyResources,
     Unavailable,
     consistency_score,
@@ -24,6 +27,7 @@ from blue_cli.datasets.counterfact.consistency import (
 )
 from blue_cli.errors import DataError
 from blue_cli.evaluation.fluency import fluency, ngram_entropy, text_entropy, words
+from tests.conftest import counting_server
 
 # --- fluency ---------------------------------------------------------------------
 
@@ -152,7 +156,7 @@ def test_unreachable_host_is_unavailable_fast(tmp_path: Path, monkeypatch: pytes
     assert connects == [("127.0.0.1", port)]  # one refused connection, no retries, the other files not tried
     assert isinstance(res, Unavailable)
     assert f"http://127.0.0.1:{port}/data/dsets/attribute_snippets.json" in res.reason
-    assert not cache.exists() or not any(cache.iterdir())
+    assert [p.name for p in cache.iterdir()] == [FAILED_DOWNLOAD_MARKER]  # no partial file, only the marker
 
 
 def test_blue_offline_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,3 +192,56 @@ def test_counterfact_records_carry_the_ids_that_key_the_snippets(tmp_path: Path)
     path.write_text(json.dumps(raw), encoding="utf-8")
     with pytest.raises(DataError, match="record 0: 'requested_rewrite.target_new.id' should be str, got int"):
         load_counterfact(path)
+
+
+# --- a failed download is remembered, not retried by every run -------------------------
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLUE_OFFLINE", raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+def test_a_failed_download_is_not_retried_by_the_next_run(tmp_path: Path, online: None) -> None:
+    cache = tmp_path / "cache"
+    with counting_server(404) as (url, requests):
+        first = load_consistency_resources(cache_dir=cache, base_url=url, timeout=5)
+        assert requests == ["/attribute_snippets.json"]
+        second = load_consistency_resources(cache_dir=cache, base_url=url, timeout=5)
+        assert requests == ["/attribute_snippets.json"]  # no second request
+    assert isinstance(first, Unavailable) and isinstance(second, Unavailable)
+    marker = cache / FAILED_DOWNLOAD_MARKER
+    assert first.reason in second.reason and str(marker) in second.reason and "delete it to retry" in second.reason
+    assert "\n" not in str(second)
+    assert json.loads(marker.read_text())["url"] == f"{url}/attribute_snippets.json"
+
+
+def test_the_marker_lapses_after_its_window_and_a_success_clears_it(tmp_path: Path, online: None) -> None:
+    served, cache = tmp_path / "served", tmp_path / "cache"
+    served.mkdir()
+    base = served.as_uri()
+    assert isinstance(load_consistency_resources(cache_dir=cache, base_url=base), Unavailable)
+    _write_resources(served)  # the site is back, but within the window nobody looks
+    assert isinstance(load_consistency_resources(cache_dir=cache, base_url=base), Unavailable)
+    assert not (cache / SNIPPETS_FILE).exists()
+    marker = cache / FAILED_DOWNLOAD_MARKER
+    record = json.loads(marker.read_text())
+    record["time"] -= FAILED_DOWNLOAD_WINDOW_S + 1
+    marker.write_text(json.dumps(record), encoding="utf-8")
+    assert isinstance(load_consistency_resources(cache_dir=cache, base_url=base), ConsistencyResources)
+    assert not marker.exists()
+
+
+def test_a_marker_for_another_site_or_blue_offline_changes_nothing(tmp_path: Path, online: None, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    with counting_server(404) as (url, requests):
+        load_consistency_resources(cache_dir=cache, base_url=url, timeout=5)
+        with counting_server(404) as (other, other_requests):
+            load_consistency_resources(cache_dir=cache, base_url=other, timeout=5)
+        assert other_requests == ["/attribute_snippets.json"]
+    monkeypatch.setenv("BLUE_OFFLINE", "1")
+    res = load_consistency_resources(cache_dir=tmp_path / "never-online")
+    assert isinstance(res, Unavailable) and "BLUE_OFFLINE" in res.reason
+    assert not (tmp_path / "never-online").exists()  # a refusal is not a failure to remember

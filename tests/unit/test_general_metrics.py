@@ -118,3 +118,28 @@ def test_matches_sklearn_on_random_lists_when_installed():
             expected_mcc = sk.matthews_corrcoef(gold, pred)
         assert weighted_f1(gold, pred) == pytest.approx(expected_f1, abs=1e-12)
         assert matthews_corrcoef(gold, pred) == pytest.approx(expected_mcc, abs=1e-12)
+
+
+# -- when a task's scores are measured at all ---------------------------------------------
+
+
+def _result(predictions):
+    from blue_cli.evaluation.general.harness import TaskResult
+
+    golds = (1, 0, 1, 0)
+    n = len(predictions)
+    return TaskResult("sst2", ((1,),) * n, ("",) * n, golds[:n], tuple(predictions), truncated=0)
+
+
+def test_no_parsed_answer_is_unavailable_not_zero():
+    scores = _result([UNPARSED] * 4).scores()
+    assert scores["f1"] is None and scores["mcc"] is None and scores["accuracy"] is None
+    assert scores["unparsed"] == 4 and scores["n"] == 4
+
+
+def test_one_parsed_answer_keeps_the_measured_scores():
+    """Unparsed answers among parsed ones count as wrong, as in the reference."""
+    predictions = [1, UNPARSED, UNPARSED, UNPARSED]
+    scores = _result(predictions).scores()
+    assert scores == {**classification_scores((1, 0, 1, 0), predictions), "truncated": 0}
+    assert scores["accuracy"] == pytest.approx(1 / 4) and scores["unparsed"] == 3

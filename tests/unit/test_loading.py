@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import threading
+from collections.abc import Iterator
 
 import huggingface_hub.constants as hub_constants
 import pytest
@@ -11,6 +15,7 @@ from blue_cli.errors import ConfigError, OfflineError
 from blue_cli.models.loading import hub_offline_when_asked, load_model
 from blue_cli.models.source import check_model_available, check_model_source, is_hub_id
 from blue_cli.models.tiny import tiny_model_dir
+from tests.conftest import counting_server
 
 
 def test_sources_that_exist_are_classified():
@@ -117,3 +122,136 @@ def test_availability_check_reads_only_the_local_cache(hub_online, tmp_path):
     (tmp_path / "hub-cache" / "models--blue-tests--cached" / "refs" / "main").write_text("abc123", encoding="utf-8")
     check_model_available("blue-tests/cached")  # cached: no error
     check_model_available("tiny-gpt2")  # never a hub lookup
+
+
+# -- an unreachable hub is found with one short probe, not a minute of retries --------------
+
+
+@pytest.fixture
+def hub_uncached(monkeypatch, tmp_path):
+    """Online as far as every switch says, with an empty hub cache: a hub model must be fetched."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("BLUE_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every outgoing connection attempt, counted where the standard library makes it."""
+    import socket
+
+    made: list[tuple] = []
+    real = socket.create_connection
+
+    def counted(address, *args, **kwargs):
+        made.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
+    return made
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port bound but not listening: a connection to it is refused at once.
+
+    Held bound for the test, so no other process can start listening there meanwhile.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[tuple[int, list, threading.Event]]:
+    """A loopback server that accepts connections and never answers; yields (port, accepted, first)."""
+    accepted: list[socket.socket] = []
+    first = threading.Event()
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def accept_all() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # the test closed the server
+                return
+            accepted.append(conn)
+            first.set()
+
+    thread = threading.Thread(target=accept_all, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], accepted, first
+    finally:
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
+        server.close()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_refused_hub_fails_at_once_naming_blue_offline(hub_uncached, connections, monkeypatch):
+    """A refusal is an answer: no waiting for the (here long) timeout, no second attempt."""
+    with refusing_port() as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        with pytest.raises(OfflineError) as err:
+            check_model_available("blue-tests/certainly-not-cached", probe_timeout=60)
+    text = str(err.value)
+    assert "\n" not in text
+    assert "'blue-tests/certainly-not-cached'" in text and endpoint in text and "BLUE_OFFLINE=1" in text
+    assert "refused" in text.lower()
+    assert connections == [("127.0.0.1", port)]
+
+
+def test_a_hub_that_never_answers_fails_after_one_short_probe(hub_uncached, connections, monkeypatch):
+    """The server takes the connection and stays silent: the probe's own timeout ends it."""
+    with silent_server() as (port, accepted, first):
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        with pytest.raises(OfflineError) as err:
+            check_model_available("blue-tests/certainly-not-cached", probe_timeout=0.5)
+        assert first.wait(timeout=30), "the probe never reached the server"
+    text = str(err.value)
+    assert "\n" not in text and "BLUE_OFFLINE=1" in text and "timed out" in text
+    assert connections == [("127.0.0.1", port)]
+    assert len(accepted) == 1
+
+
+def test_a_reachable_hub_lets_the_load_proceed(hub_uncached, connections, monkeypatch):
+    """Any HTTP answer, even an error status, means the hub is there: the hub client takes over."""
+    with counting_server() as (url, requests):
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        check_model_available("blue-tests/certainly-not-cached", probe_timeout=5)
+    assert len(connections) == 1 and len(requests) == 1
+
+
+def test_a_hub_answering_a_server_error_is_unreachable(hub_uncached, connections, monkeypatch):
+    """A 5xx (a proxy that cannot reach the hub, or a hub outage) would only start the client's retries."""
+    with counting_server(502) as (url, requests):
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        with pytest.raises(OfflineError, match=r"cannot be reached \(HTTP 502 Bad Gateway\).*BLUE_OFFLINE=1"):
+            check_model_available("blue-tests/certainly-not-cached", probe_timeout=5)
+    assert len(connections) == 1 and requests == ["/"]
+
+
+def test_offline_mode_never_probes(hub_online, connections, monkeypatch):
+    with refusing_port() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        with pytest.raises(OfflineError, match="not in the local Hugging Face cache"):
+            check_model_available("blue-tests/certainly-not-cached")
+    assert connections == []
+
+
+def test_load_model_probes_the_hub_before_the_hub_client_retries(hub_uncached, connections, monkeypatch):
+    """The Python API and the commands without a preflight load through load_model: the same one probe."""
+    with refusing_port() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        with pytest.raises(OfflineError, match="set BLUE_OFFLINE=1 to skip the hub"):
+            load_model("blue-tests/certainly-not-cached", device="cpu")
+    assert connections == [("127.0.0.1", port)]

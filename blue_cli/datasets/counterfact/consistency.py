@@ -13,7 +13,9 @@ The three files come from the ROME data host (the URLs in ROME's ``dsets/attr_sn
 and ``dsets/tfidf_stats.py``) into ``cache_root()/"data"``, or from local paths. When
 they cannot be had (offline, download failed, downloads off), the loader returns
 :class:`Unavailable` with a one-line reason, so callers report "unavailable: <reason>"
-rather than a made-up 0.
+rather than a made-up 0. A failed download is remembered for an hour in a marker file
+beside them (``FAILED_DOWNLOAD_MARKER``): every run of a sweep would otherwise wait on the
+same unreachable host again, and each would log its own failure.
 
 Differs from reference: a text with no vocabulary word has cosine 0 here (the
 reference divides by a zero norm and gets NaN); a case whose (relation, target) has no
@@ -26,6 +28,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,14 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
-from blue_cli.cache import cache_root
-from blue_cli.download import download_file
+from blue_cli.cache import cache_root, write_json_atomic
+from blue_cli.download import download_file, offline_requested
 from blue_cli.errors import DataError, OfflineError
 
 log = logging.getLogger(__name__)
 
 ROME_DSETS_URL = "https://rome.baulab.info/data/dsets"
 SNIPPETS_FILE, IDF_FILE, VOCAB_FILE = "attribute_snippets.json", "idf.npy", "tfidf_vocab.json"
+FAILED_DOWNLOAD_MARKER = "consistency_download_failed.json"
+"""Beside the files in the cache: the last failed download (base URL, URL, reason, time)."""
+FAILED_DOWNLOAD_WINDOW_S = 3600.0
+"""How long a failed download stands for the site: runs in that hour say why without connecting."""
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 """sklearn's default ``token_pattern``."""
 
@@ -120,7 +127,9 @@ def load_consistency_resources(
     A path that is given must exist (else DataError: a typo should fail before model
     time). A path left ``None`` means the file of that name in ``cache_dir`` (default
     ``cache_root()/"data"``), downloaded from ``base_url`` when missing and ``download``
-    is on. A failed or forbidden download (``BLUE_OFFLINE``) gives :class:`Unavailable`.
+    is on. A failed or forbidden download (``BLUE_OFFLINE``) gives :class:`Unavailable`;
+    after a failure, calls within ``FAILED_DOWNLOAD_WINDOW_S`` give the same reason
+    without connecting (:func:`_fetch`).
     """
     folder = Path(cache_dir) if cache_dir is not None else cache_root() / "data"
     wanted = ((snippets_path, SNIPPETS_FILE, _check_snippets), (idf_path, IDF_FILE, _check_idf))
@@ -137,11 +146,9 @@ def load_consistency_resources(
         if not dest.is_file():
             if not download:
                 return Unavailable(f"{name} is not in {folder} and downloads are off")
-            url = f"{base_url.rstrip('/')}/{name}"
-            try:
-                download_file(url, dest, validate=lambda tmp, c=check, u=url: c(tmp, u), timeout=timeout)
-            except (OfflineError, DataError) as err:
-                return Unavailable(str(err))
+            failed = _fetch(base_url, name, check, dest, timeout)
+            if failed is not None:
+                return failed
         paths.append(dest)
     snippets = _check_snippets(paths[0], str(paths[0]))
     idf = _check_idf(paths[1], str(paths[1]))
@@ -152,6 +159,47 @@ def load_consistency_resources(
             f"{paths[2]}: term {bad[0]!r} has column {vocab[bad[0]]} but {paths[1]} holds {len(idf)} IDF values"
         )
     return ConsistencyResources(snippets=snippets, idf=idf, vocab=vocab)
+
+
+def _fetch(base_url: str, name: str, check, dest: Path, timeout: float) -> Unavailable | None:
+    """Download ``name`` from ``base_url`` into ``dest``: None on success, else why not.
+
+    A failure (network, HTTP status, invalid file) is written to the marker beside
+    ``dest`` and stands for ``base_url`` for ``FAILED_DOWNLOAD_WINDOW_S``; a success
+    removes it. ``BLUE_OFFLINE`` is a refusal, not a failure, and leaves no marker.
+    """
+    marker = dest.parent / FAILED_DOWNLOAD_MARKER
+    known = None if offline_requested() else _recent_failure(marker, base_url)
+    if known is not None:
+        return known
+    url = f"{base_url.rstrip('/')}/{name}"
+    try:
+        download_file(url, dest, validate=lambda tmp, c=check, u=url: c(tmp, u), timeout=timeout)
+    except (OfflineError, DataError) as err:
+        if not offline_requested():
+            write_json_atomic(marker, {"base_url": base_url, "url": url, "reason": str(err), "time": time.time()})
+        return Unavailable(str(err))
+    marker.unlink(missing_ok=True)
+    return None
+
+
+def _recent_failure(marker: Path, base_url: str) -> Unavailable | None:
+    """The marker's failure as :class:`Unavailable` while it is recent and for ``base_url``, else None."""
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        when, reason, url = float(record["time"]), str(record["reason"]), record["base_url"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        log.info("ignoring unreadable download marker %s (%s)", marker, err)
+        return None
+    age = time.time() - when
+    if url != base_url or not 0 <= age < FAILED_DOWNLOAD_WINDOW_S:
+        return None
+    retry = time.strftime("%H:%M", time.localtime(when + FAILED_DOWNLOAD_WINDOW_S))
+    return Unavailable(
+        f"{reason} [failed {age / 60:.0f} min ago, not retried before {retry}: {marker}; delete it to retry]"
+    )
 
 
 def _read_json(path: Path, name: str) -> object:

@@ -5,6 +5,13 @@ efficacy = mean over rewrite prompts of [NLL(true) > NLL(new)], generalisation t
 same over paraphrases, specificity = mean over neighbourhood prompts of
 [NLL(true) < NLL(new)]; each ``*_gap`` is the mean of exp(-NLL(new)) - exp(-NLL(true))
 (sign flipped for specificity), the reference's "magnitude".
+
+``cases.jsonl`` shows, for the rewrite prompt, the quantity efficacy compares: the
+per-token mean log-probability of each target (``rewrite_mean_logprob_new`` /
+``_true``, = -NLL). The summed log-probabilities (``rewrite_logprob_sum_new`` /
+``_true``) are kept under names that say so: a longer target has a lower sum, so a
+case can win on means (efficacy 1) and lose on sums, and the two must not be confused.
+The summary's ``target_logprob_gain`` is a difference of the sums.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ def _case_metrics(new: list[TargetScore], true: list[TargetScore], kind: str) ->
 def evaluate_counterfact(
     adapter: ModelAdapter, requests: Sequence[EditRequest], progress: Callable[[int, int], None] | None = None
 ) -> list[dict]:
-    """One dict per case: the three rates, their gaps, and log P(target_new | rewrite prompt)."""
+    """One dict per case: the three rates, their gaps, and the rewrite prompt's per-token mean and
+    summed log P of both targets (module docstring)."""
     prompts, targets, owners = [], [], []
     for i, req in enumerate(requests):
         for kind, plist in _prompt_sets(req).items():
@@ -67,7 +75,9 @@ def evaluate_counterfact(
         for kind in RATES:
             new, true = grouped.get((i, kind, "new"), []), grouped.get((i, kind, "true"), [])
             case[kind], case[f"{kind}_gap"] = _case_metrics(new, true, kind)
-        case["rewrite_logprob_new"] = grouped[(i, "efficacy", "new")][0].logprob
-        case["rewrite_logprob_true"] = grouped[(i, "efficacy", "true")][0].logprob
+        for which in ("new", "true"):
+            score = grouped[(i, "efficacy", which)][0]
+            case[f"rewrite_mean_logprob_{which}"] = -score.nll
+            case[f"rewrite_logprob_sum_{which}"] = score.logprob
         cases.append(case)
     return cases

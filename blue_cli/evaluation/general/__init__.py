@@ -7,7 +7,7 @@ MCC), ``generation`` + ``harness`` (batched greedy decoding, the evaluation loop
 """
 
 from blue_cli.evaluation.general.harness import MAX_NEW_TOKENS, N_ITEMS, TaskResult, evaluate_general, run_task
-from blue_cli.evaluation.general.metrics import UNPARSED, accuracy, matthews_corrcoef, weighted_f1
+from blue_cli.evaluation.general.metrics import SCORES, UNPARSED, accuracy, matthews_corrcoef, weighted_f1
 from blue_cli.evaluation.general.tasks import BUNDLED, FEW_SHOT_RESERVE, GENERAL_TASKS, TaskData, load_task
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "GENERAL_TASKS",
     "MAX_NEW_TOKENS",
     "N_ITEMS",
+    "SCORES",
     "UNPARSED",
     "TaskData",
     "TaskResult",

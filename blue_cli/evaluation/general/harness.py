@@ -14,7 +14,7 @@ from pathlib import Path
 
 from blue_cli.errors import ConfigError
 from blue_cli.evaluation.general.answers import context_length, greedy_continuations, prompt_ids
-from blue_cli.evaluation.general.metrics import classification_scores
+from blue_cli.evaluation.general.metrics import SCORES, classification_scores
 from blue_cli.evaluation.general.tasks import FEW_SHOT_RESERVE, TaskData, load_task, task_spec
 from blue_cli.models.adapter import ModelAdapter
 
@@ -37,9 +37,22 @@ class TaskResult:
     predictions: tuple[int, ...]
     truncated: int
 
-    def scores(self) -> dict[str, float]:
-        """``f1`` (weighted), ``mcc``, ``accuracy``, ``n``, ``unparsed``, ``truncated``."""
-        return {**classification_scores(self.golds, self.predictions), "truncated": self.truncated}
+    def scores(self) -> dict[str, float | None]:
+        """``f1`` (weighted), ``mcc``, ``accuracy``, ``n``, ``unparsed``, ``truncated``.
+
+        The rule: when no answer parsed, ``f1``, ``mcc`` and ``accuracy`` are None
+        (unavailable): the model never answered in the task's form, so nothing was
+        measured, and a 0 would read as a measured failure (an MCC of 0 as chance).
+        When at least one answer parsed they are measured as the reference measures
+        them, each unparsed answer counting as wrong.
+        """
+        scores: dict[str, float | None] = {
+            **classification_scores(self.golds, self.predictions),
+            "truncated": self.truncated,
+        }
+        if scores["unparsed"] == scores["n"]:
+            scores.update(dict.fromkeys(SCORES))
+        return scores
 
 
 def _check_settings(n_items: int | None, n_shots: int, max_new_tokens: int, batch_size: int) -> None:
@@ -110,8 +123,11 @@ def evaluate_general(
     batch_size: int = 16,
     max_new_tokens: int = MAX_NEW_TOKENS,
     progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | None]]:
     """Scores per task, e.g. ``{"sst2": {"f1", "mcc", "accuracy", "n", "unparsed", "truncated"}}``.
+
+    A task without a single parsed answer has None scores (``TaskResult.scores``), and
+    one warning line names every such task.
 
     ``path`` is None / ``"bundled"`` (the packaged 110-record subsets) or a folder of
     ``<task>.json`` full sets. Every task name and setting is checked, and every file
@@ -138,4 +154,16 @@ def evaluate_general(
         )
         results[data.name] = result.scores()
         log.info("general %s: %s", data.name, results[data.name])
+    _warn_unmeasured(results)
     return results
+
+
+def _warn_unmeasured(results: dict[str, dict[str, float | None]]) -> None:
+    """One warning line for every task whose scores are None because no answer parsed."""
+    silent = [f"{name} ({s['unparsed']} of {s['n']})" for name, s in results.items() if s["accuracy"] is None]
+    if silent:
+        log.warning(
+            "general capability: no answer in a parseable form from %s: scores reported as null "
+            "(unavailable), not 0; the summary's general.<task>.unparsed has the count",
+            ", ".join(silent),
+        )

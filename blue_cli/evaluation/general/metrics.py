@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 UNPARSED = -1
 """The label of an answer that matched no keyword; always wrong, never a gold label."""
+SCORES = ("f1", "mcc", "accuracy")
+"""The measured scores of a task (``n`` and ``unparsed`` are counts)."""
 
 
 def _check(gold: Sequence[int], pred: Sequence[int]) -> None:
