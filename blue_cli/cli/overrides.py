@@ -132,7 +132,7 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(_friendly(exc, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
-    check_run_config(cfg)
+    check_run_config(cfg, announce=False)
     return cfg
 
 

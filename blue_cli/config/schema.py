@@ -6,6 +6,7 @@ key or a wrong type fails at composition, before any work is done.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +17,8 @@ from omegaconf import MISSING
 from blue_cli import install_hint
 from blue_cli.config.registry import dataset_schemas, method_schemas
 from blue_cli.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,14 +111,16 @@ class EvalConfig:
 class MethodConfig:
     """Settings every method shares: target optimisation and whether C_prev is kept.
 
-    ``sequential``: keep the keys of earlier batches (C_prev) in every later solve, as
-    the reference's ``*_seq`` variants and AlphaEdit do; each method's YAML sets the
-    default of the reference variant of the same name. Method-specific schemas live
+    ``keep_previous_keys``: keep the keys of earlier batches (C_prev) in every later solve,
+    as the reference's ``*_seq`` variants (``cache_c``) and AlphaEdit do; each method's
+    YAML sets the default of the reference variant of the same name. ``sequential`` is
+    its old name, read for one release with a warning. Method-specific schemas live
     beside their method (``editing/methods/<name>.py``).
     """
 
     name: str = MISSING
-    sequential: bool = False
+    keep_previous_keys: bool = False
+    sequential: Optional[bool] = None  # deprecated: keep_previous_keys
     state_dtype: str = "auto"  # C, C_prev, P on the device: float32 on CUDA, float64 on CPU (auto)
     offload_state: bool = False  # keep C, C_prev, P in CPU memory, move one layer's in for its solve
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -230,13 +235,30 @@ def check_logger(name: str | None) -> None:
 MAX_TARGET_LR = 1e3
 
 
+def resolve_deprecated(cfg, announce: bool = True) -> None:
+    """Old config keys still accepted for one release, moved to their new names in ``cfg``."""
+    old = cfg.method.get("sequential", None)
+    if old is None:
+        return
+    if announce:
+        log.warning("method.sequential is deprecated: use method.keep_previous_keys=%s", str(old).lower())
+    cfg.method.keep_previous_keys = bool(old)
+    cfg.method.sequential = None
+
+
 def group_choices(group: str) -> list[str]:
     """The YAML choices of a config group, as ``blue list`` shows them."""
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
-def check_run_config(cfg) -> None:
-    """Value checks that a schema cannot express; one-line errors."""
+def check_run_config(cfg, announce: bool = True) -> None:
+    """Value checks that a schema cannot express; one-line errors.
+
+    Also reads deprecated keys into their new names (``method.sequential`` ->
+    ``method.keep_previous_keys``), saying so in one warning line when ``announce``
+    (the job does; the check of the overrides before it stays quiet, so it is said once).
+    """
+    resolve_deprecated(cfg, announce)
     if cfg.num_edits < 1:
         raise ConfigError(f"num_edits must be >= 1, got {cfg.num_edits}")
     if cfg.batch_size < 1:

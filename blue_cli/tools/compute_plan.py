@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from blue_cli.errors import ConfigError
+from blue_cli.models.families.spec import family_named
 from blue_cli.tools.memory_plan import (
     PROMPT_TOKENS,
     TARGET_TOKENS_MAX,
@@ -27,8 +28,6 @@ from blue_cli.tools.memory_plan import (
     sequence_length,
 )
 
-# Weight matrices of width d_k in a block's MLP: GPT-2/GPT-J up and down, Llama/Qwen2 gate, up and down.
-MLP_MATRICES = {"gpt2": 2, "gptj": 2, "llama": 3, "qwen2": 3}
 # The statistics pass is counted per this many tokens: how many a corpus gives depends on
 # its documents' lengths (at most samples x window; Wikipedia articles are mostly shorter).
 STATS_TOKENS = 100_000_000
@@ -80,7 +79,7 @@ def block_weights(shape: Shape) -> int:
     """Weights of one block's matrices: attention (GQA's smaller K and V) and the MLP."""
     d, dk = shape.hidden_size, shape.intermediate_size
     kv = d * (shape.n_kv_heads or shape.n_heads) // shape.n_heads
-    return 2 * d * d + 2 * d * kv + MLP_MATRICES[shape.family] * d * dk
+    return 2 * d * d + 2 * d * kv + family_named(shape.family).mlp_matrices * d * dk
 
 
 def forward_flops(shape: Shape, tokens: int, blocks: int, seq_len: int) -> float:
@@ -127,12 +126,8 @@ def key_flops(shape: Shape, facts: RunFacts, layer: int, seq_len: int | None = N
 
 
 def solve_flops(shape: Shape, facts: RunFacts) -> float:
-    """One layer's closed-form write (linalg.py): n = batch_size right-hand sides."""
-    d, dk, n = shape.hidden_size, shape.intermediate_size, facts.batch_size
-    common = 2 * dk * dk * n + 2 * d * n * dk  # K K^T, and Delta = R Q^T
-    if facts.method == "alphaedit":  # P M, LU, the solve for P K, and P K
-        return common + 2 * dk**3 + 2 * dk**3 / 3 + 2 * dk * dk * n + 2 * dk * dk * n
-    return common + dk**3 / 3 + 2 * dk * dk * n  # Cholesky and its two triangular solves
+    """One layer's closed-form write (the method's declared ``solve_flops``): n = batch_size keys."""
+    return facts.solve_flops(shape.hidden_size, shape.intermediate_size, facts.batch_size)
 
 
 def phases(shape: Shape, facts: RunFacts) -> list[Phase]:
@@ -146,7 +141,7 @@ def phases(shape: Shape, facts: RunFacts) -> list[Phase]:
     z_layers = facts.target_layers
     targets = sum(target_flops(shape, facts, l, steps, reuse_prefix) for l in z_layers)
     keys = sum(key_flops(shape, facts, l) for l in facts.written)
-    if facts.sequential:  # C_prev's keys after the batch, one forward to the deepest written layer
+    if facts.keep_previous_keys:  # C_prev's keys after the batch, one forward to the deepest written layer
         keys += key_flops(shape, facts, max(facts.written))
     value_len = PROMPT_TOKENS
     values = writes * forward_flops(shape, facts.batch_size * value_len, max(facts.critical) + 1, value_len)
@@ -170,7 +165,7 @@ def phases(shape: Shape, facts: RunFacts) -> list[Phase]:
             "key collection",
             keys + values,
             dtype,
-            note=f"{writes} writes" + (" + C_prev's keys" if facts.sequential else ""),
+            note=f"{writes} writes" + (" + C_prev's keys" if facts.keep_previous_keys else ""),
         ),
         Phase(
             "solves",

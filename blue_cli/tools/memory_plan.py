@@ -1,8 +1,10 @@
 """The memory and disk plan of a run, from the model's shape and the config alone.
 
 Pure arithmetic (no model, no download): ``blue plan`` shows it before a multi-hour run.
-Every item counts bytes the code as it stands allocates, so a change to what the
-runner, methods or solves keep must be mirrored here; ``tests/integration/test_plan_measured.py``
+The plan names no method, strategy or family: it asks the registry. A method declares
+the matrices it keeps and solves with (``EditMethod.state_matrices``, ``solve_matrices``),
+a strategy where it optimises targets (``Strategy.target_layers``), the family spec the
+architecture's shape facts (``FamilySpec``); ``tests/integration/test_plan_measured.py``
 compares the items with what a tiny model really allocates.
 
 Phases on the compute device, which do not overlap in time:
@@ -17,38 +19,28 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from omegaconf import DictConfig, OmegaConf
 
+from blue_cli.editing.methods.base import EditMethod
 from blue_cli.errors import ConfigError
+from blue_cli.models.families.spec import family_named
 
 GB = 1e9
 DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
-FAMILIES = ("gpt2", "gptj", "llama", "qwen2")
 
 # Activation elements autograd saves per token and block when only activations need
-# gradients (weights are frozen, so a Linear saves no input), counted in HF's code and
-# checked against torch on the tiny models: attention saves q, k, v and its output (4h, k
-# and v repeated to every head); each LayerNorm/RMSNorm saves its input (h; Llama's and
-# Qwen's RMSNorm upcast it to float32); GPT-2's and GPT-J's tanh-GELU saves 4 d_k, the
-# SwiGLU MLP 3 d_k (gate, silu(gate), up). The usual "34 h bytes in 16-bit" is a GPT
-# estimate with weight gradients and dropout masks, which target optimisation has not.
+# gradients (weights are frozen, so a Linear saves no input): attention saves q, k, v and
+# its output (4h, k and v repeated to every head); each norm saves its input (h), and the
+# MLP what its family spec says (FamilySpec.mlp_saved_dk, norms_saved, norm_float32).
+# The usual "34 h bytes in 16-bit" is a GPT estimate with weight gradients and dropout
+# masks, which target optimisation has not.
 ATTENTION_H = 4
-NORMS = {"gpt2": 2, "gptj": 1, "llama": 2, "qwen2": 2}
-NORM_FLOAT32 = {"gpt2": False, "gptj": False, "llama": True, "qwen2": True}
-MLP_DK = {"gpt2": 4, "gptj": 4, "llama": 3, "qwen2": 3}
 # Per token, outside the blocks: embeddings, the replayed frozen prefix output, the final norm's input.
 OUTSIDE_H = 3
 
-# d_k x d_k float64 matrices alive at the peak of one solve (linalg.py, measured):
-# MEMIT-style: lambda C, K K^T and their sum; AlphaEdit: K K^T, P M, the l2 identity and A.
-SOLVE_MATRICES = {"alphaedit": 4}
-SOLVE_MATRICES_DEFAULT = 3
-# Method state per written layer besides C_prev: AlphaEdit keeps its projector P, the
-# MEMIT family (memit, pmet, rect, prune) keeps C. Checked against the method objects.
-STATE_MATRICES = {"alphaedit": ("projector P",)}
-STATE_MATRICES_DEFAULT = ("statistics C",)
 # Copies of each written matrix (float32, d x d_k) the runner holds during a batch: the
 # originals and the pre-batch weights (shared by diagnostics, NaN restore and revision).
 WEIGHT_COPIES = 2
@@ -67,7 +59,9 @@ TARGET_TOKENS_MEAN = 2
 
 @dataclass(frozen=True)
 class Shape:
-    """What the plan needs of the architecture (see ``ModelShape`` in config.py)."""
+    """What the plan needs of the architecture (see ``ModelShape`` in config/schema.py);
+    ``family`` is the config's model_type (gpt2, gptj, llama, qwen2), whose FamilySpec
+    (``family_named``) holds the facts the plans need."""
 
     family: str
     hidden_size: int
@@ -146,34 +140,21 @@ def parse_size(text: str) -> int:
 
 
 def shape_from_hf_config(config: dict) -> Shape:
-    """A Shape from an HF ``config.json`` (gpt2, gptj, llama, qwen2 keys); n_params left 0."""
-    kind = config.get("model_type")
-    if kind in ("gpt2", "gptj"):
-        h = config["n_embd"]
-        return Shape(
-            kind,
-            h,
-            config.get("n_inner") or 4 * h,
-            config["n_layer"],
-            config["n_head"],
-            config["vocab_size"],
-            0,
-            None,
-            config.get("n_positions", 1024),
-        )
-    if kind in ("llama", "qwen2"):
-        return Shape(
-            kind,
-            config["hidden_size"],
-            config["intermediate_size"],
-            config["num_hidden_layers"],
-            config["num_attention_heads"],
-            config["vocab_size"],
-            0,
-            config.get("num_key_value_heads"),
-            config.get("max_position_embeddings", 2048),
-        )
-    raise ConfigError(f"unknown model_type '{kind}' in config.json (choose: {', '.join(FAMILIES)})")
+    """A Shape from an HF ``config.json``, through its family's config keys; n_params left 0."""
+    kind = str(config.get("model_type"))
+    keys = family_named(kind).config_keys
+    h = config[keys.hidden_size]
+    return Shape(
+        kind,
+        h,
+        config.get(keys.intermediate_size) or 4 * h,
+        config[keys.n_layers],
+        config[keys.n_heads],
+        config["vocab_size"],
+        0,
+        config.get(keys.n_kv_heads) if keys.n_kv_heads else None,
+        config.get(keys.max_positions, 2048),
+    )
 
 
 def _tiny_shape(source: str) -> Shape:
@@ -206,8 +187,7 @@ def model_shape(model: DictConfig) -> Shape:
 
     if model.get("shape") is not None:
         s = OmegaConf.to_container(model.shape)
-        if s["family"] not in FAMILIES:
-            raise ConfigError(f"unknown model.shape.family '{s['family']}' (choose: {', '.join(FAMILIES)})")
+        family_named(s["family"])  # known, or a one-line error
         return Shape(**s)
     if is_tiny(model.source):
         return _tiny_shape(model.source)
@@ -220,9 +200,9 @@ def model_shape(model: DictConfig) -> Shape:
 class RunFacts:
     """What the plan reads from a composed config, in plain values."""
 
-    method: str
+    method: str  # names, for display only: what the plan counts comes from the declarations below
     strategy: str
-    sequential: bool
+    keep_previous_keys: bool
     critical: tuple[int, ...]
     written: tuple[int, ...]
     target_layers: tuple[int, ...]
@@ -241,6 +221,9 @@ class RunFacts:
     stats_samples: int = 100_000
     target_steps: int = 25
     reuse_prefix: bool = True
+    state_matrices: tuple[str, ...] = ("statistics C",)  # EditMethod.state_matrices
+    solve_matrices: int = 3  # EditMethod.solve_matrices (+1 if it upcasts a float32 state matrix)
+    solve_flops: Callable[[int, int, int], float] = EditMethod.solve_flops  # its declared FLOPs
 
 
 def run_facts(cfg: DictConfig) -> RunFacts:
@@ -249,9 +232,10 @@ def run_facts(cfg: DictConfig) -> RunFacts:
     from blue_cli.editing.statistics.precision import product_precision
 
     critical = tuple(cfg.model.layers)
-    written = tuple(strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(list(critical)))
-    # spread optimises z at the last critical layer; blue (and anything unknown) at each written layer.
-    targets = (critical[-1],) if cfg.strategy.name == "spread" else written
+    strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
+    method = method_class(cfg.method.name)
+    written = tuple(strategy.written_layers(list(critical)))
+    targets = tuple(strategy.target_layers(list(critical)))
     device = "cpu" if str(cfg.device).startswith("cpu") else "cuda"
     dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("float16" if device == "cuda" else "float32")
     state = cfg.method.get("state_dtype", None) or "auto"
@@ -266,11 +250,11 @@ def run_facts(cfg: DictConfig) -> RunFacts:
     return RunFacts(
         method=cfg.method.name,
         strategy=cfg.strategy.name,
-        sequential=bool(cfg.method.sequential),
+        keep_previous_keys=bool(cfg.method.keep_previous_keys),
         critical=critical,
         written=written,
         target_layers=tuple(targets),
-        points=len(method_class(cfg.method.name).points),
+        points=len(method.points),
         batch_size=cfg.batch_size,
         chunk=min(chunk, cfg.batch_size),
         num_edits=cfg.num_edits,
@@ -285,6 +269,9 @@ def run_facts(cfg: DictConfig) -> RunFacts:
         stats_samples=cfg.stats.samples,
         target_steps=t.steps,
         reuse_prefix=bool(t.get("reuse_prefix", True)),
+        state_matrices=tuple(method.state_matrices),
+        solve_matrices=method.solve_matrices + (1 if method.solve_upcasts_state and state != "float64" else 0),
+        solve_flops=method.solve_flops,
     )
 
 
@@ -298,19 +285,15 @@ def state_items(shape: Shape, facts: RunFacts) -> list[Item]:
     """C or P per written layer, and C_prev per written layer for sequential methods."""
     dk2 = shape.intermediate_size**2 * DTYPE_BYTES[facts.state_dtype]
     n = len(facts.written)
-    names = STATE_MATRICES.get(facts.method, STATE_MATRICES_DEFAULT)
-    items = [Item(name, "resident", n * dk2, f"{n} x d_k^2 {facts.state_dtype}") for name in names]
-    if facts.sequential:
+    items = [Item(name, "resident", n * dk2, f"{n} x d_k^2 {facts.state_dtype}") for name in facts.state_matrices]
+    if facts.keep_previous_keys:
         items.append(Item("C_prev", "resident", n * dk2, f"{n} x d_k^2 {facts.state_dtype}"))
     return items
 
 
 def solve_bytes(shape: Shape, facts: RunFacts) -> int:
     """The largest solve's float64 temporaries (one layer at a time)."""
-    count = SOLVE_MATRICES.get(facts.method, SOLVE_MATRICES_DEFAULT)
-    if facts.method == "alphaedit" and facts.state_dtype != "float64":
-        count += 1  # P upcast to float64 for the solve
-    return count * shape.intermediate_size**2 * 8
+    return facts.solve_matrices * shape.intermediate_size**2 * 8
 
 
 def sequence_length(
@@ -325,8 +308,9 @@ def activation_bytes(shape: Shape, dtype: str, blocks: int, tokens: int) -> int:
     plus one block's worth of transient gradients and what lies outside the blocks."""
     b = DTYPE_BYTES[dtype]
     h, dk = shape.hidden_size, shape.intermediate_size
-    norm_b = 4 if NORM_FLOAT32[shape.family] else b
-    per_block = b * (ATTENTION_H * h + MLP_DK[shape.family] * dk) + NORMS[shape.family] * h * norm_b
+    family = family_named(shape.family)
+    norm_b = 4 if family.norm_float32 else b
+    per_block = b * (ATTENTION_H * h + family.mlp_saved_dk * dk) + family.norms_saved * h * norm_b
     return tokens * (per_block * (blocks + 1) + OUTSIDE_H * h * b)
 
 

@@ -68,7 +68,7 @@ def _method_cfg(name="memit", **extra):
     base = {
         "name": name,
         "cov_weight": 100.0,
-        "sequential": True,
+        "keep_previous_keys": True,
         "target": {
             "lr": 0.5,
             "steps": 4,

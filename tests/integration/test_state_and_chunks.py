@@ -152,7 +152,7 @@ def test_targets_in_chunks_equal_one_chunk(fresh_tiny, requests10):
     adapter = fresh_tiny("tiny-gpt2")
     adapter.model.double()
     groups = context_templates(adapter, n_prefixes=1, seed=0)
-    method = method_class("memit")(OmegaConf.create({"name": "memit", "sequential": False}), [3])
+    method = method_class("memit")(OmegaConf.create({"name": "memit", "keep_previous_keys": False}), [3])
     settings = TargetSettings(lr=0.5, steps=5, clamp=4.0)
     whole = Strategy.compute_targets(method, EditContext(adapter, groups, settings), requests10[:5], 3)
     chunked = Strategy.compute_targets(method, EditContext(adapter, groups, settings, chunk=2), requests10[:5], 3)

@@ -214,7 +214,7 @@ def test_the_plan_follows_the_precision():
     facts = RunFacts(
         method="memit",
         strategy="spread",
-        sequential=False,
+        keep_previous_keys=False,
         critical=(1, 2),
         written=(1, 2),
         target_layers=(2,),

@@ -24,7 +24,7 @@ SETTINGS = TargetSettings(lr=0.5, steps=5, clamp=4.0)
 
 
 def _cfg(name: str, sequential: bool) -> OmegaConf:
-    return OmegaConf.create({"name": name, "cov_weight": 100.0, "sequential": sequential, "target": {}})
+    return OmegaConf.create({"name": name, "cov_weight": 100.0, "keep_previous_keys": sequential, "target": {}})
 
 
 def _setup(fresh_tiny, name="memit", sequential=False, layers=CRITICAL):

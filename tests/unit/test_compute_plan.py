@@ -35,7 +35,7 @@ SHAPE = Shape(
 FACTS = RunFacts(
     method="memit",
     strategy="blue",
-    sequential=True,
+    keep_previous_keys=True,
     critical=(1, 2, 3),
     written=(1, 3),
     target_layers=(1, 3),
@@ -85,7 +85,9 @@ def test_target_flops_reuse_the_prefix_once_per_batch():
 def test_solve_flops_per_method():
     dk, d, n = 20, 8, 4
     assert solve_flops(SHAPE, FACTS) == 2 * dk * dk * n + 2 * d * n * dk + dk**3 / 3 + 2 * dk * dk * n
-    alpha = replace(FACTS, method="alphaedit")
+    from blue_cli.config.registry import method_class
+
+    alpha = replace(FACTS, method="alphaedit", solve_flops=method_class("alphaedit").solve_flops)
     assert solve_flops(SHAPE, alpha) == 2 * dk * dk * n + 2 * d * n * dk + 2 * dk**3 + 2 * dk**3 / 3 + 4 * dk * dk * n
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from blue_cli.cli.overrides import compose_config
+from blue_cli.config.registry import method_class
 from blue_cli.errors import ConfigError
 from blue_cli.tools.memory_plan import (
     RunFacts,
@@ -24,10 +25,11 @@ from blue_cli.tools.memory_plan import (
 SHAPE = Shape(
     family="llama", hidden_size=10, intermediate_size=20, n_layers=6, n_heads=2, vocab_size=100, n_params=1000
 )
+ALPHAEDIT = method_class("alphaedit")
 FACTS = RunFacts(
     method="alphaedit",
     strategy="blue",
-    sequential=True,
+    keep_previous_keys=True,
     critical=(1, 2, 3),
     written=(1, 3),
     target_layers=(1, 3),
@@ -42,6 +44,9 @@ FACTS = RunFacts(
     device="cuda",
     stats_max_length=64,
     stats_batch_tokens=128,
+    state_matrices=ALPHAEDIT.state_matrices,
+    solve_matrices=ALPHAEDIT.solve_matrices,
+    solve_flops=ALPHAEDIT.solve_flops,
 )
 
 
@@ -85,11 +90,27 @@ def test_peaks_and_fit():
     assert make_plan(SHAPE, FACTS, budget=plan.peak).fits is True
 
 
-def test_float32_state_and_non_sequential_memit():
-    half = by_name(make_plan(SHAPE, replace(FACTS, state_dtype="float32")))
+def test_float32_state_and_non_sequential_memit(tmp_path):
+    cfg = ["model=llama3", "method=alphaedit", "method.state_dtype=float32"]
+    half = run_facts(compose_config(cfg))
+    assert half.solve_matrices == 5  # P is raised to float64 for the solve
+    half = by_name(make_plan(SHAPE, replace(FACTS, state_dtype="float32", solve_matrices=half.solve_matrices)))
     assert half["projector P"] == half["C_prev"] == 2 * 400 * 4
-    assert half["solve temporaries"] == 5 * 400 * 8  # P is raised to float64 for the solve
-    memit = by_name(make_plan(SHAPE, replace(FACTS, method="memit", sequential=False)))
+    assert half["solve temporaries"] == 5 * 400 * 8
+    memit_facts = run_facts(compose_config(["model=llama3", "method=memit", "method.state_dtype=float32"]))
+    assert memit_facts.solve_matrices == 3 and memit_facts.state_matrices == ("statistics C",)
+    memit = by_name(
+        make_plan(
+            SHAPE,
+            replace(
+                FACTS,
+                method="memit",
+                keep_previous_keys=False,
+                state_matrices=memit_facts.state_matrices,
+                solve_matrices=memit_facts.solve_matrices,
+            ),
+        )
+    )
     assert memit["statistics C"] == 2 * 400 * 8 and "C_prev" not in memit
     assert memit["solve temporaries"] == 3 * 400 * 8
     assert memit["checkpoint (one file, rewritten each batch)"] == b_ckpt(
@@ -133,7 +154,7 @@ def test_run_facts_from_the_composed_config():
         spread.model_dtype == "float16"
         and spread.state_dtype == "float32"
         and spread.chunk == 100
-        and spread.sequential
+        and spread.keep_previous_keys
     )
     blue = run_facts(compose_config(["model=llama3", "method=alphaedit", "strategy=blue"]))
     assert blue.written == (4, 8) and blue.target_layers == (4, 8)
@@ -203,3 +224,45 @@ def test_yaml_shape_rebuilds_the_public_parameter_count(name):
         model = AutoModelForCausalLM.from_config(_bench().hf_config(shape, shape.n_layers, shape.vocab_size))
     assert sum(p.numel() for p in model.parameters()) == shape.n_params
     assert model.get_output_embeddings().weight.shape[0] == shape.vocab_size
+
+
+def test_the_plan_follows_a_new_methods_and_strategys_declarations(monkeypatch):
+    """A method and a strategy added in this test (registered, with a YAML-free config):
+    the plan counts what they declare, never what their names suggest."""
+    from omegaconf import OmegaConf
+
+    from blue_cli.config import registry
+    from blue_cli.editing.methods.base import EditMethod
+    from blue_cli.editing.strategies.base import Strategy
+    from blue_cli.tools.compute_plan import solve_flops
+
+    class ThreeState(EditMethod):
+        state_matrices = ("A", "B", "C")
+        solve_matrices = 7
+        solve_upcasts_state = True
+        points = ("attn", "mlp", "block")
+
+        @staticmethod
+        def solve_flops(d, dk, n):
+            return 123.0 * d + dk + n
+
+    class Middle(Strategy):
+        def written_layers(self, critical):
+            return [critical[len(critical) // 2]]
+
+        def target_layers(self, critical):
+            return [critical[0]]
+
+    monkeypatch.setitem(registry.METHODS, "throwaway", ThreeState)
+    monkeypatch.setitem(registry.STRATEGIES, "middle", Middle)
+    cfg = compose_config(["model=llama3", "method=memit", "strategy=blue"])
+    cfg.method.name, cfg.strategy.name = "throwaway", "middle"
+    facts = run_facts(cfg)
+    assert facts.written == (6,) and facts.target_layers == (4,) and facts.points == 3
+    assert facts.solve_matrices == 7 + 1  # float32 state on CUDA, upcast by the solve
+    plan = by_name(make_plan(SHAPE, replace(facts, critical=(1, 2, 3), written=(2,), target_layers=(1,))))
+    assert plan["A"] == plan["B"] == plan["C"] == 20 * 20 * 4
+    assert "statistics C" not in plan and "projector P" not in plan
+    assert plan["solve temporaries"] == 8 * 20 * 20 * 8
+    assert solve_flops(SHAPE, facts) == 123.0 * 10 + 20 + facts.batch_size
+    assert OmegaConf.is_config(cfg)

@@ -54,6 +54,27 @@ def test_each_method_keeps_a_key_cache_exactly_as_the_reference_variant_of_its_n
     from blue_cli.cli.overrides import compose_config
 
     cfg = compose_config([f"method={method}"])
-    assert cfg.method.sequential is sequential
+    assert cfg.method.keep_previous_keys is sequential
     assert cfg.method.name == method
     assert ("cov_weight" in cfg.method) is (method != "alphaedit")  # AlphaEdit has no lambda C term
+
+
+def test_method_sequential_still_works_for_one_release_with_one_warning(caplog):
+    """The old key from scripts: read as keep_previous_keys, one warning in the job, none
+    in the override check before it (so the user sees it once)."""
+    import logging
+
+    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.schema import check_run_config
+
+    caplog.set_level(logging.WARNING)
+    cfg = compose_config(["method=memit", "method.sequential=true"])
+    assert cfg.method.keep_previous_keys is True and cfg.method.sequential is None
+    assert not caplog.records
+    job = compose_config(["method=memit"])
+    job.method.sequential = True
+    check_run_config(job)
+    assert job.method.keep_previous_keys is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "method.sequential is deprecated: use method.keep_previous_keys=true"
+    ]

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 class AlphaEditConfig(MethodConfig):
     """``l2``: ridge term on the projected system; ``nullspace_threshold``: eigenvalue cut of C.
 
-    AlphaEdit keeps C_prev (``sequential: true``) as the reference does."""
+    AlphaEdit keeps C_prev (``keep_previous_keys: true``) as the reference does."""
 
     name: str = "alphaedit"
-    sequential: bool = True
+    keep_previous_keys: bool = True
     l2: float = 10.0
     nullspace_threshold: float = 2e-2
 
@@ -36,6 +36,15 @@ class AlphaEdit(EditMethod):
     keys. P is computed once per model and layer, cached beside the statistics,
     and kept on the compute device.
     """
+
+    state_matrices = ("projector P",)
+    solve_matrices = 4  # K K^T, P M, the l2 identity and A (linalg.alphaedit_update)
+    solve_upcasts_state = True  # P (float32 on CUDA) is copied to float64 for the solve
+
+    @staticmethod
+    def solve_flops(d: int, dk: int, n: int) -> float:
+        """K K^T, P M, an LU factorisation, the solve for P K and P K itself, and Delta."""
+        return 2 * dk * dk * n + 2 * d * n * dk + 2 * dk**3 + 2 * dk**3 / 3 + 4 * dk * dk * n
 
     def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
         from blue_cli.editing.linalg import nullspace_projector

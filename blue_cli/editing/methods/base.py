@@ -25,6 +25,12 @@ class EditMethod:
     ``residual_split``: how ``spread`` shares a residual over layers ("linear" or "sqrt");
     ``final_view``: whether :meth:`final_weights` differs from the weights as edited
     (PRUNE), so evaluation points swap it in only when it does.
+
+    Declared for the plans (tools/memory_plan.py, tools/compute_plan.py), which never
+    name a method: ``state_matrices``, the d_k x d_k matrices kept per written layer
+    besides C_prev; ``solve_matrices``, the d_k x d_k float64 matrices alive at a solve's
+    peak (a float32 state matrix that the solve copies to float64 adds one:
+    ``solve_upcasts_state``); :meth:`solve_flops`, one layer's closed form.
     """
 
     name = "base"
@@ -32,12 +38,21 @@ class EditMethod:
     write_point = "block"
     residual_split = "linear"
     final_view = False
+    state_matrices: tuple[str, ...] = ("statistics C",)
+    solve_matrices = 3  # lambda C, K K^T and their sum (linalg.memit_update)
+    solve_upcasts_state = False  # lambda C is formed in float64 from C, already counted
 
     def __init__(self, cfg, layers: Sequence[int]):
         self.cfg = cfg
         self.layers = list(layers)
-        self.sequential = bool(cfg.sequential)
+        self.keep_previous_keys = bool(cfg.keep_previous_keys)
         self.C_prev: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def solve_flops(d: int, dk: int, n: int) -> float:
+        """One layer's write with ``n`` keys: K K^T, a Cholesky factorisation, two triangular
+        solves for n right-hand sides, and Delta = R Q^T."""
+        return 2 * dk * dk * n + 2 * d * n * dk + dk**3 / 3 + 2 * dk * dk * n
 
     def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
         """One-off work before the first batch (load C, build projectors) on ``device``.
@@ -70,7 +85,7 @@ class EditMethod:
 
     def previous_keys(self, layer: int) -> torch.Tensor | None:
         """C_prev for ``layer`` (float64), or None for a method without a key cache."""
-        if not self.sequential:
+        if not self.keep_previous_keys:
             return None
         if layer not in self.C_prev:
             import torch

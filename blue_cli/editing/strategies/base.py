@@ -104,6 +104,11 @@ class Strategy:
     def written_layers(self, critical: Sequence[int]) -> list[int]:
         raise NotImplementedError
 
+    def target_layers(self, critical: Sequence[int]) -> list[int]:
+        """Where target vectors are optimised in a batch (the plans read it); default: every
+        written layer, each on the model as it is then."""
+        return self.written_layers(critical)
+
     def write_batch(
         self, method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], critical: Sequence[int]
     ) -> BatchTrace:
@@ -149,7 +154,7 @@ class Strategy:
                 adapter.set_rewrite(l, before[l] + kept[l].to(before[l].dtype))
         for l in written:
             require_finite(f"weights of layer {l} after the batch", adapter.rewrite_weight(l))
-        if method.sequential:
+        if method.keep_previous_keys:
             keys = collect_keys(adapter, requests, ctx.groups, written)
             for layer, K in keys.items():
                 require_finite(f"keys of layer {layer} on the edited model", K)

@@ -16,6 +16,9 @@ class SpreadStrategy(Strategy):
     def written_layers(self, critical):
         return list(critical)
 
+    def target_layers(self, critical):
+        return [critical[-1]]
+
     def write_batch(self, method, ctx, requests, critical):
         trace = BatchTrace()
         z_layer = critical[-1]
