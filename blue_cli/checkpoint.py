@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from blue_cli.cache import atomic_path
 from blue_cli.data.records import EditRequest
+from blue_cli.editing.entries import tensor_bytes
 from blue_cli.errors import ConfigError, NumericalError
 from blue_cli.reporting import results
 
@@ -104,7 +105,7 @@ class Checkpoint:
             "fingerprints": json.dumps([{str(l): v for l, v in entry.fingerprint.items()} for entry in session.log]),
             "pre_cases_sha256": self.pre_cases_digest or "",
         }
-        with atomic_path(self.path) as tmp:
+        with atomic_path(self.path, size=tensor_bytes(tensors)) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         results.write_jsonl(self.run_dir, results.BATCHES, batch_rows)
 

@@ -24,3 +24,8 @@ class NumericalError(BlueError):
 
 class RunFolderError(BlueError):
     """A run folder that another run is using, or that cannot hold this run."""
+
+
+class DiskFullError(BlueError):
+    """A write that found its disk (or quota) full: the message names the file, about how
+    much the write needed and how much is free there; the temp file is removed."""

@@ -1,0 +1,96 @@
+"""Faults and bad input (issue 16): a full disk, damaged run files and checkpoints, stale
+temporaries of killed writes, out-of-range values and records that look valid but are
+not. Each ends in one clear line and a non-zero exit, with nothing half-written that a
+later run trusts, or, where the run stays meaningful, a warning and null."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors import SafetensorError
+
+from blue_cli import faults
+from blue_cli.checkpoint import CHECKPOINT
+from tests.e2e.conftest import run_blue
+
+TINY = [
+    "model=tiny-gpt2",
+    "num_edits=4",
+    "batch_size=2",
+    "method.target.steps=2",
+    "stats.samples=40",
+    "eval.generation=false",
+]
+SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.tmp")) if folder.exists() else []
+
+
+@pytest.fixture
+def fault(monkeypatch):
+    """Set BLUE_FAULT for an in-process run, counting passes from zero."""
+
+    def set_fault(spec: str) -> None:
+        monkeypatch.setattr(faults, "_HITS", {})
+        monkeypatch.setenv("BLUE_FAULT", spec)
+
+    return set_fault
+
+
+# -- 1. a full disk ---------------------------------------------------------------------------
+
+
+def test_a_full_run_folder_at_the_summary_is_one_line_and_writes_no_summary(tmp_path, fault):
+    run_dir = tmp_path / "run"
+    fault("write:summary.json:enospc")
+    proc = run_blue(["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    first, second = error_lines(proc)
+    assert first.startswith(f"error: disk full writing '{run_dir / 'summary.json'}' (the write needs about ")
+    assert " free there): free some space there and run again" in first
+    assert second == f"run folder {run_dir} kept"
+    assert not (run_dir / "summary.json").exists() and temporaries(run_dir) == []
+    assert "unexpected failure" not in (run_dir / "blue.log").read_text()
+
+
+def test_a_full_disk_at_the_second_checkpoint_keeps_the_first(tmp_path, fault):
+    run_dir = tmp_path / "run"
+    fault(f"write:{CHECKPOINT}@2:enospc")
+    proc = run_blue(["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert error_lines(proc)[0].startswith(f"error: disk full writing '{run_dir / CHECKPOINT}'")
+    from blue_cli.checkpoint import saved_batches
+
+    assert saved_batches(run_dir) == (1, 2)  # the first batch's checkpoint, whole
+    assert temporaries(run_dir) == []
+
+
+def test_a_full_statistics_cache_names_the_entry_and_blue_cache(tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own SafetensorError; the run made its folder
+    and saved no batch, so the folder goes too."""
+    from blue_cli.editing import entries
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise SafetensorError(SAFETENSORS_FULL)
+
+    monkeypatch.setattr(entries, "save_file", full)
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    proc = run_blue(["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env_extra={"BLUE_CACHE": str(cache)})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    first, second = error_lines(proc)
+    assert first.startswith(f"error: disk full writing '{cache / 'stats'}") and "_mom2_40.safetensors'" in first
+    assert "(the write needs about 1.0 MB, " in first  # C of tiny-gpt2: 512 x 512 float32
+    assert first.endswith("or set BLUE_CACHE to a folder on a larger disk")
+    assert second == f"run folder {run_dir} removed (no batch was saved)"
+    assert temporaries(cache) == []
