@@ -13,6 +13,11 @@ class DataError(BlueError):
     """A data file that is missing, unreadable or malformed."""
 
 
+class DamagedFileError(DataError):
+    """A file blue wrote (a run file, a checkpoint) that no longer parses or checks out;
+    the message names it and what to do."""
+
+
 class OfflineError(BlueError):
     """Something had to be downloaded but the network could not be reached."""
 

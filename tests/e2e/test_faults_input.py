@@ -5,6 +5,8 @@ later run trusts, or, where the run stays meaningful, a warning and null."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,6 +24,7 @@ TINY = [
     "method.target.steps=2",
     "stats.samples=40",
     "eval.generation=false",
+    "eval_every=1",
 ]
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 
@@ -32,6 +35,36 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 
 def temporaries(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.tmp")) if folder.exists() else []
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_one_line(proc: subprocess.CompletedProcess, start: str) -> str:
+    """Exit 2, no traceback, exactly one line on stderr, starting with ``start``; returns it."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith(start), lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """One finished TINY run; tests damage copies of it, never the run itself."""
+    root = tmp_path_factory.mktemp("finished")
+    proc = run_blue(["edit", *TINY, f"hydra.run.dir={root / 'run'}"], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
 
 
 @pytest.fixture
@@ -94,3 +127,64 @@ def test_a_full_statistics_cache_names_the_entry_and_blue_cache(tmp_path, monkey
     assert first.endswith("or set BLUE_CACHE to a folder on a larger disk")
     assert second == f"run folder {run_dir} removed (no batch was saved)"
     assert temporaries(cache) == []
+
+
+# -- 2. a damaged checkpoint ------------------------------------------------------------------
+
+
+def _header_length(data: bytes) -> int:
+    return int.from_bytes(data[:8], "little")
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_tensor_bit(path: Path) -> None:
+    """The lowest bit of a residual's second byte: a change of ~1e-5, below what a replay
+    would call a divergence, so only a checksum can tell."""
+    data = bytearray(path.read_bytes())
+    data[8 + _header_length(data) + 1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def change_a_fingerprint_digit(path: Path) -> None:
+    """One digit of the recorded fingerprints in the header, the file's length unchanged."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"fingerprints", 8, 8 + _header_length(data))
+    while not chr(data[at]).isdigit() or chr(data[at]) == "0":
+        at += 1
+    data[at] = ord("1") if data[at] != ord("1") else ord("2")
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {"truncated": truncate, "tensor bit": flip_tensor_bit, "metadata digit": change_a_fingerprint_digit}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_checkpoint_on_resume_is_one_line_and_changes_nothing(finished, tmp_path, damage):
+    run_dir = copy_run(finished, tmp_path)
+    DAMAGE[damage](run_dir / CHECKPOINT)
+    before = folder_hashes(run_dir)
+    proc = run_blue(["resume", str(run_dir)], cwd=tmp_path)
+    line = assert_one_line(proc, f"error: checkpoint '{run_dir / CHECKPOINT}' is damaged (")
+    assert line.endswith(
+        "start the run over with resume=false (the damaged run's files are set aside), or remove the file"
+    )
+    assert folder_hashes(run_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tensor bit"])
+def test_a_damaged_checkpoint_on_export_is_one_line_and_exports_nothing(finished, tmp_path, damage):
+    run_dir = copy_run(finished, tmp_path)
+    DAMAGE[damage](run_dir / CHECKPOINT)
+    proc = run_blue(["export", str(run_dir), "--out", str(tmp_path / "hf")], cwd=tmp_path)
+    assert_one_line(proc, f"error: checkpoint '{run_dir / CHECKPOINT}' is damaged (")
+    assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".hf.*"))
+
+
+def test_a_truncated_checkpoint_in_analyze_is_one_line(finished, tmp_path):
+    run_dir = copy_run(finished, tmp_path)
+    truncate(run_dir / CHECKPOINT)
+    proc = run_blue(["analyze", "--run", str(run_dir), "--records", "2"], cwd=tmp_path)
+    assert_one_line(proc, f"error: checkpoint '{run_dir / CHECKPOINT}' is damaged (unreadable: ")
