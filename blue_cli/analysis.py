@@ -227,6 +227,8 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
         raise ConfigError(f"--records must be >= 1, got {records}")
     progress = progress or NullProgress()
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(records)
+    # read before the work, so that a damaged batches.jsonl fails at once
+    batch_rows = results.read_jsonl(Path(run_dir) / results.BATCHES) if run_dir is not None else []
     replayed = replay_run(run_dir, progress, cfg) if run_dir is not None else None
     adapter = replayed[1] if replayed else load_adapter(cfg)
     critical = list(cfg.model.layers)
@@ -263,7 +265,7 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
     if run_dir is not None:
         written = strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(critical)
         payload["strategy"] = cfg.strategy.name
-        payload["run_batches"] = batch_layer_statistics(results.read_jsonl(Path(run_dir) / results.BATCHES), written)
+        payload["run_batches"] = batch_layer_statistics(batch_rows, written)
     return payload
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from blue_cli.checkpoint import CHECKPOINT, Checkpoint, read_metadata
 from blue_cli.editing.session import EditSession
@@ -21,11 +21,11 @@ from blue_cli.reporting import results
 
 
 def run_config(run_dir: Path) -> DictConfig:
-    """The run folder's own config.yaml."""
+    """The run folder's own config.yaml (a damaged one: one line naming it)."""
     path = Path(run_dir) / results.CONFIG
     if not path.is_file():
         raise DataError(f"'{run_dir}' has no {results.CONFIG} (give a run folder written by blue edit)")
-    return OmegaConf.load(path)
+    return results.read_config(path)
 
 
 def replay_run(

@@ -141,6 +141,8 @@ def check_resume(cfg, run_dir: Path) -> None:
     if not cfg.resume or not has_checkpoint(run_dir):
         return
     from blue_cli.checkpoint import Checkpoint
+    from blue_cli.reporting import results
     from blue_cli.runner import resume_key
 
     Checkpoint(Path(run_dir), resume_key(cfg)).check()
+    results.read_jsonl(Path(run_dir) / results.EVALS)

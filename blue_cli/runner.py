@@ -27,7 +27,7 @@ from blue_cli.checkpoint import Checkpoint
 from blue_cli.config import check_run_config
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.session import EditSession, seed_everything
-from blue_cli.errors import ConfigError
+from blue_cli.errors import ConfigError, DamagedFileError
 from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
 from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
@@ -115,6 +115,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     checkpoint = Checkpoint(run_dir, resume_key(cfg))
     if cfg.resume:
         checkpoint.check()
+        results.read_jsonl(run_dir / results.EVALS)  # the run file a resume reads: damaged, it fails here
     else:
         set_aside_previous_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,7 @@ class PreEdit:
             return None
         try:
             cases = results.read_jsonl(self.path)
-        except (ValueError, UnicodeDecodeError):
+        except DamagedFileError:
             return None
         if [c.get("case_id") for c in cases] != [r.case_id for r in self.requests]:
             return None

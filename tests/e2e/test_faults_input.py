@@ -188,3 +188,68 @@ def test_a_truncated_checkpoint_in_analyze_is_one_line(finished, tmp_path):
     truncate(run_dir / CHECKPOINT)
     proc = run_blue(["analyze", "--run", str(run_dir), "--records", "2"], cwd=tmp_path)
     assert_one_line(proc, f"error: checkpoint '{run_dir / CHECKPOINT}' is damaged (unreadable: ")
+
+
+# -- 3. damaged run files ---------------------------------------------------------------------
+
+
+def cut_short(path: Path) -> None:
+    """The file cut in the middle of its last line, as a copy that ran out of room."""
+    text = path.read_text()
+    path.write_text(text[: len(text.rstrip()) - 5])
+
+
+def not_text(path: Path) -> None:
+    path.write_bytes(b"\xff\xfe\x00garbage")
+
+
+def not_yaml(path: Path) -> None:
+    path.write_text("model: [tiny-gpt2\nmethod: {name: memit\n")
+
+
+COMMANDS = {
+    "report": lambda run, other, tmp: ["report", str(run)],
+    "compare": lambda run, other, tmp: ["report", str(run), str(other), "--format", "csv"],
+    "export": lambda run, other, tmp: ["export", str(run), "--out", str(tmp / "hf")],
+    "analyze": lambda run, other, tmp: ["analyze", "--run", str(run), "--records", "2"],
+    "resume": lambda run, other, tmp: ["resume", str(run)],
+}
+
+
+@pytest.mark.parametrize(
+    "command,name,damage",
+    [
+        ("report", "summary.json", cut_short),
+        ("report", "summary.json", not_text),
+        ("report", "batches.jsonl", cut_short),
+        ("compare", "summary.json", cut_short),
+        ("compare", "evals.jsonl", cut_short),
+        ("compare", "config.yaml", not_yaml),
+        ("export", "config.yaml", not_yaml),
+        ("analyze", "config.yaml", not_text),
+        ("analyze", "batches.jsonl", cut_short),
+        ("resume", "evals.jsonl", cut_short),
+    ],
+)
+def test_a_damaged_run_file_is_one_line_naming_it(finished, tmp_path, command, name, damage):
+    run_dir = copy_run(finished, tmp_path)
+    damage(run_dir / name)
+    before = folder_hashes(run_dir)
+    proc = run_blue(COMMANDS[command](run_dir, finished, tmp_path), cwd=tmp_path)
+    line = assert_one_line(proc, f"error: run file '{run_dir / name}' is damaged (")
+    if name == "evals.jsonl":
+        assert line.endswith(f"remove it, and blue resume {run_dir} evaluates its points again")
+    else:
+        assert line.endswith(f"blue resume {run_dir} writes it again")
+    assert folder_hashes(run_dir) == before
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_resume_after_removing_a_damaged_evals_file_evaluates_its_points_again(finished, tmp_path):
+    """What the message advises works: the curve comes back as the run wrote it."""
+    run_dir = copy_run(finished, tmp_path)
+    cut_short(run_dir / "evals.jsonl")
+    (run_dir / "evals.jsonl").unlink()
+    proc = run_blue(["resume", str(run_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "evals.jsonl").read_text() == (finished / "evals.jsonl").read_text()
