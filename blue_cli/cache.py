@@ -7,6 +7,7 @@ file lock and a reader that finds a damaged entry moves it aside instead of usin
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,8 @@ def entry_lock(path: Path) -> Iterator[None]:
 
     Logs one info line when another job holds it, then waits: the caller should look
     for a valid entry again once inside, since the other job has usually written it.
+    Once inside, temp files of the entry that a killed writer left are removed: every
+    writer of the entry holds this lock, so none of them is being written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,9 +168,32 @@ def entry_lock(path: Path) -> Iterator[None]:
         log.info("pid %d waiting for %s lock held by another job", os.getpid(), path.name)
         lock.acquire()
     try:
+        remove_stale_temporaries(path.parent, [path.name])
         yield
     finally:
         lock.release()
+
+
+def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> int:
+    """Remove the temp files :func:`atomic_path` made for ``names`` in ``folder``
+    (``.<name>.<random>.tmp``) that a killed write left; returns how many.
+
+    Only for a caller holding the lock that every writer of those names holds (the
+    entry's, the run folder's): then no such file is being written. A statistics entry
+    of Llama3-8B leaves about 0.8 GB per kill.
+    """
+    removed, freed = 0, 0
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            try:
+                size = tmp.stat().st_size
+                tmp.unlink()
+            except FileNotFoundError:
+                continue
+            removed, freed = removed + 1, freed + size
+    if removed:
+        log.info("removed %d temporary file(s) of killed writes in %s (%s)", removed, folder, human_bytes(freed))
+    return removed
 
 
 def move_aside(path: Path, reason: str) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from blue_cli.cache import current_umask
+from blue_cli.cache import current_umask, remove_stale_temporaries
 from blue_cli.checkpoint import CHECKPOINT
 from blue_cli.errors import RunFolderError
 
@@ -32,7 +32,9 @@ def lock_run_folder(run_dir: Path) -> FileLock:
     """Take ``run_dir``'s lock at once, or raise RunFolderError naming the folder.
 
     The lock is an OS file lock, so a killed run (kill -9) releases it with its process;
-    the caller releases it with ``.release()`` when the run ends.
+    the caller releases it with ``.release()`` when the run ends. Once it is taken, the
+    temp files of run files that a killed run left are removed (a run writes its files
+    only while holding this lock).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +46,7 @@ def lock_run_folder(run_dir: Path) -> FileLock:
             f"run folder '{run_dir}' is in use by another blue run "
             "(wait for it to end, or choose another hydra.run.dir)"
         ) from None
+    remove_stale_temporaries(run_dir, RUN_FILES)
     return lock
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from safetensors import SafetensorError
 
 from blue_cli import faults
 from blue_cli.checkpoint import CHECKPOINT
-from tests.e2e.conftest import run_blue
+from tests.e2e.conftest import run_blue, run_blue_process
 
 TINY = [
     "model=tiny-gpt2",
@@ -253,3 +254,40 @@ def test_a_resume_after_removing_a_damaged_evals_file_evaluates_its_points_again
     proc = run_blue(["resume", str(run_dir)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "evals.jsonl").read_text() == (finished / "evals.jsonl").read_text()
+
+
+# -- 4. temp files of killed writes -------------------------------------------------------------
+
+
+def killed(args: list[str], cwd: Path, point: str, env_extra: dict | None = None) -> None:
+    """``blue ARGS`` in a new process, SIGKILLed at fault ``point`` (faults.py)."""
+    proc = run_blue_process(args, cwd=cwd, env_extra={**(env_extra or {}), "BLUE_FAULT": point})
+    assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-2000:])
+
+
+def test_a_killed_statistics_write_leaves_a_temporary_that_the_next_run_removes(tmp_path):
+    """Killed with layer 1's entry written to its temp file, before the rename (tiny-gpt2
+    under strategy=blue writes layers 1 and 3); the next pass takes the entry's lock and
+    removes it, then writes the entry."""
+    cache = tmp_path / "cache"
+    args = ["stats", "model=tiny-gpt2", "strategy=blue", "stats.samples=40"]
+    killed(args, tmp_path, "write:layer1_mom2_40.safetensors", {"BLUE_CACHE": str(cache)})
+    [stale] = temporaries(cache)
+    assert stale.name.startswith(".layer1_mom2_40.safetensors.")
+    proc = run_blue(args, cwd=tmp_path, env_extra={"BLUE_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert temporaries(cache) == []
+    assert sorted(p.name for p in cache.rglob("*_mom2_40.safetensors")) == [
+        "layer1_mom2_40.safetensors",
+        "layer3_mom2_40.safetensors",
+    ]
+
+
+def test_a_killed_run_file_write_leaves_a_temporary_that_the_resume_removes(tmp_path):
+    run_dir = tmp_path / "run"
+    killed(["edit", *TINY, f"hydra.run.dir={run_dir}"], tmp_path, "write:summary.json")
+    [stale] = temporaries(run_dir)
+    assert stale.name.startswith(".summary.json.") and not (run_dir / "summary.json").exists()
+    proc = run_blue(["resume", str(run_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert temporaries(run_dir) == [] and (run_dir / "summary.json").is_file()
