@@ -211,11 +211,21 @@ def conf_dir() -> Path:
 
 GROUPS = ("model", "dataset", "method", "strategy")
 MAX_TARGET_LR = 1e3
+# torch.manual_seed (and torch.Generator.manual_seed) accept these, negatives mapped to 2**64 + seed;
+# random.seed takes any int. Outside: ValueError deep inside the run.
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 def group_choices(group: str) -> list[str]:
     """The YAML choices of a config group, as ``blue list`` shows them."""
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def check_seed(seed: int) -> None:
+    """``seed`` within what every seeded generator of a run accepts (:data:`SEED_RANGE`)."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise ConfigError(f"seed must be in {low}..{high} (the range torch.manual_seed accepts), got {seed}")
 
 
 def check_run_config(cfg) -> None:
@@ -234,6 +244,7 @@ def check_run_config(cfg) -> None:
         raise ConfigError(f"method.target.chunk must be >= 1 or null, got {cfg.method.target.chunk}")
     if cfg.on_nan not in ("stop", "skip"):
         raise ConfigError(f"unknown on_nan '{cfg.on_nan}' (choose: stop, skip)")
+    check_seed(cfg.seed)
     check_logger(cfg.get("logger"))
     t = cfg.method.target
     if t.steps < 1:

@@ -46,8 +46,25 @@ def lock_run_folder(run_dir: Path) -> FileLock:
             f"run folder '{run_dir}' is in use by another blue run "
             "(wait for it to end, or choose another hydra.run.dir)"
         ) from None
+    except OSError as exc:
+        raise unusable_lock(run_dir / LOCK_NAME, exc) from None
     remove_stale_temporaries(run_dir, RUN_FILES)
     return lock
+
+
+def unusable_lock(path: Path, exc: OSError) -> RunFolderError:
+    """The one-line error for a lock file that cannot be opened (a symbolic link, which the lock
+    refuses to follow, a folder, no permission)."""
+    if path.is_symlink():
+        why = "is a symbolic link"
+    elif path.is_dir():
+        why = "is a folder"
+    else:
+        why = f"cannot be opened ({exc.strerror or exc})"
+    return RunFolderError(
+        f"cannot lock run folder '{path.parent}': its lock file '{path}' {why}; "
+        "blue makes it as a plain empty file: remove it and run again"
+    )
 
 
 def is_fresh(run_dir: Path) -> bool:

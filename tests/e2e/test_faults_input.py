@@ -291,3 +291,41 @@ def test_a_killed_run_file_write_leaves_a_temporary_that_the_resume_removes(tmp_
     proc = run_blue(["resume", str(run_dir)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert temporaries(run_dir) == [] and (run_dir / "summary.json").is_file()
+
+
+# -- 5. out-of-range seeds, a lock file that is not one ---------------------------------------
+
+
+@pytest.mark.parametrize("seed", [2**64, 18446744073709551617, -(2**63) - 1])
+def test_a_seed_outside_the_range_torch_accepts_is_one_line_before_any_folder(tmp_path, seed):
+    run_dir = tmp_path / "run"
+    proc = run_blue(["edit", *TINY, f"seed={seed}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    line = assert_one_line(proc, "error: seed must be in -9223372036854775808..18446744073709551615 ")
+    assert line.endswith(f"(the range torch.manual_seed accepts), got {seed}")
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63)])
+def test_the_ends_of_the_seed_range_seed_torch(seed):
+    from blue_cli.editing.session import seed_everything
+    from blue_cli.overrides import compose_config
+
+    compose_config(["model=tiny-gpt2", f"seed={seed}"])  # passes the checks
+    seed_everything(seed)
+
+
+@pytest.mark.parametrize("target", ["missing", "file"])
+def test_a_symlinked_lock_file_is_one_line_naming_it(tmp_path, target):
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run_dir.mkdir()
+    if target == "file":
+        elsewhere.write_text("not blue's\n")
+    (run_dir / ".blue.lock").symlink_to(elsewhere)
+    proc = run_blue(["edit", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert_one_line(
+        proc,
+        f"error: cannot lock run folder '{run_dir}': its lock file '{run_dir / '.blue.lock'}' is a symbolic link; "
+        "blue makes it as a plain empty file: remove it and run again",
+    )
+    assert sorted(p.name for p in run_dir.iterdir()) == [".blue.lock"]
+    assert elsewhere.read_text() == "not blue's\n" if target == "file" else not elsewhere.exists()
