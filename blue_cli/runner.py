@@ -111,6 +111,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     run_dir = Path(run_dir)
     dataset = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed)
     requests = dataset.load(cfg.num_edits)
+    dataset.warn_missing_prompts(requests)
     check_general_tasks(cfg.eval)
     checkpoint = Checkpoint(run_dir, resume_key(cfg))
     if cfg.resume:
@@ -271,7 +272,8 @@ def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> 
     ]
     edit_secs = sorted(r["edit_seconds"] for r in rows)
     summary = {k: post[k] for k in post if not k.startswith("rewrite_")}
-    summary.update({k: pre[k] for k in pre if not k.startswith("pre_rewrite_")})
+    # the cases without a rate are the same before and after: counted once, in the post keys
+    summary.update({k: pre[k] for k in pre if not k.startswith("pre_rewrite_") and not k.endswith("_cases_without")})
     if gain:
         summary["target_logprob_gain"] = sum(gain) / len(gain)
     summary["write_error"] = sum(r["write_error"] for r in rows) / len(rows)

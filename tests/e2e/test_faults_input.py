@@ -329,3 +329,117 @@ def test_a_symlinked_lock_file_is_one_line_naming_it(tmp_path, target):
     )
     assert sorted(p.name for p in run_dir.iterdir()) == [".blue.lock"]
     assert elsewhere.read_text() == "not blue's\n" if target == "file" else not elsewhere.exists()
+
+
+# -- 6. values and records accepted silently before --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method.target.kl_factor=nan"], "method.target.kl_factor must be >= 0 and finite, got nan"),
+        (["method.target.weight_decay=-0.5"], "method.target.weight_decay must be >= 0 and finite, got -0.5"),
+        (["method.target.early_stop_loss=inf"], "method.target.early_stop_loss must be >= 0 and finite, got inf"),
+        (["method.target.memory_budget_gb=0"], "method.target.memory_budget_gb must be positive and finite, got 0.0"),
+        (
+            ["method.cov_weight=1e308"],
+            "method.cov_weight must be at most 1e+10, got 1e+308: published settings use 1e3-2e4, and far above "
+            "that cov_weight*C swamps the edit's keys so that every edit is a no-op",
+        ),
+        (["method=alphaedit", "method.l2=nan"], "method.l2 must be finite, got nan"),
+    ],
+)
+def test_a_method_float_out_of_range_is_one_line_before_any_folder(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    proc = run_blue(["edit", *TINY, *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert assert_one_line(proc, "error: ") == f"error: {message}"
+    assert not run_dir.exists()
+
+
+def test_the_largest_cov_weight_allowed_still_runs_the_checks():
+    from blue_cli.overrides import compose_config
+
+    assert compose_config(["model=tiny-gpt2", "method.cov_weight=1e10"]).method.cov_weight == 1e10
+
+
+def counterfact_file(tmp_path: Path, change) -> Path:
+    import json
+
+    from blue_cli.data.counterfact import BUNDLED_PATH
+
+    records = json.loads(BUNDLED_PATH.read_text())[:4]
+    for index, record in enumerate(records):
+        change(index, record)
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _two_placeholders(index, record):
+    if index == 1:
+        record["requested_rewrite"]["prompt"] = "{} was made by {}"
+
+
+def _same_targets(index, record):
+    if index == 2:
+        record["requested_rewrite"]["target_new"] = dict(record["requested_rewrite"]["target_true"])
+
+
+@pytest.mark.parametrize(
+    "change,problem",
+    [
+        (_two_placeholders, "record 1: requested_rewrite.prompt '{} was made by {}' has 2 '{}' placeholders"),
+        (_same_targets, "record 2: requested_rewrite.target_new.str equals target_true.str ('football')"),
+    ],
+)
+def test_a_counterfact_record_that_would_measure_nothing_is_refused_naming_it(tmp_path, change, problem):
+    path, run_dir = counterfact_file(tmp_path, change), tmp_path / "run"
+    proc = run_blue(["edit", *TINY, f"dataset.path={path}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    first, second = error_lines(proc)
+    assert first.startswith(f"error: {path}: {problem}")
+    assert second == f"run folder {run_dir} removed (no batch was saved)"
+
+
+def _cases(run_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "cases.jsonl").read_text().splitlines()]
+
+
+def test_records_without_paraphrases_have_a_null_rate_and_a_warning(tmp_path):
+    """Two of four records have no paraphrases: theirs is null, the run's is the mean over the
+    other two, with the count; one warning line says so at the start."""
+    import json
+
+    path = counterfact_file(tmp_path, lambda i, r: r.update(paraphrase_prompts=[]) if i in (0, 2) else None)
+    run_dir = tmp_path / "run"
+    proc = run_blue(["edit", *TINY, f"dataset.path={path}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warning = [line for line in error_lines(proc) if line.startswith("WARNING:")]
+    assert warning == [
+        "WARNING: 2 of 4 records of dataset 'counterfact' have no paraphrase_prompts (first: case_id "
+        f"{_cases(run_dir)[0]['case_id']}): their generalization is null, and the run's is the mean over the other 2"
+    ]
+    cases = _cases(run_dir)
+    assert [c["generalization"] is None for c in cases] == [True, False, True, False]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["generalization"] == (cases[1]["generalization"] + cases[3]["generalization"]) / 2
+    assert summary["generalization_cases_without"] == 2 and "pre_generalization_cases_without" not in summary
+    assert "generalization (2 cases without)" in proc.stdout
+
+
+def test_a_rate_no_record_can_have_is_null_not_zero_or_nan(tmp_path):
+    import json
+
+    path = counterfact_file(tmp_path, lambda i, r: r.update(paraphrase_prompts=[]))
+    run_dir = tmp_path / "run"
+    proc = run_blue(["edit", *TINY, f"dataset.path={path}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "their generalization is null, and the run's is null too" in proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["generalization"] is None and summary["pre_generalization"] is None
+    assert summary["generalization_cases_without"] == 4
+    [row] = [line for line in proc.stdout.splitlines() if "generalization (" in line]
+    assert row.split("│")[2].strip() == row.split("│")[3].strip() == "-"
+    assert "nan" not in proc.stdout
