@@ -18,7 +18,7 @@ measures, per request:
 
 With a run folder the model carries the run's edited weights and method state, and
 the per-layer target-optimisation steps and key-fit errors of its batches are read
-from ``batches.jsonl``. Pure orchestration: every vector, solve and score comes from
+from its checkpoint (the rows ``batches.jsonl`` is derived from). Pure orchestration: every vector, solve and score comes from
 the editing and evaluation functions a run uses.
 """
 
@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from blue_cli import replay
+from blue_cli.checkpoint import saved_rows
 from blue_cli.config import check_run_config
 from blue_cli.data.records import EditRequest
 from blue_cli.editing.context import context_templates
@@ -227,8 +228,8 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
         raise ConfigError(f"--records must be >= 1, got {records}")
     progress = progress or NullProgress()
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(records)
-    # read before the work, so that a damaged batches.jsonl fails at once
-    batch_rows = results.read_jsonl(Path(run_dir) / results.BATCHES) if run_dir is not None else []
+    # the batch rows from the checkpoint (batches.jsonl is derived from it), before the work
+    batch_rows = saved_rows(run_dir) if run_dir is not None else []
     replayed = replay_run(run_dir, progress, cfg) if run_dir is not None else None
     adapter = replayed[1] if replayed else load_adapter(cfg)
     critical = list(cfg.model.layers)

@@ -115,6 +115,21 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def saved_rows(run_dir: Path) -> list[dict]:
+    """The rows of the checkpoint's finished batches (what batches.jsonl is derived from);
+    [] without a checkpoint. Read from the checkpoint, so a damaged batches.jsonl does not matter."""
+    meta = read_metadata(run_dir)
+    if meta is None:
+        return []
+    try:
+        rows = json.loads(meta.get("batches", "[]"))
+    except ValueError as exc:
+        raise damaged(Path(run_dir) / CHECKPOINT, f"its metadata does not parse: {_first_line(exc)}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise damaged(Path(run_dir) / CHECKPOINT, "its batch rows are not a list of objects")
+    return rows
+
+
 def saved_batches(run_dir: Path) -> tuple[int, int]:
     """(finished batches, batches in the run) of a run folder's checkpoint; (0, 0) without one."""
     try:
@@ -199,12 +214,15 @@ class Checkpoint:
         batches: Sequence[Sequence[EditRequest]],
         progress=None,
         on_batch: Callable[[int], None] | None = None,
+        write_rows: bool = True,
     ) -> tuple[list[dict], bool]:
         """Replay the finished batches into ``session``; returns (their rows, finished).
 
         ``on_batch(done)`` is called before the first replayed batch (0, the base model) and
         after each (the runner redoes there what a kill lost: evaluation points). A finished
-        run also gets the method's final view (PRUNE) applied again.
+        run also gets the method's final view (PRUNE) applied again. ``write_rows``: rewrite
+        batches.jsonl from the checkpoint (a resume, which holds the run folder's lock; not
+        export or analyze, which only read the folder).
         """
         if self.check() is None:
             return [], False
@@ -245,7 +263,8 @@ class Checkpoint:
             )
         if finished:
             session.apply_final_weights()
-        results.write_jsonl(self.run_dir, results.BATCHES, rows)
+        if write_rows:
+            results.write_jsonl(self.run_dir, results.BATCHES, rows)
         log.info("resuming after %d finished batches", done)
         return rows, finished
 

@@ -45,7 +45,7 @@ def replay_run(
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(cfg.num_edits)
     adapter = load_adapter(cfg)
     session = EditSession(cfg, adapter, progress, compute_stats=False)
-    Checkpoint(run_dir, None).load(session, batches_of(requests, cfg.batch_size), progress)
+    Checkpoint(run_dir, None).load(session, batches_of(requests, cfg.batch_size), progress, write_rows=False)
     return cfg, adapter, session
 
 

@@ -6,6 +6,7 @@ later run trusts, or, where the run stays meaningful, a warning and null."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import signal
 import subprocess
@@ -228,7 +229,6 @@ COMMANDS = {
         ("compare", "config.yaml", not_yaml),
         ("export", "config.yaml", not_yaml),
         ("analyze", "config.yaml", not_text),
-        ("analyze", "batches.jsonl", cut_short),
         ("resume", "evals.jsonl", cut_short),
     ],
 )
@@ -244,6 +244,20 @@ def test_a_damaged_run_file_is_one_line_naming_it(finished, tmp_path, command, n
         assert line.endswith(f"blue resume {run_dir} writes it again")
     assert folder_hashes(run_dir) == before
     assert not (tmp_path / "hf").exists()
+
+
+def test_analyze_and_export_take_the_batches_from_the_checkpoint_and_write_nothing_in_the_run(finished, tmp_path):
+    """batches.jsonl is derived from the checkpoint: commands that only read a run folder
+    neither trust a damaged copy nor rewrite it (they do not hold the folder's lock)."""
+    run_dir = copy_run(finished, tmp_path)
+    cut_short(run_dir / "batches.jsonl")
+    before = folder_hashes(run_dir)
+    proc = run_blue(["analyze", "--run", str(run_dir), "--records", "2", "--out", str(tmp_path / "a")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "a" / "analysis.json").read_text())["run_batches"]["batches"] == 2
+    proc = run_blue(["export", str(run_dir), "--out", str(tmp_path / "hf")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert folder_hashes(run_dir) == before
 
 
 def test_a_resume_after_removing_a_damaged_evals_file_evaluates_its_points_again(finished, tmp_path):
@@ -363,8 +377,6 @@ def test_the_largest_cov_weight_allowed_still_runs_the_checks():
 
 
 def counterfact_file(tmp_path: Path, change) -> Path:
-    import json
-
     from blue_cli.data.counterfact import BUNDLED_PATH
 
     records = json.loads(BUNDLED_PATH.read_text())[:4]
@@ -402,7 +414,6 @@ def test_a_counterfact_record_that_would_measure_nothing_is_refused_naming_it(tm
 
 
 def _cases(run_dir: Path) -> list[dict]:
-    import json
 
     return [json.loads(line) for line in (run_dir / "cases.jsonl").read_text().splitlines()]
 
@@ -410,7 +421,6 @@ def _cases(run_dir: Path) -> list[dict]:
 def test_records_without_paraphrases_have_a_null_rate_and_a_warning(tmp_path):
     """Two of four records have no paraphrases: theirs is null, the run's is the mean over the
     other two, with the count; one warning line says so at the start."""
-    import json
 
     path = counterfact_file(tmp_path, lambda i, r: r.update(paraphrase_prompts=[]) if i in (0, 2) else None)
     run_dir = tmp_path / "run"
@@ -430,7 +440,6 @@ def test_records_without_paraphrases_have_a_null_rate_and_a_warning(tmp_path):
 
 
 def test_a_rate_no_record_can_have_is_null_not_zero_or_nan(tmp_path):
-    import json
 
     path = counterfact_file(tmp_path, lambda i, r: r.update(paraphrase_prompts=[]))
     run_dir = tmp_path / "run"
