@@ -13,6 +13,11 @@ class DataError(BlueError):
     """A data file that is missing, unreadable or malformed."""
 
 
+class DamagedFileError(DataError):
+    """A file blue wrote (a run file, a checkpoint) that no longer parses or checks out;
+    the message names it and what to do."""
+
+
 class OfflineError(BlueError):
     """Something had to be downloaded but the network could not be reached."""
 
@@ -24,3 +29,8 @@ class NumericalError(BlueError):
 
 class RunFolderError(BlueError):
     """A run folder that another run is using, or that cannot hold this run."""
+
+
+class DiskFullError(BlueError):
+    """A write that found its disk (or quota) full: the message names the file, about how
+    much the write needed and how much is free there; the temp file is removed."""

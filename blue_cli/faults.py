@@ -11,7 +11,9 @@ the process passes ``point``:
 - ``kill`` (default): SIGKILL, as ``kill -9`` or a lost machine;
 - ``interrupt``: KeyboardInterrupt, as Ctrl-C;
 - ``hold=<file>``: create ``<file>.held``, then wait until ``<file>`` exists (a test
-  holds the process at that point while it checks something, then releases it).
+  holds the process at that point while it checks something, then releases it);
+- ``enospc``: OSError(ENOSPC), as a write that found its disk full (at a ``write:``
+  point the temp file is already written, so its size is what the write needed).
 
 Points are plain strings: ``stats`` (a statistics batch), ``target`` (a target
 optimisation step), ``batch`` (a batch saved), ``eval`` (an evaluation point),
@@ -21,6 +23,7 @@ Unset, a point costs one dictionary lookup.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -48,6 +51,8 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "interrupt":
         raise KeyboardInterrupt
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
     else:
         _hold(Path(action.split("=", 1)[1]))
 
@@ -65,7 +70,7 @@ def parse_fault(spec: str) -> tuple[str, int, str]:
         count, _, action = action.partition(":")
         nth = int(count)
     else:
-        for known in ("kill", "interrupt", "hold="):
+        for known in ("kill", "interrupt", "enospc", "hold="):
             cut = head.rfind(":" + known)
             if cut > 0:
                 head, action = head[:cut], head[cut + 1 :]

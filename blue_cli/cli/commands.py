@@ -25,6 +25,23 @@ class ConsoleFilter(logging.Filter):
         return not getattr(record, FILE_ONLY, False)
 
 
+class RunLogHandler(logging.FileHandler):
+    """The run's ``blue.log``. On a full disk its lines are dropped, said once on stderr,
+    instead of logging's own traceback for every line: the run's next write fails with the
+    one-line disk-full error, which names the file and the space it needed."""
+
+    dropping = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        from blue_cli.cache import is_disk_full
+
+        if not is_disk_full(sys.exc_info()[1]):
+            super().handleError(record)
+        elif not self.dropping:
+            self.dropping = True
+            sys.stderr.write(f"warning: the disk of {self.baseFilename} is full: its log lines are dropped\n")
+
+
 # rich_markup_mode=None: help texts hold brackets ([-m], [key=value ...]) that must print as written.
 app = typer.Typer(
     add_completion=False,

@@ -7,6 +7,7 @@ key or a wrong type fails at composition, before any work is done.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -233,6 +234,22 @@ def check_logger(name: str | None) -> None:
 
 
 MAX_TARGET_LR = 1e3
+# torch.manual_seed (and torch.Generator.manual_seed) accept these, negatives mapped to 2**64 + seed;
+# random.seed takes any int. Outside: ValueError deep inside the run.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+# The least each float of method.target may be, and whether that value itself is allowed
+# (a weight of 0 turns its term off; a step size, clamp or budget of 0 leaves nothing to do).
+TARGET_FLOORS = {
+    "lr": (0.0, False),
+    "clamp": (0.0, False),
+    "kl_factor": (0.0, True),
+    "weight_decay": (0.0, True),
+    "early_stop_loss": (0.0, True),
+    "memory_budget_gb": (0.0, False),
+}
+# lambda in (cov_weight C + K K^T)^-1: published settings use 1e3-2e4; far above, cov_weight C
+# swamps the batch's keys and every update rounds to zero (the edit is a no-op).
+MAX_COV_WEIGHT = 1e10
 
 
 def resolve_deprecated(cfg, announce: bool = True) -> None:
@@ -249,6 +266,47 @@ def resolve_deprecated(cfg, announce: bool = True) -> None:
 def group_choices(group: str) -> list[str]:
     """The YAML choices of a config group, as ``blue list`` shows them."""
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def check_seed(seed: int) -> None:
+    """``seed`` within what every seeded generator of a run accepts (:data:`SEED_RANGE`)."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise ConfigError(f"seed must be in {low}..{high} (the range torch.manual_seed accepts), got {seed}")
+
+
+def check_target(t) -> None:
+    """method.target: steps >= 1, and every float finite and in its range (:data:`TARGET_FLOORS`);
+    NaN would pass a plain comparison and quietly switch its term off."""
+    if t.steps < 1:
+        raise ConfigError(f"method.target.steps must be >= 1, got {t.steps}")
+    for key, (floor, allowed) in TARGET_FLOORS.items():
+        value = t[key]
+        if value is None and key == "memory_budget_gb":
+            continue
+        if not math.isfinite(value) or value < floor or (value == floor and not allowed):
+            bound = "positive" if not allowed else f">= {floor:g}"
+            raise ConfigError(f"method.target.{key} must be {bound} and finite, got {value}")
+    if t.lr > MAX_TARGET_LR:  # larger steps overflow the target optimisation (inf, then NaN)
+        raise ConfigError(
+            f"method.target.lr must be at most {MAX_TARGET_LR:g} (published settings use 0.1-5), got {t.lr}"
+        )
+
+
+def check_method_floats(method) -> None:
+    """Every float setting of the method finite; cov_weight positive and at most :data:`MAX_COV_WEIGHT`."""
+    if "cov_weight" in method:
+        weight = method.cov_weight
+        if not 0 < weight < math.inf:
+            raise ConfigError(f"method.cov_weight must be positive and finite, got {weight}")
+        if weight > MAX_COV_WEIGHT:
+            raise ConfigError(
+                f"method.cov_weight must be at most {MAX_COV_WEIGHT:g}, got {weight:g}: published settings use "
+                "1e3-2e4, and far above that cov_weight*C swamps the edit's keys so that every edit is a no-op"
+            )
+    for key, value in method.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"method.{key} must be finite, got {value}")
 
 
 def check_run_config(cfg, announce: bool = True) -> None:
@@ -273,19 +331,10 @@ def check_run_config(cfg, announce: bool = True) -> None:
         raise ConfigError(f"method.target.chunk must be >= 1 or null, got {cfg.method.target.chunk}")
     if cfg.on_nan not in ("stop", "skip"):
         raise ConfigError(f"unknown on_nan '{cfg.on_nan}' (choose: stop, skip)")
+    check_seed(cfg.seed)
     check_logger(cfg.get("logger"))
-    t = cfg.method.target
-    if t.steps < 1:
-        raise ConfigError(f"method.target.steps must be >= 1, got {t.steps}")
-    for key in ("lr", "clamp"):
-        if not (0 < t[key] < float("inf")):
-            raise ConfigError(f"method.target.{key} must be positive and finite, got {t[key]}")
-    if t.lr > MAX_TARGET_LR:  # larger steps overflow the target optimisation (inf, then NaN)
-        raise ConfigError(
-            f"method.target.lr must be at most {MAX_TARGET_LR:g} (published settings use 0.1-5), got {t.lr}"
-        )
-    if "cov_weight" in cfg.method and not (0 < cfg.method.cov_weight < float("inf")):
-        raise ConfigError(f"method.cov_weight must be positive and finite, got {cfg.method.cov_weight}")
+    check_target(cfg.method.target)
+    check_method_floats(cfg.method)
     ev = cfg.eval
     for key in (
         "generation_every_n_cases",

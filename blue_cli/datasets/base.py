@@ -8,6 +8,7 @@ evaluator reports the same three rates (``efficacy``, ``generalization``,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,12 @@ from blue_cli.errors import DataError
 if TYPE_CHECKING:  # a dataset module imports torch only when it evaluates (see registry.py)
     from blue_cli.models.adapter import ModelAdapter
 
+log = logging.getLogger(__name__)
+
 Progress = Callable[[int, int], None]
 RATES = ("efficacy", "generalization", "specificity")
+# The prompts a rate is measured on: a record with none has no value for that rate (null).
+RATE_PROMPTS = {"generalization": "paraphrase_prompts", "specificity": "neighborhood_prompts"}
 
 
 class EditDataset:
@@ -61,6 +66,25 @@ class EditDataset:
                         f"dataset '{self.name}' case_id {req.case_id}: a prompt of {n} tokens with its context prefix "
                         f"and target does not fit the model's {limit} positions: {prompt[:60]!r}"
                     )
+
+    def warn_missing_prompts(self, requests: Sequence[EditRequest]) -> None:
+        """One warning line per rate that some records cannot have (no paraphrases, no
+        neighbours): their rate is null, and the run's is the mean over the others, not 0."""
+        for rate, prompts in RATE_PROMPTS.items():
+            without = [r.case_id for r in requests if not getattr(r, prompts)]
+            if not without:
+                continue
+            rest = len(requests) - len(without)
+            log.warning(
+                "%d of %d records of dataset '%s' have no %s (first: case_id %d): their %s is null, and the run's %s",
+                len(without),
+                len(requests),
+                self.name,
+                prompts,
+                without[0],
+                rate,
+                f"is the mean over the other {rest}" if rest else "is null too",
+            )
 
     def prepare(self) -> dict:
         """One-off work before the run (e.g. fetching evaluation resources); returns notes for the summary."""

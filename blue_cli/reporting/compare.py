@@ -20,7 +20,7 @@ from typing import Any
 
 from blue_cli.datasets.base import RATES as HEADLINE
 from blue_cli.errors import BlueError
-from blue_cli.runs.files import CONFIG, EVALS, SUMMARY, read_jsonl, read_summary
+from blue_cli.runs.files import CONFIG, EVALS, SUMMARY, read_config, read_jsonl, read_summary
 
 # Columns shown for every run, as (column name, summary key, flattened config key).
 FIXED = (
@@ -126,14 +126,15 @@ def _job_order(path: Path) -> tuple:
 
 
 def load_runs(paths: Iterable[Path]) -> list[Run]:
-    """Read every run folder's summary.json, config.yaml (flattened) and evals.jsonl."""
+    """Read every run folder's summary.json, config.yaml (flattened) and evals.jsonl; a damaged
+    one is a one-line DamagedFileError naming it."""
     from omegaconf import OmegaConf
 
     runs = []
     for path in expand_run_dirs(paths):
         config: dict[str, Any] = {}
         if (path / CONFIG).is_file():
-            raw = OmegaConf.to_container(OmegaConf.load(path / CONFIG), resolve=False)
+            raw = OmegaConf.to_container(read_config(path / CONFIG), resolve=False)
             config = flatten(raw)
         runs.append(Run(path=path, summary=read_summary(path), config=config, evals=read_jsonl(path / EVALS)))
     return runs

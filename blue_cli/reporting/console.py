@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +80,9 @@ def summary_table(summary: dict, title: str = "summary") -> Table:
     table.add_column("pre", justify="right")
     table.add_column("post", justify="right")
     for key in HEADLINE:
-        table.add_row(key, _fmt(summary.get(f"pre_{key}")), _fmt(summary.get(key)))
+        without = summary.get(f"{key}_cases_without")
+        label = f"{key} ({without} cases without)" if without else key
+        table.add_row(label, _fmt(summary.get(f"pre_{key}")), _fmt(summary.get(key)))
         table.add_row(f"  {key}_gap", _fmt(summary.get(f"pre_{key}_gap")), _fmt(summary.get(f"{key}_gap")))
     if "fluency" in summary:
         table.add_row("fluency", _fmt(summary.get("pre_fluency")), _fmt(summary.get("fluency")))
@@ -136,7 +139,8 @@ def show_run(run_dir: Path, summary: dict, batches: list[dict]) -> None:
 
 
 def _fmt(value) -> str:
-    if value is None:
+    """A number for a table; None and NaN (a rate no case has) print as "-", as null in the files."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.4f}"

@@ -34,7 +34,9 @@ def curve_metrics(runs: Sequence[Run]) -> list[str]:
     for run in runs:
         for row in run.evals:
             for key, value in row.items():
-                if key not in SKIPPED and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if key in SKIPPED or key.endswith("_cases_without"):  # counts of cases, not rates
+                    continue
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
                     keys.setdefault(key, None)
     order = {m: i for i, m in enumerate(HEADLINE)}
     return sorted(

@@ -15,23 +15,31 @@ write), and C_prev needs nothing stored because its keys are recollected.
 The metadata holds the number of finished batches, the config key, the batch rows,
 the written layers per batch, the fingerprints, and whether the method's final
 restraint (PRUNE) was applied. ``batches.jsonl`` is derived from it.
+
+Differs from a plain safetensors file: the metadata also holds a sha256 of the tensors
+and the rest of the metadata, checked on every load, so a file damaged on disk (flipped
+bytes, a truncated copy) is reported as damaged, not replayed into a divergence that
+would blame the base model or the statistics. Files without it (older blue) load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from blue_cli.cache import atomic_path
 from blue_cli.datasets.records import EditRequest
-from blue_cli.errors import ConfigError, NumericalError
+from blue_cli.editing.statistics.entries import tensor_bytes, tensor_checksum
+from blue_cli.errors import ConfigError, DamagedFileError, NumericalError
 from blue_cli.runs import files as results
 
 log = logging.getLogger(__name__)
@@ -44,13 +52,82 @@ FORMAT = "replay-1"
 DIVERGED = 1e-3
 
 
+class Contents(NamedTuple):
+    """A checkpoint's metadata, parsed."""
+
+    done: int
+    rows: list[dict]
+    layers: list[list[int]]
+    prints: list[dict[str, list[float]]]
+    finished: bool
+    finish_info: dict[str, float]
+
+
+class DamagedCheckpointError(DamagedFileError):
+    """A checkpoint that cannot be read, or whose bytes no longer match its checksum."""
+
+
+def damaged(path: Path, reason: str) -> DamagedCheckpointError:
+    """The one-line error for a damaged checkpoint: which file, why, and what to do."""
+    return DamagedCheckpointError(
+        f"checkpoint '{path}' is damaged ({reason}): start the run over with resume=false "
+        "(the damaged run's files are set aside), or remove the file"
+    )
+
+
+def checkpoint_checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """sha256 over the tensors (name, dtype, shape, bytes) and every metadata entry but itself."""
+    digest = hashlib.sha256(tensor_checksum(tensors).encode())
+    digest.update(json.dumps({k: v for k, v in metadata.items() if k != "sha256"}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def read_metadata(run_dir: Path) -> dict[str, str] | None:
-    """The checkpoint's metadata, or None when the run folder has no checkpoint."""
+    """The checkpoint's metadata, or None when the run folder has no checkpoint.
+
+    An unreadable file (truncated, not safetensors) raises :class:`DamagedCheckpointError`."""
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, ValueError) as exc:
+        raise damaged(path, f"unreadable: {_first_line(exc)}") from None
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a checkpoint file, checked against its checksum when it has one."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise damaged(path, f"unreadable: {_first_line(exc)}") from None
+    recorded = meta.get("sha256")
+    if recorded and checkpoint_checksum(tensors, meta) != recorded:
+        raise damaged(path, "its bytes no longer match the checksum written with it")
+    return tensors, meta
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def saved_rows(run_dir: Path) -> list[dict]:
+    """The rows of the checkpoint's finished batches (what batches.jsonl is derived from);
+    [] without a checkpoint. Read from the checkpoint, so a damaged batches.jsonl does not matter."""
+    meta = read_metadata(run_dir)
+    if meta is None:
+        return []
+    try:
+        rows = json.loads(meta.get("batches", "[]"))
+    except ValueError as exc:
+        raise damaged(Path(run_dir) / CHECKPOINT, f"its metadata does not parse: {_first_line(exc)}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise damaged(Path(run_dir) / CHECKPOINT, "its batch rows are not a list of objects")
+    return rows
 
 
 def saved_batches(run_dir: Path) -> tuple[int, int]:
@@ -71,6 +148,8 @@ class Checkpoint:
         self.finish_info: dict[str, float] = {}
         # sha256 of cases_pre.jsonl as the run wrote it: a resume reuses only that file.
         self.pre_cases_digest: str | None = None
+        # (tensors, metadata) read and checked by check(), for load() to use without reading again.
+        self._verified: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
 
     @property
     def path(self) -> Path:
@@ -104,15 +183,19 @@ class Checkpoint:
             "fingerprints": json.dumps([{str(l): v for l, v in entry.fingerprint.items()} for entry in session.log]),
             "pre_cases_sha256": self.pre_cases_digest or "",
         }
-        with atomic_path(self.path) as tmp:
+        metadata["sha256"] = checkpoint_checksum(tensors, metadata)
+        with atomic_path(self.path, size=tensor_bytes(tensors)) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         results.write_jsonl(self.run_dir, results.BATCHES, batch_rows)
 
     def check(self) -> dict[str, str] | None:
-        """Refuse, before anything is written, a checkpoint of another config or format."""
+        """Refuse, before anything is written, a checkpoint of another config or format, or a damaged one."""
         meta = read_metadata(self.run_dir)
         if meta is None:
             return None
+        if meta.get("sha256"):  # check the whole file before trusting its format and config
+            self._verified = read_checkpoint(self.path)
+            meta = self._verified[1]
         if meta.get("format") != FORMAT:
             raise ConfigError(
                 f"'{self.path}' was written by an older blue (whole matrices, format "
@@ -131,25 +214,26 @@ class Checkpoint:
         batches: Sequence[Sequence[EditRequest]],
         progress=None,
         on_batch: Callable[[int], None] | None = None,
+        write_rows: bool = True,
     ) -> tuple[list[dict], bool]:
         """Replay the finished batches into ``session``; returns (their rows, finished).
 
         ``on_batch(done)`` is called before the first replayed batch (0, the base model) and
         after each (the runner redoes there what a kill lost: evaluation points). A finished
-        run also gets the method's final view (PRUNE) applied again.
+        run also gets the method's final view (PRUNE) applied again. ``write_rows``: rewrite
+        batches.jsonl from the checkpoint (a resume, which holds the run folder's lock; not
+        export or analyze, which only read the folder).
         """
-        meta = self.check()
-        if meta is None or int(meta.get("batches_done", 0)) == 0:
+        if self.check() is None:
+            return [], False
+        tensors, meta = self._verified or read_checkpoint(self.path)
+        self._verified = None
+        done, rows, layers, prints, finished, self.finish_info = self._contents(meta, tensors)
+        if done == 0:
             return [], False
         self.pre_cases_digest = meta.get("pre_cases_sha256") or None
         if on_batch is not None:
             on_batch(0)
-        with safe_open(str(self.path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        done = int(meta["batches_done"])
-        rows = json.loads(meta["batches"])
-        layers = json.loads(meta["writes"])
-        prints = json.loads(meta["fingerprints"])
         if done > len(batches):
             raise ConfigError(f"'{self.path}' holds {done} batches but the run has only {len(batches)}")
         log.info("replaying %d finished batches", done)
@@ -177,13 +261,36 @@ class Checkpoint:
                 "(another device, thread count or library version)",
                 inexact,
             )
-        finished = json.loads(meta.get("finished", "false"))
-        self.finish_info = json.loads(meta.get("finish_info", "{}"))
         if finished:
             session.apply_final_weights()
-        results.write_jsonl(self.run_dir, results.BATCHES, rows)
+        if write_rows:
+            results.write_jsonl(self.run_dir, results.BATCHES, rows)
         log.info("resuming after %d finished batches", done)
         return rows, finished
+
+    def _contents(self, meta: dict[str, str], tensors: Mapping[str, torch.Tensor]) -> Contents:
+        """What the metadata says, parsed; a checkpoint without a checksum (older blue) whose
+        fields do not parse, or that lacks a residual they name, is damaged."""
+        try:
+            done = int(meta["batches_done"])
+            rows, layers, prints = (json.loads(meta[key]) for key in ("batches", "writes", "fingerprints"))
+            contents = Contents(
+                done,
+                rows,
+                layers,
+                prints,
+                json.loads(meta.get("finished", "false")),
+                json.loads(meta.get("finish_info", "{}")),
+            )
+            names = [f"residual.{b}.{i}" for b in range(done) for i in range(len(layers[b]))]
+            if min(len(rows), len(prints)) < done:
+                raise ValueError(f"fewer batch rows or fingerprints than its {done} batches")
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise damaged(self.path, f"its metadata does not parse: {_first_line(exc)}") from None
+        missing = [name for name in names if name not in tensors]
+        if missing:
+            raise damaged(self.path, f"tensor {missing[0]} is missing")
+        return contents
 
 
 def _check_cases(b: int, row: dict, batch: Sequence[EditRequest]) -> None:

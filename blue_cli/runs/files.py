@@ -1,4 +1,5 @@
-"""The run folder's files: every write goes through a temp file and a rename."""
+"""The run folder's files: every write goes through a temp file and a rename; every read
+of a damaged one (not JSON, not YAML, cut short) is one line naming it and what to do."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from blue_cli.cache import write_json_atomic, write_text_atomic
+from blue_cli.errors import DamagedFileError
 
 SUMMARY = "summary.json"
 BATCHES = "batches.jsonl"
@@ -50,11 +52,74 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def damaged(path: Path, reason: str) -> DamagedFileError:
+    """The one-line error for a run file that does not parse: which, why, and how to get it back.
+
+    A resume rewrites every run file from the checkpoint; evals.jsonl it reads first,
+    and redoes the evaluation points it lacks while replaying."""
+    path = Path(path)
+    run = path.parent
+    if path.name == EVALS:
+        advice = f"remove it, and blue resume {run} evaluates its points again"
+    else:
+        advice = f"blue resume {run} writes it again"
+    return DamagedFileError(f"run file '{path}' is damaged ({reason}): {advice}")
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    if not Path(path).exists():
+    """The rows of a JSON-lines run file ([] when there is none); damaged: DamagedFileError."""
+    path = Path(path)
+    if not path.exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise damaged(path, f"line {n} is not JSON: {_reason(exc)}") from None
+        if not isinstance(row, dict):
+            raise damaged(path, f"line {n} is not a JSON object")
+        rows.append(row)
+    return rows
 
 
 def read_summary(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
+    """summary.json of a run folder; damaged: DamagedFileError."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(_read_text(path))
+    except ValueError as exc:
+        raise damaged(path, f"not JSON: {_reason(exc)}") from None
+    if not isinstance(summary, dict):
+        raise damaged(path, "not a JSON object")
+    return summary
+
+
+def read_config(path: Path):
+    """A run's config.yaml as a DictConfig; damaged (not YAML, not a mapping): DamagedFileError."""
+    from omegaconf import DictConfig, OmegaConf
+
+    path = Path(path)
+    _read_text(path)  # UTF-8 text (else OmegaConf raises a decode error of its own)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml's and omegaconf's parse errors share no base class
+        raise damaged(path, f"not YAML: {_reason(exc)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise damaged(path, "not a mapping of settings")
+    return cfg
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise damaged(path, "not UTF-8 text") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a parser's message: the what and where, without its excerpt."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(":") if lines else type(exc).__name__

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from blue_cli.cache import current_umask
+from blue_cli.cache import current_umask, remove_stale_temporaries
 from blue_cli.errors import RunFolderError
 from blue_cli.runs.checkpoint import CHECKPOINT
 
@@ -32,7 +32,9 @@ def lock_run_folder(run_dir: Path) -> FileLock:
     """Take ``run_dir``'s lock at once, or raise RunFolderError naming the folder.
 
     The lock is an OS file lock, so a killed run (kill -9) releases it with its process;
-    the caller releases it with ``.release()`` when the run ends.
+    the caller releases it with ``.release()`` when the run ends. Once it is taken, the
+    temp files of run files that a killed run left are removed (a run writes its files
+    only while holding this lock).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,25 @@ def lock_run_folder(run_dir: Path) -> FileLock:
             f"run folder '{run_dir}' is in use by another blue run "
             "(wait for it to end, or choose another hydra.run.dir)"
         ) from None
+    except OSError as exc:
+        raise unusable_lock(run_dir / LOCK_NAME, exc) from None
+    remove_stale_temporaries(run_dir, RUN_FILES)
     return lock
+
+
+def unusable_lock(path: Path, exc: OSError) -> RunFolderError:
+    """The one-line error for a lock file that cannot be opened (a symbolic link, which the lock
+    refuses to follow, a folder, no permission)."""
+    if path.is_symlink():
+        why = "is a symbolic link"
+    elif path.is_dir():
+        why = "is a folder"
+    else:
+        why = f"cannot be opened ({exc.strerror or exc})"
+    return RunFolderError(
+        f"cannot lock run folder '{path.parent}': its lock file '{path}' {why}; "
+        "blue makes it as a plain empty file: remove it and run again"
+    )
 
 
 def is_fresh(run_dir: Path) -> bool:
@@ -140,7 +160,9 @@ def check_resume(cfg, run_dir: Path) -> None:
     """
     if not cfg.resume or not has_checkpoint(run_dir):
         return
+    from blue_cli.runs import files as results
     from blue_cli.runs.checkpoint import Checkpoint
     from blue_cli.runs.runner import resume_key
 
     Checkpoint(Path(run_dir), resume_key(cfg)).check()
+    results.read_jsonl(Path(run_dir) / results.EVALS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from blue_cli.config.registry import dataset_class
 from blue_cli.editing.session import EditSession
@@ -21,11 +21,11 @@ from blue_cli.runs.checkpoint import CHECKPOINT, Checkpoint, read_metadata
 
 
 def run_config(run_dir: Path) -> DictConfig:
-    """The run folder's own config.yaml."""
+    """The run folder's own config.yaml (a damaged one: one line naming it)."""
     path = Path(run_dir) / results.CONFIG
     if not path.is_file():
         raise DataError(f"'{run_dir}' has no {results.CONFIG} (give a run folder written by blue edit)")
-    return OmegaConf.load(path)
+    return results.read_config(path)
 
 
 def replay_run(
@@ -45,7 +45,7 @@ def replay_run(
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(cfg.num_edits)
     adapter = load_adapter(cfg)
     session = EditSession(cfg, adapter, progress, compute_stats=False)
-    Checkpoint(run_dir, None).load(session, batches_of(requests, cfg.batch_size), progress)
+    Checkpoint(run_dir, None).load(session, batches_of(requests, cfg.batch_size), progress, write_rows=False)
     return cfg, adapter, session
 
 

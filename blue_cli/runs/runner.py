@@ -27,7 +27,7 @@ from blue_cli.config.registry import dataset_class
 from blue_cli.config.schema import check_run_config
 from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.session import EditSession, seed_everything
-from blue_cli.errors import ConfigError
+from blue_cli.errors import ConfigError, DamagedFileError
 from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
 from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
@@ -111,10 +111,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
     run_dir = Path(run_dir)
     dataset = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed)
     requests = dataset.load(cfg.num_edits)
+    dataset.warn_missing_prompts(requests)
     check_general_tasks(cfg.eval)
     checkpoint = Checkpoint(run_dir, resume_key(cfg))
     if cfg.resume:
         checkpoint.check()
+        results.read_jsonl(run_dir / results.EVALS)  # the run file a resume reads: damaged, it fails here
     else:
         set_aside_previous_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +245,7 @@ class PreEdit:
             return None
         try:
             cases = results.read_jsonl(self.path)
-        except (ValueError, UnicodeDecodeError):
+        except DamagedFileError:
             return None
         if [c.get("case_id") for c in cases] != [r.case_id for r in self.requests]:
             return None
@@ -274,7 +276,8 @@ def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> 
     ]
     edit_secs = sorted(r["edit_seconds"] for r in rows)
     summary = {k: post[k] for k in post if not k.startswith("rewrite_")}
-    summary.update({k: pre[k] for k in pre if not k.startswith("pre_rewrite_")})
+    # the cases without a rate are the same before and after: counted once, in the post keys
+    summary.update({k: pre[k] for k in pre if not k.startswith("pre_rewrite_") and not k.endswith("_cases_without")})
     if gain:
         summary["target_logprob_gain"] = sum(gain) / len(gain)
     summary["write_error"] = sum(r["write_error"] for r in rows) / len(rows)

@@ -18,8 +18,8 @@ measures, per request:
 
 With a run folder the model carries the run's edited weights and method state, and
 the per-layer target-optimisation steps and key-fit errors of its batches are read
-from ``batches.jsonl``. Pure orchestration: every vector, solve and score comes from
-the editing and evaluation functions a run uses.
+from its checkpoint (the rows ``batches.jsonl`` is derived from). Pure orchestration:
+every vector, solve and score comes from the editing and evaluation functions a run uses.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import subject_last_index
 from blue_cli.runs import files as results
 from blue_cli.runs import replay
+from blue_cli.runs.checkpoint import saved_rows
 from blue_cli.runs.replay import replay_run
 from blue_cli.runs.runner import NullProgress, load_adapter
 
@@ -227,6 +228,8 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
         raise ConfigError(f"--records must be >= 1, got {records}")
     progress = progress or NullProgress()
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(records)
+    # the batch rows from the checkpoint (batches.jsonl is derived from it), before the work
+    batch_rows = saved_rows(run_dir) if run_dir is not None else []
     replayed = replay_run(run_dir, progress, cfg) if run_dir is not None else None
     adapter = replayed[1] if replayed else load_adapter(cfg)
     critical = list(cfg.model.layers)
@@ -263,7 +266,7 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
     if run_dir is not None:
         written = strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(critical)
         payload["strategy"] = cfg.strategy.name
-        payload["run_batches"] = batch_layer_statistics(results.read_jsonl(Path(run_dir) / results.BATCHES), written)
+        payload["run_batches"] = batch_layer_statistics(batch_rows, written)
     return payload
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from blue_cli.cache import current_umask
+from blue_cli.cache import current_umask, disk_full_error, is_disk_full
 from blue_cli.errors import BlueError
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,11 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)
+    except Exception as exc:
+        if is_disk_full(exc):
+            size = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
+            raise disk_full_error(out_dir, size) from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

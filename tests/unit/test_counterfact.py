@@ -110,6 +110,12 @@ def _break(record: dict, how: str) -> dict:
         record["neighborhood_prompts"] = "Paris is in"
     elif how == "target_missing_str":
         del record["requested_rewrite"]["target_new"]["str"]
+    elif how == "two_placeholders":
+        record["requested_rewrite"]["prompt"] = "{}, by {}"
+    elif how == "same_targets":
+        record["requested_rewrite"]["target_new"]["str"] = record["requested_rewrite"]["target_true"]["str"] + " "
+    elif how == "blank_paraphrase":
+        record["paraphrase_prompts"] = [record["paraphrase_prompts"][0], "  "]
     return record
 
 
@@ -121,6 +127,9 @@ def _break(record: dict, how: str) -> dict:
         ("no_placeholder", "no '{}' placeholder"),
         ("neighborhood_not_list", "'neighborhood_prompts' should be list"),
         ("target_missing_str", "missing key 'requested_rewrite.target_new.str'"),
+        ("two_placeholders", "requested_rewrite.prompt '{}, by {}' has 2 '{}' placeholders (one for the subject"),
+        ("same_targets", "requested_rewrite.target_new.str equals target_true.str ('football ')"),
+        ("blank_paraphrase", "paraphrase_prompts[1] is empty"),
     ],
 )
 def test_malformed_record_message_names_file_index_and_problem(tmp_path: Path, how: str, problem: str) -> None:
@@ -132,6 +141,13 @@ def test_malformed_record_message_names_file_index_and_problem(tmp_path: Path, h
     message = str(info.value)
     assert "broken_set.json" in message and "record 2" in message and problem in message
     assert "\n" not in message
+
+
+def test_an_empty_paraphrase_list_is_accepted(tmp_path: Path) -> None:
+    """Its generalization is null (see tests/unit/test_summary.py), not a reason to refuse the file."""
+    raw = _raw_records(2)
+    raw[1]["paraphrase_prompts"] = []
+    assert load_counterfact(_write(tmp_path / "a.json", raw))[1].paraphrase_prompts == ()
 
 
 def test_not_a_list_and_bad_json(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from blue_cli.faults import fault_point, parse_fault
         ("write:checkpoint.safetensors@2:interrupt", ("write:checkpoint.safetensors", 2, "interrupt")),
         ("eval:hold=/tmp/x", ("eval", 1, "hold=/tmp/x")),
         ("target@7:hold=/tmp/a:b", ("target", 7, "hold=/tmp/a:b")),
+        ("write:summary.json:enospc", ("write:summary.json", 1, "enospc")),
     ],
 )
 def test_specs_parse(spec, parsed):
@@ -38,6 +39,17 @@ def test_interrupt_lands_on_the_chosen_pass_only(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fault_point("batch")
     fault_point("batch")  # the fourth pass: nothing
+
+
+def test_enospc_is_a_full_disk_at_that_point(monkeypatch):
+    import errno
+
+    monkeypatch.setattr(faults, "_HITS", {})
+    monkeypatch.setenv("BLUE_FAULT", "write:cases.jsonl:enospc")
+    fault_point("write:summary.json")
+    with pytest.raises(OSError) as info:
+        fault_point("write:cases.jsonl")
+    assert info.value.errno == errno.ENOSPC
 
 
 def test_unset_does_nothing(monkeypatch):

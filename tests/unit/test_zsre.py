@@ -92,10 +92,23 @@ def test_empty_alt_is_accepted_because_the_target_is_the_gold_answer(tmp_path: P
     assert (record.target_new, record.target_true) == ("Daniel Libeskind", "")
 
 
+def test_alt_equal_to_the_gold_answer_is_accepted_with_an_info_line(tmp_path: Path, caplog) -> None:
+    """Nothing reads target_true in zsRE (the edit targets the gold answer), so the run stays
+    meaningful: no error, no console warning; one info line for whoever compares with EasyEdit."""
+    raw = _raw(3)
+    raw[1]["alt"] = raw[1]["answers"][0]
+    with caplog.at_level("INFO", logger="blue_cli.datasets.zsre.records"):
+        records = load_zsre(_write(tmp_path / "z.json", raw))
+    assert records[1].target_true == records[1].target_new
+    [line] = [r for r in caplog.records if "equal to the gold answer" in r.getMessage()]
+    assert line.levelname == "INFO" and "1 of 3 records" in line.getMessage() and "case_id 1" in line.getMessage()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (lambda r: r.pop("rephrase"), "missing key 'rephrase'"),
+        (lambda r: r.update(src="Who made {} " + r["src"]), "holds '{}', the placeholder"),
         (lambda r: r.update(answers="Paris"), "'answers' should be list, got str"),
         (lambda r: r.update(answers=[]), "'answers' is empty"),
         (lambda r: r.update(subject="Nobody"), "subject 'Nobody' does not occur in src"),
@@ -236,4 +249,9 @@ def test_evaluate_zsre_rejects_missing_neighbour_answers_and_summarises() -> Non
     no_para = replace(req, paraphrase_prompts=())
     cases = evaluate_zsre(_OracleAdapter(tok, miss=-1), [no_para, req])
     assert math.isnan(cases[0]["generalization"])
-    assert summarise(cases) == {"efficacy": 1.0, "generalization": 1.0, "specificity": 1.0}
+    assert summarise(cases) == {
+        "efficacy": 1.0,
+        "generalization": 1.0,
+        "generalization_cases_without": 1,
+        "specificity": 1.0,
+    }

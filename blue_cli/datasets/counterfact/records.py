@@ -112,17 +112,15 @@ def parse_record(raw: Any, *, source: str, index: int) -> EditRequest:
         check_lengths({f"requested_rewrite.{key}.str": text}, fail)
         targets.append(text)
         target_objs.append(target)
-    if "{}" not in prompt:
-        raise fail(f"requested_rewrite.prompt {prompt!r} has no '{{}}' placeholder for the subject")
+    check_placeholder(prompt, fail)
     if not subject.strip():
         raise fail("requested_rewrite.subject is empty")
-    lists = []
-    for key in _PROMPT_LISTS:
-        value = field(raw, key, list, fail)
-        if not all(isinstance(item, str) for item in value):
-            raise fail(f"{key} must be a list of strings")
-        check_lengths({key: value}, fail)
-        lists.append(tuple(value))
+    if targets[0].strip() == targets[1].strip():
+        raise fail(
+            f"requested_rewrite.target_new.str equals target_true.str ({targets[0]!r}): the edit would ask for "
+            "what the model should already say, and efficacy could never count it"
+        )
+    lists = [_prompt_list(raw, key, fail) for key in _PROMPT_LISTS]
     # Optional: only consistency needs them (snippets are keyed by relation and target id).
     relation_id = _optional_str(rewrite, "relation_id", fail, "requested_rewrite.")
     target_new_id = _optional_str(target_objs[0], "id", fail, "requested_rewrite.target_new.")
@@ -136,6 +134,28 @@ def parse_record(raw: Any, *, source: str, index: int) -> EditRequest:
         relation_id=relation_id,
         target_new_id=target_new_id,
     )
+
+
+def check_placeholder(prompt: str, fail: Any) -> None:
+    """Exactly one ``{}``: the subject fills the first only, so a second would stay in the text."""
+    n = prompt.count("{}")
+    if n == 0:
+        raise fail(f"requested_rewrite.prompt {prompt!r} has no '{{}}' placeholder for the subject")
+    if n > 1:
+        raise fail(f"requested_rewrite.prompt {prompt!r} has {n} '{{}}' placeholders (one for the subject, no more)")
+
+
+def _prompt_list(raw: dict, key: str, fail: Any) -> tuple[str, ...]:
+    """A list of prompts; an empty list is allowed (its rate is null), a blank prompt is not
+    (scored, it would give a number that means nothing)."""
+    value = field(raw, key, list, fail)
+    if not all(isinstance(item, str) for item in value):
+        raise fail(f"{key} must be a list of strings")
+    blank = [i for i, item in enumerate(value) if not item.strip()]
+    if blank:
+        raise fail(f"{key}[{blank[0]}] is empty")
+    check_lengths({key: value}, fail)
+    return tuple(value)
 
 
 def _optional_str(obj: dict, key: str, fail: Any, prefix: str) -> str:

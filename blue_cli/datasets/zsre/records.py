@@ -12,7 +12,9 @@ Mapping, as the reference (ROME/MEMIT/AlphaEdit/BLUE ``dsets/zsre.py``) builds i
 * ``target_new`` is ``answers[0]``: the reference edits the model towards the gold
   answer, not towards MEND's ``alt`` (EasyEdit uses ``alt``; a few records leave it empty);
 * ``target_true`` is ``alt`` (possibly ""). No zsRE metric and no editing method reads
-  it. Differs from reference: the reference stores the placeholder "<|endoftext|>";
+  it, so an ``alt`` equal to the gold answer (8 of the bundled 300) leaves the run as
+  meaningful as any other: it is accepted, with one info line in the log.
+  Differs from reference: the reference stores the placeholder "<|endoftext|>";
 * ``paraphrase_prompts = (rephrase,)``; ``neighborhood_prompts = (loc + "?",)`` with
   ``neighborhood_answers = (loc_ans,)``: the reference appends "?" to ``loc`` before
   the answer tokens;
@@ -27,6 +29,7 @@ with that repo's extra ``neighborhood_samples`` key removed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,8 @@ CANONICAL_URL = "https://rome.baulab.info/data/dsets/zsre_mend_eval.json"
 """The file ROME/MEMIT's ``MENDQADataset`` downloads (19,086 records)."""
 BUNDLED_PATH = ASSETS_DIR / "data" / "zsre_sample.json"
 NQ_PREFIX = "nq question: "
+
+log = logging.getLogger(__name__)
 
 _LABEL = "zsRE"
 _TEXT_KEYS = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
@@ -84,7 +89,23 @@ def load_zsre(
     for file in files:
         for index, raw in enumerate(read_json_list(file, name=str(file), label=_LABEL)):
             records.append(parse_zsre_record(raw, source=str(file), index=index, case_id=len(records)))
-    return select_range(records, offset, limit, describe_files(files))
+    selected = select_range(records, offset, limit, describe_files(files))
+    _note_alt_equal_to_answer(selected)
+    return selected
+
+
+def _note_alt_equal_to_answer(records: list[EditRequest]) -> None:
+    """One info line when some records' ``alt`` is their gold answer: harmless (nothing reads
+    ``target_true`` in zsRE), but a reader comparing with EasyEdit, which edits towards ``alt``, may ask."""
+    same = [r.case_id for r in records if r.target_true.strip() == r.target_new.strip()]
+    if same:
+        log.info(
+            "zsRE: %d of %d records have 'alt' equal to the gold answer (first: case_id %d); "
+            "the edit targets the gold answer and no zsRE metric reads 'alt', so they count as any other",
+            len(same),
+            len(records),
+            same[0],
+        )
 
 
 def validate_zsre_file(path: Path, *, name: str | None = None) -> None:
@@ -116,6 +137,8 @@ def parse_zsre_record(raw: Any, *, source: str, index: int, case_id: int) -> Edi
     if not answers or not answers[0].strip():
         raise fail("'answers' is empty: its first entry is the gold answer")
     subject, src = text["subject"], text["src"]
+    if "{}" in src:
+        raise fail(f"src {src!r} holds '{{}}', the placeholder the subject's place is marked with")
     if subject not in src:
         raise fail(f"subject {subject!r} does not occur in src {src!r}")
     if not text["loc"].startswith(NQ_PREFIX):

@@ -36,14 +36,19 @@ def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """The bytes of the tensors' data: what a safetensors file of them needs, but for its header."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
     """Write ``tensors`` with ``metadata`` and their sha256 atomically; returns the sha256.
 
-    The caller holds ``entry_lock(path)``.
+    The caller holds ``entry_lock(path)``. A full disk raises DiskFullError (cache.atomic_path).
     """
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     sha = tensor_checksum(tensors)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=tensor_bytes(tensors)) as tmp:
         save_file(tensors, str(tmp), metadata={**metadata, "sha256": sha})
     return sha
 
