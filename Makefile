@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-all lint format mutate demo bench bench-scale readme-results tiny-models clean
+.PHONY: help install install-cpu test test-all lint format docs mutate demo bench bench-scale readme-results tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test-all: ## everything, the slow tests included
 lint: ## ruff: lint and format check (line length 120, settings in pyproject.toml)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+
+docs: ## build the documentation site from docs/ (MkDocs, strict: a broken link or a page left out of the nav fails) into outputs/site
+	$(PYTHON) -m mkdocs build --strict --quiet
 
 format: ## ruff: format the code and apply the safe lint fixes
 	$(PYTHON) -m ruff format .

@@ -48,29 +48,16 @@ def first_batch_flops(cfg) -> float:
     """FLOPs of editing the first batch (targets, keys, solves), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from blue_cli.config.registry import method_class, strategy_class
     from blue_cli.datasets.counterfact.records import load_counterfact
-    from blue_cli.editing.context import context_templates
-    from blue_cli.editing.session import stats_settings, target_settings
-    from blue_cli.editing.statistics.store import CovarianceStore
-    from blue_cli.editing.strategies.base import EditContext
+    from blue_cli.editing.session import build_session
     from blue_cli.runs.runner import load_adapter
 
     adapter = load_adapter(cfg)
     requests = load_counterfact(cfg.dataset.path, offset=cfg.dataset.offset, limit=cfg.batch_size)
-    strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
-    written = strategy.written_layers(list(cfg.model.layers))
-    method = method_class(cfg.method.name)(cfg.method, written)
-    method.prepare(CovarianceStore(adapter, stats_settings(cfg)), adapter.device)
-    ctx = EditContext(
-        adapter,
-        context_templates(adapter, seed=cfg.seed),
-        target_settings(cfg.method.target),
-        cfg.method.target.batched,
-    )
+    session = build_session(cfg, adapter)
     counter = FlopCounterMode(display=False)
     with counter:
-        strategy.edit_batch(method, ctx, requests, list(cfg.model.layers))
+        session.strategy.edit_batch(session.method, session.ctx, requests, session.critical)
     return counter.get_total_flops()
 
 
@@ -78,7 +65,7 @@ def run_one(overrides: list[str]) -> dict:
     """Child process: one experiment; returns its summary plus peak memory."""
     import torch
 
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
     from blue_cli.runs.runner import run_experiment
 
     cfg = compose_config(overrides)

@@ -119,11 +119,14 @@ class FixedStats:
     def cached_tensor(self, layer, name, compute):
         return compute(self.moments[layer])
 
+    def missing(self, layers) -> list[int]:
+        return [l for l in layers if l not in self.moments]
+
 
 def build(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
     from blue_cli.models.adapter import ModelAdapter
     from blue_cli.models.tiny import tiny_model_dir
     from blue_cli.tools.memory_plan import model_shape
@@ -166,14 +169,15 @@ def build(args):
 
 
 def covariance(adapter, layers, windows: int, length: int, timer: Timer):
+    from blue_cli.config.schema import StatsConfig
     from blue_cli.editing.statistics.corpus import load_corpus
-    from blue_cli.editing.statistics.store import StatsSettings, accumulate_second_moments, token_windows
+    from blue_cli.editing.statistics.store import accumulate_second_moments, token_windows
 
     docs = load_corpus("wikitext-bundled", max_docs=windows * 4)
     chunks = token_windows(adapter.tok, docs, length, windows)
     with timer("covariance"):
         moments, tokens = accumulate_second_moments(
-            adapter, chunks, layers, StatsSettings(max_length=length, batch_tokens=length)
+            adapter, chunks, layers, StatsConfig(max_length=length, batch_tokens=length)
         )
     for layer, C in moments.items():
         moments[layer] = (C + 1e-3 * C.diagonal().mean() * torch.eye(C.shape[0], dtype=C.dtype)).float()
@@ -183,50 +187,30 @@ def covariance(adapter, layers, windows: int, length: int, timer: Timer):
 def edit_once(
     cfg, adapter, critical, requests, moments, schedule: list[str], strategy_name: str, steps: int | None
 ) -> dict:
-    """One batch under one schedule, from the unedited weights; seconds per phase."""
+    """One batch under one schedule, from the unedited weights; seconds per phase (the
+    session reports keys, targets, solves and writes to the timer it is built with)."""
     from omegaconf import OmegaConf
 
-    import blue_cli.editing.strategies.base as strategy_base
-    from blue_cli.cli.overrides import compose_config
-    from blue_cli.config.registry import method_class, strategy_class
-    from blue_cli.editing.context import context_templates
-    from blue_cli.editing.diagnostics import batch_diagnostics, observe_before
-    from blue_cli.editing.session import target_settings
+    from blue_cli.config.overrides import compose_config
+    from blue_cli.editing.session import build_session
 
     over = [f"method={cfg.method.name}", f"strategy={strategy_name}", *schedule]
     scfg = compose_config([f"model={cfg.model.name}", *over])
+    OmegaConf.update(scfg, "model.layers", list(critical))
     if steps:
         OmegaConf.update(scfg, "method.target.steps", steps)
-    strategy = strategy_class(strategy_name)(scfg.strategy)
-    written = strategy.written_layers(critical)
-    method = method_class(scfg.method.name)(scfg.method, written)
-    method.prepare(FixedStats(moments), adapter.device)
-    groups = context_templates(adapter, n_prefixes=scfg.context.n_prefixes, n_tokens=scfg.context.n_tokens, seed=0)
-    from blue_cli.editing.strategies.base import EditContext
-
-    ctx = EditContext(adapter, groups, target_settings(scfg.method.target), batched=scfg.method.target.batched)
-    originals = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
     timer = Timer()
-    saved = (strategy_base.optimise_targets, strategy_base.collect_keys, method.solve, adapter.add_to_rewrite)
-    strategy_base.optimise_targets = timer.wrap("targets", saved[0])
-    strategy_base.collect_keys = timer.wrap("keys", saved[1])
-    method.solve = timer.wrap("solves", saved[2])
-    adapter.add_to_rewrite = timer.wrap("writes", saved[3])
+    session = build_session(scfg, adapter, stats=FixedStats(moments), timer=timer)
     try:
-        with timer("diagnostics"):
-            before = observe_before(adapter, method, requests, written, critical[-1])
         with timer("batch"):
-            trace = strategy.edit_batch(method, ctx, requests, critical)
-        with timer("diagnostics"):
-            batch_diagnostics(adapter, method, requests, trace, before)
+            row = session.edit_batch(requests, 0)
     finally:
-        strategy_base.optimise_targets, strategy_base.collect_keys = saved[0], saved[1]
-        del method.solve, adapter.add_to_rewrite
-        for l, w in originals.items():
+        for l, w in session.originals.items():
             adapter.set_rewrite(l, w)
     s = timer.seconds
-    s["edit"] = s.pop("batch")
-    s["total"] = s["edit"] + s.get("diagnostics", 0.0)
+    s["total"] = s.pop("batch")
+    s["edit"] = row["edit_seconds"]
+    s["diagnostics"] = s["total"] - s["edit"]
     return {k: round(v, 3) for k, v in s.items()}
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
 from blue_cli.config.registry import dataset_class
 from blue_cli.datasets.counterfact.records import parse_record
 from blue_cli.datasets.records import EditRequest
 from blue_cli.datasets.zsre.records import parse_zsre_record
-from blue_cli.editing.session import EditSession, seed_everything
+from blue_cli.editing.session import build_session, seed_everything
 from blue_cli.errors import DataError
 from blue_cli.evaluation.summary import summarise
 from blue_cli.models.adapter import ModelAdapter
@@ -77,7 +77,7 @@ def edit(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    session = EditSession(cfg, adapter)
+    session = build_session(cfg, adapter)
     items = as_requests(requests)
     size = batch_size or cfg.batch_size
     rows = [session.edit_batch(items[i : i + size], i // size) for i in range(0, len(items), size)]

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Rewrite the README's measured tables from run folders (``make readme-results``).
+"""Rewrite the docs' measured tables from run folders (``make readme-results``).
 
     python scripts/readme_results.py RUN_OR_SWEEP_DIR... [--store benchmarks/results/readme-runs.json]
 
 Every folder given (or found one level below a sweep folder) that holds a
-summary.json is one row; the rows are stored as JSON and rendered into README.md.
+summary.json is one row; the rows are stored as JSON and rendered into docs/tiny-models.md; the newest
+``make bench`` and ``make bench-scale`` files into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -44,21 +45,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--store", type=Path, default=ROOT / "benchmarks" / "results" / "readme-runs.json")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--results-page", type=Path, default=ROOT / "docs" / "tiny-models.md")
+    parser.add_argument("--bench-page", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     rows = collect(run_folders(args.paths))
     if not rows:
         raise SystemExit(f"no run folders with a summary.json under {', '.join(map(str, args.paths))}")
-    readme = replace_block(args.readme.read_text(encoding="utf-8"), render(rows))
+    results_page = replace_block(args.results_page.read_text(encoding="utf-8"), render(rows))
     bench = newest_bench(args.store.parent)
-    readme = replace_block(readme, render_bench(json.loads(bench.read_text()), bench.name), BENCH_BEGIN, BENCH_END)
+    bench_page = args.bench_page.read_text(encoding="utf-8")
+    bench_block = render_bench(json.loads(bench.read_text()), bench.name)
+    bench_page = replace_block(bench_page, bench_block, BENCH_BEGIN, BENCH_END)
     scale = newest_bench(args.store.parent, "scale")
-    readme = replace_block(readme, render_scale(json.loads(scale.read_text()), scale.name), SCALE_BEGIN, SCALE_END)
-    for target, text in ((args.store, json.dumps(rows, indent=1) + "\n"), (args.readme, readme)):
+    scale_block = render_scale(json.loads(scale.read_text()), scale.name)
+    bench_page = replace_block(bench_page, scale_block, SCALE_BEGIN, SCALE_END)
+    for target, text in (
+        (args.store, json.dumps(rows, indent=1) + "\n"),
+        (args.results_page, results_page),
+        (args.bench_page, bench_page),
+    ):
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)
-    print(f"{len(rows)} runs -> {args.store} and {args.readme}")
+    print(f"{len(rows)} runs -> {args.store}, {args.results_page} and {args.bench_page}")
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def _preflight(args: list[str]):
     run in an explicit ``hydra.run.dir`` must match that folder's checkpoint, and its
     lock is taken here (returned) so that a second run there writes nothing at all.
     """
-    from blue_cli.cli.overrides import (
+    from blue_cli.config.overrides import (
         explicit_run_dir,
         is_multirun,
         runs_no_job,
@@ -343,7 +343,7 @@ def stats(ctx: typer.Context) -> None:
     i-th of n slices (merged when all are there); -m sweeps run through Hydra, so
     hydra/launcher=joblib or submitit_slurm spread them.
     """
-    from blue_cli.cli.overrides import compose_config, split_args, validate_overrides
+    from blue_cli.config.overrides import compose_config, split_args, validate_overrides
 
     args = list(ctx.args)
     if _help_requested(args):
@@ -365,9 +365,8 @@ def stats(ctx: typer.Context) -> None:
 def collect_stats(cfg, overrides: list[str]) -> None:
     """The statistics of ``cfg``'s written layers: one shard (stats.shard set), or all of them (merging shards)."""
     from blue_cli.config.registry import strategy_class
-    from blue_cli.editing.session import stats_settings
+    from blue_cli.editing.session import open_statistics
     from blue_cli.editing.statistics.shards import check_shard
-    from blue_cli.editing.statistics.store import CovarianceStore
     from blue_cli.reporting.console import RichProgress, console
     from blue_cli.runs.runner import load_adapter
 
@@ -376,7 +375,7 @@ def collect_stats(cfg, overrides: list[str]) -> None:
     adapter = load_adapter(cfg)
     layers = strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(list(cfg.model.layers))
     remake = [o for o in overrides if not o.lstrip("+~").startswith(("stats.", "hydra"))]
-    store = CovarianceStore(adapter, stats_settings(cfg), remake_args=remake)
+    store = open_statistics(cfg, adapter, remake_args=remake)
     if shard is not None:
         with RichProgress().track(
             f"statistics shard {shard}/{shards}, layers {layers}", 1, rate_unit="tokens"
@@ -419,7 +418,7 @@ def plan(
     """
     import json
 
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
     from blue_cli.reporting.console import console
     from blue_cli.reporting.plan_table import plan_table, plan_verdict
     from blue_cli.tools import compute_plan
@@ -458,9 +457,11 @@ def plan(
     console.print(plan_verdict(result, chunk), soft_wrap=True, highlight=False)
     if card:
         from blue_cli.reporting.plan_table import compute_table, compute_verdict
+        from blue_cli.tools.compute_plan import run_seconds, seconds_at_peak
 
-        console.print(compute_table(compute, card))
-        console.print(compute_verdict(compute, card, batches), soft_wrap=True, highlight=False)
+        console.print(compute_table(compute, card, [seconds_at_peak(p, card) for p in compute]))
+        edit, stats = run_seconds(compute, card, batches)
+        console.print(compute_verdict(card, batches, edit, stats), soft_wrap=True, highlight=False)
 
 
 def _defaults_used(overrides: list[str], keys: tuple[str, ...]) -> list[str]:

@@ -94,3 +94,13 @@ def batch_diagnostics(
         "target_steps": [float(sum(t.steps) / len(t.steps)) for t in trace.targets],
         "key_fit_error": [w.key_fit_error for w in trace.writes],
     }
+
+
+def change_fingerprint(adapter, originals: dict[int, torch.Tensor]) -> dict[int, list[float]]:
+    """Per written layer: [||W - W0||_F, sum(W - W0)] in float64, to check a replay."""
+    out = {}
+    for layer, W0 in originals.items():
+        W = adapter.rewrite_weight(layer).detach()
+        change = (W - W0.to(W.device)).double()
+        out[layer] = [float(change.norm()), float(change.sum())]
+    return out

@@ -18,15 +18,15 @@ import torch
 from omegaconf import DictConfig
 
 from blue_cli.config.registry import method_class, strategy_class
+from blue_cli.config.schema import StatsConfig, TargetConfig, typed
 from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.context import context_templates
-from blue_cli.editing.diagnostics import batch_diagnostics, observe_before, swapped_weights
-from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings
-from blue_cli.editing.strategies.base import EditContext
-from blue_cli.editing.targets import TargetSettings
+from blue_cli.editing.diagnostics import batch_diagnostics, change_fingerprint, observe_before, swapped_weights
+from blue_cli.editing.methods.base import EditMethod
+from blue_cli.editing.statistics.store import CovarianceStore
+from blue_cli.editing.strategies.base import EditContext, PhaseTimer, Strategy, no_timer
 from blue_cli.errors import DataError, NumericalError
 from blue_cli.models.adapter import ModelAdapter
-from blue_cli.runs.checkpoint import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +36,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def target_settings(t: DictConfig) -> TargetSettings:
-    return TargetSettings(
-        lr=t.lr,
-        steps=t.steps,
-        clamp=t.clamp,
-        kl_factor=t.kl_factor,
-        weight_decay=t.weight_decay,
-        early_stop_loss=t.early_stop_loss,
-        reuse_prefix=t.reuse_prefix,
-    )
+def target_settings(t: DictConfig) -> TargetConfig:
+    """``method.target`` as its typed schema object."""
+    return typed(t, TargetConfig)
 
 
-def stats_settings(cfg: DictConfig) -> StatsSettings:
-    s = cfg.stats
-    return StatsSettings(
-        corpus=s.corpus, samples=s.samples, max_length=s.max_length, batch_tokens=s.batch_tokens, precision=s.precision
-    )
+def stats_settings(cfg: DictConfig) -> StatsConfig:
+    """``stats`` as its typed schema object."""
+    return typed(cfg.stats, StatsConfig)
 
 
 @dataclass
@@ -66,49 +57,36 @@ class BatchLog:
 
 
 class EditSession:
-    """Built from a composed config and a loaded model; ``progress`` tracks the statistics.
+    """One edit stream: the strategy, the method with its statistics and state, the context
+    templates and the model. Built by :func:`build_session` (the one way to build it).
 
-    ``compute_stats=False`` refuses to compute missing statistics (replaying a finished
-    run for export or analysis must use the run's own, not hours of new ones).
+    ``written``: the layers the method writes (the strategy's, unless the caller asked
+    for others); ``cov_seconds``: the time spent computing missing statistics.
     """
 
-    def __init__(self, cfg: DictConfig, adapter: ModelAdapter, progress=None, compute_stats: bool = True):
-        self.cfg, self.adapter = cfg, adapter
-        self.strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
-        self.critical = list(cfg.model.layers)
-        self.written = self.strategy.written_layers(self.critical)
-        self.stats = CovarianceStore(adapter, stats_settings(cfg))
-        t0 = time.perf_counter()
-        missing = self.stats.missing(self.written)
-        if missing and not compute_stats:
-            raise DataError(
-                f"no cached statistics for layers {missing} of '{adapter.name}' under '{self.stats.root}' "
-                "(replaying a run needs the run's statistics: run blue stats with the run's config there)"
-            )
-        if missing:
-            if progress is None:
-                self.stats.ensure(self.written)
-            else:
-                with progress.track("covariance statistics", 1) as update:
-                    self.stats.ensure(self.written, progress=update)
-        self.cov_seconds = time.perf_counter() - t0
-        adapter.keep_rewrite_float32(self.written)
-        self.method = method_class(cfg.method.name)(cfg.method, self.written)
-        self.method.prepare(self.stats, adapter.device)
-        seed_everything(cfg.seed)
-        c = cfg.context
-        self.groups = context_templates(
-            adapter, n_prefixes=c.n_prefixes, n_tokens=c.n_tokens, top_k=c.top_k, seed=cfg.seed
-        )
-        t = cfg.method.target
-        self.ctx = EditContext(
+    def __init__(
+        self,
+        cfg: DictConfig,
+        adapter: ModelAdapter,
+        strategy: Strategy,
+        method: EditMethod,
+        stats: CovarianceStore,
+        ctx: EditContext,
+        written: Sequence[int],
+        cov_seconds: float = 0.0,
+    ):
+        self.cfg, self.adapter, self.strategy, self.method, self.stats, self.ctx = (
+            cfg,
             adapter,
-            self.groups,
-            target_settings(t),
-            batched=t.batched,
-            chunk=t.chunk,
-            memory_budget_gb=t.memory_budget_gb,
+            strategy,
+            method,
+            stats,
+            ctx,
         )
+        self.critical = list(cfg.model.layers)
+        self.written = list(written)
+        self.groups = ctx.groups
+        self.cov_seconds = cov_seconds
         self.originals = {l: adapter.rewrite_weight(l).detach().clone() for l in self.written}
         self.log: list[BatchLog] = []
 
@@ -133,7 +111,7 @@ class EditSession:
         self._record(list(writes))
 
     def _record(self, writes: list[tuple[int, torch.Tensor]]) -> None:
-        self.log.append(BatchLog(writes, fingerprint(self.adapter, self.originals)))
+        self.log.append(BatchLog(writes, change_fingerprint(self.adapter, self.originals)))
 
     def _edit(self, requests: Sequence[EditRequest], index: int) -> dict:
         adapter, method = self.adapter, self.method
@@ -182,3 +160,78 @@ class EditSession:
         for layer, weight in final.items():
             self.adapter.set_rewrite(layer, weight)
         return info
+
+
+def open_statistics(cfg: DictConfig, adapter: ModelAdapter, remake_args: Sequence[str] = ()) -> CovarianceStore:
+    """The covariance statistics of ``cfg.stats`` for ``adapter`` (``blue stats`` fills it)."""
+    return CovarianceStore(adapter, stats_settings(cfg), remake_args=remake_args)
+
+
+def ensure_statistics(stats: CovarianceStore, layers: Sequence[int], progress=None, compute: bool = True) -> float:
+    """Compute the missing statistics of ``layers``; returns the seconds it took.
+
+    ``compute=False`` refuses (replaying a finished run for export or analysis must use
+    the run's own statistics, not hours of new ones).
+    """
+    t0 = time.perf_counter()
+    missing = stats.missing(layers)
+    if missing and not compute:
+        raise DataError(
+            f"no cached statistics for layers {missing} of '{stats.adapter.name}' under '{stats.root}' "
+            "(replaying a run needs the run's statistics: run blue stats with the run's config there)"
+        )
+    if missing:
+        if progress is None:
+            stats.ensure(layers)
+        else:
+            with progress.track("covariance statistics", 1) as update:
+                stats.ensure(layers, progress=update)
+    return time.perf_counter() - t0
+
+
+def build_session(
+    cfg: DictConfig,
+    adapter: ModelAdapter,
+    *,
+    progress=None,
+    compute_stats: bool = True,
+    layers: Sequence[int] | None = None,
+    stats: CovarianceStore | None = None,
+    previous: EditSession | None = None,
+    timer: PhaseTimer | None = None,
+) -> EditSession:
+    """The one way to build an edit stream from a composed config and a loaded model.
+
+    ``layers``: the layers the method writes (default: the strategy's written layers;
+    ``blue analyze`` asks for every critical layer). ``stats``: a statistics source other
+    than the config's cache (a benchmark's measured C). ``previous``: continue from that
+    session's state (its statistics, context templates and the keys of its batches, C_prev),
+    as an analysis of a replayed run does. ``timer``: a phase timer the strategy reports
+    its phases to (keys, targets, solves, writes); benchmarks pass one.
+    """
+    strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
+    written = list(layers) if layers is not None else strategy.written_layers(list(cfg.model.layers))
+    if stats is None:
+        stats = previous.stats if previous is not None else open_statistics(cfg, adapter)
+    cov_seconds = ensure_statistics(stats, written, progress, compute_stats)
+    adapter.keep_rewrite_float32(written)
+    method = method_class(cfg.method.name)(cfg.method, written)
+    method.prepare(stats, adapter.device)
+    if previous is not None:
+        method.C_prev.update(previous.method.C_prev)
+        groups = [list(g) for g in previous.groups]
+    else:
+        seed_everything(cfg.seed)
+        c = cfg.context
+        groups = context_templates(adapter, n_prefixes=c.n_prefixes, n_tokens=c.n_tokens, top_k=c.top_k, seed=cfg.seed)
+    t = cfg.method.target
+    ctx = EditContext(
+        adapter,
+        groups,
+        target_settings(t),
+        batched=t.batched,
+        chunk=t.chunk,
+        memory_budget_gb=t.memory_budget_gb,
+        timer=timer or no_timer,
+    )
+    return EditSession(cfg, adapter, strategy, method, stats, ctx, written, cov_seconds)

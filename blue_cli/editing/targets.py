@@ -24,25 +24,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from blue_cli.config.schema import TargetConfig
 from blue_cli.datasets.records import EditRequest
 from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter, frozen_prefix
 from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index, target_ids
 
 KL_PROMPT = "{} is a"
-
-
-@dataclass(frozen=True)
-class TargetSettings:
-    """Hyper-parameters of the target optimisation (paper names in brackets)."""
-
-    lr: float = 0.5  # v_lr
-    steps: int = 20  # v_num_grad_steps
-    clamp: float = 0.75  # clamp_norm_factor
-    kl_factor: float = 0.0625
-    weight_decay: float = 0.5  # v_weight_decay
-    early_stop_loss: float = 0.05
-    reuse_prefix: bool = True
 
 
 @dataclass
@@ -152,7 +140,7 @@ def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Se
 
 
 def _losses(
-    adapter: ModelAdapter, batch: _Batch, n: int, init_kl: torch.Tensor | None, settings: TargetSettings
+    adapter: ModelAdapter, batch: _Batch, n: int, init_kl: torch.Tensor | None, settings: TargetConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-request NLL (mean per-token over prompts), KL log-probs, and the KL term."""
     hidden = adapter.base_forward(batch.inputs["input_ids"], batch.inputs["attention_mask"])
@@ -173,7 +161,7 @@ def optimise_targets(
     requests: Sequence[EditRequest],
     templates: Sequence[str],
     layer: int,
-    settings: TargetSettings,
+    settings: TargetConfig,
     points: Sequence[str] = ("block",),
 ) -> TargetResult:
     """Optimise one vector per request and point at ``layer``; see the module docstring.

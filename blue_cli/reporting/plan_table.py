@@ -71,10 +71,8 @@ def human_time(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def compute_table(phases, card) -> Table:
-    """FLOPs of each phase and the time they take at ``card``'s peak (lower bounds)."""
-    from blue_cli.tools.compute_plan import seconds_at_peak
-
+def compute_table(phases, card, seconds: list[float]) -> Table:
+    """FLOPs of each phase and the ``seconds`` they take at ``card``'s peak (lower bounds)."""
     table = Table(title=f"compute at the datasheet peak of an {card.name} (lower bounds)", title_justify="left")
     for column, justify in (
         ("phase", "left"),
@@ -84,17 +82,16 @@ def compute_table(phases, card) -> Table:
         ("detail", "left"),
     ):
         table.add_column(column, justify=justify)
+    at_peak = dict(zip((p.name for p in phases), seconds))
     for once in (False, True):
         for p in (p for p in phases if p.per_batch != once):
-            table.add_row(p.name, f"{p.flops / 1e12:.2f}", p.dtype, human_time(seconds_at_peak(p, card)), p.note)
+            table.add_row(p.name, f"{p.flops / 1e12:.2f}", p.dtype, human_time(at_peak[p.name]), p.note)
         table.add_section()
     return table
 
 
-def compute_verdict(phases, card, batches: int) -> str:
-    from blue_cli.tools.compute_plan import run_seconds
-
-    edit, stats = run_seconds(phases, card, batches)
+def compute_verdict(card, batches: int, edit: float, stats: float) -> str:
+    """``edit``: seconds of the run's batches at peak; ``stats``: of the statistics pass per 100M tokens."""
     return (
         f"at peak on an {card.name}: at least {human_time(edit / batches)} per batch, {human_time(edit)} for "
         f"{batches} batches; the statistics pass (once per model) at least {human_time(stats)} per 100M tokens"

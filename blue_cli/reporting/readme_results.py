@@ -1,8 +1,9 @@
-"""The README's measured tables, rendered from run summaries, never typed by hand.
+"""The docs' measured tables (docs/tiny-models.md, docs/benchmarks.md), rendered from run
+summaries, never typed by hand.
 
 ``make readme-results`` runs the tiny-model sweeps, stores the summaries it needs in
 ``benchmarks/results/readme-runs.json`` and rewrites the block between the markers
-below; a test checks that the README's block is the rendering of that file.
+below; a test checks that each page's block is the rendering of that file.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def render_scale(scale: dict, name: str) -> str:
 
 
 def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
-    """``text`` with the marked block replaced; a README without the markers is an error."""
+    """``text`` with the marked block replaced; a page without the markers is an error."""
     start, stop = text.index(begin) + len(begin), text.index(end)
     return text[:start] + "\n" + block + "\n" + text[stop:]
 

@@ -317,13 +317,3 @@ def _compare(b: int, recorded: dict[str, list[float]], replayed: dict[int, list[
             )
         worst = max(worst, rel, 1e-16)
     return worst
-
-
-def fingerprint(adapter, originals: dict[int, torch.Tensor]) -> dict[int, list[float]]:
-    """Per written layer: [||W - W0||_F, sum(W - W0)] in float64, to check a replay."""
-    out = {}
-    for layer, W0 in originals.items():
-        W = adapter.rewrite_weight(layer).detach()
-        change = (W - W0.to(W.device)).double()
-        out[layer] = [float(change.norm()), float(change.sum())]
-    return out

@@ -13,14 +13,14 @@ import torch
 from omegaconf import DictConfig
 
 from blue_cli.config.registry import dataset_class
-from blue_cli.editing.session import EditSession
+from blue_cli.editing.session import EditSession, build_session
 from blue_cli.errors import DataError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.runs import files as results
 from blue_cli.runs.checkpoint import CHECKPOINT, Checkpoint, read_metadata
 
 
-def run_config(run_dir: Path) -> DictConfig:
+def read_run_config(run_dir: Path) -> DictConfig:
     """The run folder's own config.yaml (a damaged one: one line naming it)."""
     path = Path(run_dir) / results.CONFIG
     if not path.is_file():
@@ -41,10 +41,10 @@ def replay_run(
     run_dir = Path(run_dir)
     if read_metadata(run_dir) is None:
         raise DataError(f"no {CHECKPOINT} in '{run_dir}' (the run wrote no batch yet)")
-    cfg = cfg if cfg is not None else run_config(run_dir)
+    cfg = cfg if cfg is not None else read_run_config(run_dir)
     requests = dataset_class(cfg.dataset.name)(cfg.dataset, cfg.eval, seed=cfg.seed).load(cfg.num_edits)
     adapter = load_adapter(cfg)
-    session = EditSession(cfg, adapter, progress, compute_stats=False)
+    session = build_session(cfg, adapter, progress=progress, compute_stats=False)
     Checkpoint(run_dir, None).load(session, batches_of(requests, cfg.batch_size), progress, write_rows=False)
     return cfg, adapter, session
 

@@ -26,9 +26,8 @@ from blue_cli.cache import content_key, write_text_atomic
 from blue_cli.config.registry import dataset_class
 from blue_cli.config.schema import check_run_config
 from blue_cli.datasets.records import EditRequest
-from blue_cli.editing.session import EditSession, seed_everything
+from blue_cli.editing.session import build_session, seed_everything
 from blue_cli.errors import ConfigError, DamagedFileError
-from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
 from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter
@@ -36,6 +35,7 @@ from blue_cli.models.loading import load_model
 from blue_cli.runs import files as results
 from blue_cli.runs.checkpoint import Checkpoint
 from blue_cli.runs.folder import set_aside_previous_run
+from blue_cli.runs.points import EvaluationPoints, check_general_tasks
 from blue_cli.runs.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     adapter = load_adapter(cfg)
     dataset.check_fits(adapter, requests, cfg.context.n_tokens)
     progress.started()
-    session = EditSession(cfg, adapter, progress)
+    session = build_session(cfg, adapter, progress=progress)
     results.write_json(run_dir, "context_templates.json", session.groups)
 
     batches = batches_of(requests, cfg.batch_size)

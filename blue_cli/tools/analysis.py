@@ -32,16 +32,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from blue_cli.cli.overrides import compose_config
-from blue_cli.config.registry import dataset_class, method_class, strategy_class
+from blue_cli.config.overrides import compose_config
+from blue_cli.config.registry import dataset_class, strategy_class
 from blue_cli.config.schema import check_run_config
 from blue_cli.datasets.records import EditRequest
-from blue_cli.editing.context import context_templates
 from blue_cli.editing.diagnostics import new_target_logprobs, swapped_weights
 from blue_cli.editing.linalg import split_residual
 from blue_cli.editing.methods.base import EditMethod
-from blue_cli.editing.session import seed_everything, stats_settings, target_settings
-from blue_cli.editing.statistics.store import CovarianceStore
+from blue_cli.editing.session import build_session, seed_everything
 from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.errors import ConfigError, DataError
 from blue_cli.models.adapter import ModelAdapter
@@ -196,10 +194,10 @@ def batch_layer_statistics(rows: Sequence[dict], written: Sequence[int]) -> dict
     }
 
 
-def run_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
+def run_config_with(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
     """A run folder's config.yaml with ``key=value`` overrides of existing settings (the
     model and config groups are fixed: the checkpoint belongs to them)."""
-    cfg = replay.run_config(run_dir)
+    cfg = replay.read_run_config(run_dir)
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or key.startswith(("+", "~")):
@@ -233,24 +231,12 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
     replayed = replay_run(run_dir, progress, cfg) if run_dir is not None else None
     adapter = replayed[1] if replayed else load_adapter(cfg)
     critical = list(cfg.model.layers)
-    # the replay loaded the written layers' statistics (same settings): load only the rest
-    stats = replayed[2].stats if replayed else CovarianceStore(adapter, stats_settings(cfg))
-    if stats.missing(critical):
-        with progress.track("covariance statistics", 1) as update:
-            stats.ensure(critical, progress=update)
-    adapter.keep_rewrite_float32(critical)
-    method = method_class(cfg.method.name)(cfg.method, critical)
-    method.prepare(stats, adapter.device)
-    groups = None
-    if replayed:
-        method.C_prev.update(replayed[2].method.C_prev)  # the run's C_prev, by replay
-        groups = [list(g) for g in replayed[2].groups]
-    if groups is None:
-        seed_everything(cfg.seed)
-        c = cfg.context
-        groups = context_templates(adapter, n_prefixes=c.n_prefixes, n_tokens=c.n_tokens, top_k=c.top_k, seed=cfg.seed)
+    # every critical layer computes its own residual: a stream that writes all of them,
+    # continuing a replayed run's state (statistics, context templates, C_prev)
+    previous = replayed[2] if replayed else None
+    session = build_session(cfg, adapter, progress=progress, layers=critical, previous=previous)
+    method, ctx, groups = session.method, session.ctx, session.groups
     seed_everything(cfg.seed)
-    ctx = EditContext(adapter, groups, target_settings(cfg.method.target), batched=cfg.method.target.batched)
     payload = {
         "model": cfg.model.name,
         "method": cfg.method.name,
@@ -272,7 +258,7 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
 
 def analysis_config(overrides: Sequence[str], run_dir: Path | None = None) -> DictConfig:
     """The composed config (``blue edit``'s overrides), or a run folder's own."""
-    return compose_config(list(overrides)) if run_dir is None else run_config(run_dir, overrides)
+    return compose_config(list(overrides)) if run_dir is None else run_config_with(run_dir, overrides)
 
 
 def write_analysis(payload: dict, out_dir: Path) -> Path:

@@ -56,7 +56,7 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
     folder is built under a temporary name beside ``out_dir`` and renamed into place.
     """
     from blue_cli.models.loading import load_model
-    from blue_cli.runs.replay import edited_weights, run_config
+    from blue_cli.runs.replay import edited_weights, read_run_config
 
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"unknown --dtype '{dtype}' (choose: {', '.join(EXPORT_DTYPES)})")
@@ -66,7 +66,7 @@ def export_run(run_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"--out '{out_dir}' already exists and is not an empty folder (choose a new path)")
     check_finished(run_dir)
-    cfg = run_config(run_dir)
+    cfg = read_run_config(run_dir)
     weights = edited_weights(run_dir)
     m = cfg.model
     adapter = load_model(m.source, name=m.name, device="cpu", dtype="float32", revision=m.get("revision"))

@@ -321,7 +321,7 @@ def test_a_seed_outside_the_range_torch_accepts_is_one_line_before_any_folder(tm
 
 @pytest.mark.parametrize("seed", [2**64 - 1, -(2**63)])
 def test_the_ends_of_the_seed_range_seed_torch(seed):
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
     from blue_cli.editing.session import seed_everything
 
     compose_config(["model=tiny-gpt2", f"seed={seed}"])  # passes the checks
@@ -371,7 +371,7 @@ def test_a_method_float_out_of_range_is_one_line_before_any_folder(tmp_path, ove
 
 
 def test_the_largest_cov_weight_allowed_still_runs_the_checks():
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
 
     assert compose_config(["model=tiny-gpt2", "method.cov_weight=1e10"]).method.cov_weight == 1e10
 

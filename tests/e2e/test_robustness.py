@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from blue_cli.cli.overrides import validate_overrides
+from blue_cli.config.overrides import validate_overrides
 from blue_cli.config.schema import group_choices
 from blue_cli.datasets.counterfact.records import BUNDLED_PATH, load_counterfact
 from blue_cli.datasets.files import MAX_TEXT_CHARS

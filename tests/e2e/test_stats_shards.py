@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
 from blue_cli.editing.session import stats_settings
 from blue_cli.editing.statistics.store import CovarianceStore
 from tests.e2e.conftest import run_blue, run_blue_process

@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from blue_cli.cli.commands import app
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
 from blue_cli.config.registry import dataset_class, method_class
 from blue_cli.editing import session
 from blue_cli.editing.keys import values_at_subject

@@ -1,4 +1,4 @@
-"""The README's Python API example runs, and edits through the runner's code path."""
+"""The docs' Python API example (docs/api.md) runs, and edits through the runner's code path."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import torch
 from blue_cli import api
 from blue_cli.errors import DataError
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 
 def _example() -> str:
-    text = README.read_text(encoding="utf-8")
+    text = API_PAGE.read_text(encoding="utf-8")
     block = text[text.index("<!-- api-example") :]
     return re.search(r"```python\n(.*?)```", block, re.S).group(1)
 
 
 def test_readme_example_runs_and_edits(capsys):
     scope: dict = {}
-    exec(compile(_example(), "README.md", "exec"), scope)
+    exec(compile(_example(), "docs/api.md", "exec"), scope)
     result, before, after = scope["result"], scope["before"], scope["after"]
     assert [b["batch"] for b in result.batches] == [0, 1] and all(b["edits"] == 2 for b in result.batches)
     assert after["rewrite_logprob_sum_new"] > before["rewrite_logprob_sum_new"] + 0.5
@@ -31,8 +31,8 @@ def test_readme_example_runs_and_edits(capsys):
 
 def test_api_edit_equals_a_session_run_on_the_same_config(fresh_tiny, requests10):
     """Same requests, same overrides: the API and an EditSession write the same matrices."""
-    from blue_cli.cli.overrides import compose_config
-    from blue_cli.editing.session import EditSession
+    from blue_cli.config.overrides import compose_config
+    from blue_cli.editing.session import build_session
 
     overrides = ["model.layers=[1,2,3]", "stats.samples=40", "method.target.steps=4"]
     a = fresh_tiny("tiny-gpt2")
@@ -42,7 +42,7 @@ def test_api_edit_equals_a_session_run_on_the_same_config(fresh_tiny, requests10
     from blue_cli.editing.session import seed_everything
 
     seed_everything(cfg.seed)
-    session = EditSession(cfg, b)
+    session = build_session(cfg, b)
     session.edit_batch(requests10[:2], 0)
     session.apply_final_weights()
     for layer in (1, 2, 3):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
 from blue_cli.datasets.counterfact.records import load_counterfact
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.keys import CHUNK, collect_keys, key_sentences

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
 from blue_cli.datasets.counterfact import CounterFact
 from blue_cli.datasets.counterfact.consistency import tfidf_cosine
 from blue_cli.datasets.counterfact.records import load_counterfact

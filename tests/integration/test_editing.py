@@ -7,19 +7,20 @@ import torch
 from omegaconf import OmegaConf
 
 from blue_cli.config.registry import method_class, strategy_class
+from blue_cli.config.schema import StatsConfig, TargetConfig
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.keys import collect_keys
 from blue_cli.editing.session import target_settings
-from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings, collect_second_moments
+from blue_cli.editing.statistics.store import CovarianceStore, collect_second_moments
 from blue_cli.editing.strategies.base import EditContext, Strategy
-from blue_cli.editing.targets import TargetSettings, optimise_targets
+from blue_cli.editing.targets import optimise_targets
 
 
 def flat_templates(groups):
     return [t for g in groups for t in g]
 
 
-FAST = TargetSettings(lr=0.5, steps=6, clamp=4.0)
+FAST = TargetConfig(lr=0.5, steps=6, clamp=4.0)
 
 
 def test_batched_targets_match_one_at_a_time(load_tiny, requests10):
@@ -36,7 +37,7 @@ def test_batched_targets_match_one_at_a_time(load_tiny, requests10):
 def test_targets_lower_the_target_nll_and_respect_the_clamp(load_tiny, requests10):
     adapter = load_tiny("tiny-llama")
     templates = flat_templates(context_templates(adapter, n_prefixes=2, seed=0))
-    settings = TargetSettings(lr=0.5, steps=10, clamp=0.5)
+    settings = TargetConfig(lr=0.5, steps=10, clamp=0.5)
     res = optimise_targets(adapter, requests10[:5], templates, 3, settings)
     assert sum(res.loss_final) < sum(res.loss_init)
     ratio = res.delta["block"].norm(dim=1) / res.h_init["block"].norm(dim=1)
@@ -56,7 +57,7 @@ def test_keys_average_groups_then_templates(load_tiny, requests10):
 def test_one_pass_covariance_equals_per_layer(load_tiny):
     adapter = load_tiny("tiny-qwen2")
     docs = ["The quick brown fox jumps over the lazy dog. " * 5, "A second document about rivers and towns."]
-    s = StatsSettings(samples=10, max_length=32)
+    s = StatsConfig(samples=10, max_length=32)
     both, n = collect_second_moments(adapter, docs, [1, 3], s)
     only3, n3 = collect_second_moments(adapter, docs, [3], s)
     assert n == n3
@@ -102,7 +103,7 @@ def test_strategy_changes_exactly_its_layers(fresh_tiny, requests10, strategy, e
     before = {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
     strat = strategy_class(strategy)()
     written = strat.written_layers(critical)
-    stats = CovarianceStore(adapter, StatsSettings(samples=20, max_length=64))
+    stats = CovarianceStore(adapter, StatsConfig(samples=20, max_length=64))
     cfg = _method_cfg(name=method_name, **METHOD_EXTRA[method_name])
     method = method_class(method_name)(cfg, written)
     method.prepare(stats, adapter.device)
@@ -117,7 +118,7 @@ def test_strategy_changes_exactly_its_layers(fresh_tiny, requests10, strategy, e
 
 
 def _one_batch(adapter, method_name, requests, layer=2, **extra):
-    stats = CovarianceStore(adapter, StatsSettings(samples=200, max_length=64))
+    stats = CovarianceStore(adapter, StatsConfig(samples=200, max_length=64))
     cfg = _method_cfg(name=method_name, **extra)
     method = method_class(method_name)(cfg, [layer])
     method.prepare(stats, adapter.device)

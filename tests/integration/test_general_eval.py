@@ -192,7 +192,7 @@ class _RecordingProgress:
 
 
 def test_an_evaluation_point_reports_null_and_unparsed_and_its_bar_finishes(fresh_tiny, tmp_path):
-    from blue_cli.evaluation.points import EvaluationPoints
+    from blue_cli.runs.points import EvaluationPoints
 
     general = SimpleNamespace(
         general=["sst2", "mmlu"], general_every=None, general_items=4, general_shots=0, general_path=None

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
 from blue_cli.editing import session as session_module
 from blue_cli.editing.methods.memit import Memit
 from blue_cli.errors import NumericalError

@@ -19,17 +19,13 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from blue_cli.cli.overrides import compose_config
-from blue_cli.config.registry import method_class, strategy_class
+from blue_cli.config.overrides import compose_config
 from blue_cli.datasets.counterfact.records import load_counterfact
-from blue_cli.editing.context import context_templates
-from blue_cli.editing.diagnostics import observe_before
+from blue_cli.editing.diagnostics import change_fingerprint, observe_before
 from blue_cli.editing.keys import collect_keys
-from blue_cli.editing.session import BatchLog, stats_settings, target_settings
-from blue_cli.editing.statistics.store import CovarianceStore
-from blue_cli.editing.strategies.base import EditContext
+from blue_cli.editing.session import BatchLog, build_session
 from blue_cli.editing.targets import _build_batch, optimise_targets
-from blue_cli.runs.checkpoint import Checkpoint, fingerprint
+from blue_cli.runs.checkpoint import Checkpoint
 from blue_cli.tools.memory_plan import make_plan, model_shape, run_facts, target_items
 
 TOLERANCE = 0.25
@@ -80,15 +76,9 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
     plan = make_plan(shape, facts)
     items = {i.name: i.bytes for i in plan.items}
     requests = load_counterfact("bundled", limit=10)
-    strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
-    critical = list(cfg.model.layers)
-    written = strategy.written_layers(critical)
-    adapter.keep_rewrite_float32(written)
-    method = method_class(cfg.method.name)(cfg.method, written)
-    method.prepare(CovarianceStore(adapter, stats_settings(cfg)), adapter.device)
-    groups = context_templates(adapter, n_prefixes=cfg.context.n_prefixes, n_tokens=cfg.context.n_tokens, seed=0)
-    ctx = EditContext(adapter, groups, target_settings(cfg.method.target), batched=True)
-    originals = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
+    session = build_session(cfg, adapter)
+    strategy, method, ctx = session.strategy, session.method, session.ctx
+    critical, written, originals, groups = session.critical, session.written, session.originals, session.groups
 
     # Target optimisation alone, planned with this batch's real padded length and target tokens.
     batch = _build_batch(adapter, requests, ctx.templates)
@@ -125,7 +115,7 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
     # The checkpoint the runner writes after this batch.
     checkpoint = Checkpoint(tmp_path, "key")
     session = SimpleNamespace(
-        log=[BatchLog([(w.layer, w.residual) for w in trace.writes], fingerprint(adapter, originals))]
+        log=[BatchLog([(w.layer, w.residual) for w in trace.writes], change_fingerprint(adapter, originals))]
     )
     checkpoint.save(session, [{"batch": 0, "edits": 10, "case_ids": [r.case_id for r in requests]}])
     size = checkpoint.path.stat().st_size

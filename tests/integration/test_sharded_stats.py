@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from blue_cli.config.schema import StatsConfig
 from blue_cli.editing.statistics.corpus import iter_corpus, load_corpus, stream_texts
 from blue_cli.editing.statistics.shards import (
     MissingShardError,
@@ -26,7 +27,6 @@ from blue_cli.editing.statistics.shards import (
 )
 from blue_cli.editing.statistics.store import (
     CovarianceStore,
-    StatsSettings,
     accumulate_second_moments,
     moment_sums,
     token_windows,
@@ -34,7 +34,7 @@ from blue_cli.editing.statistics.store import (
 )
 from blue_cli.errors import ConfigError
 
-SETTINGS = StatsSettings(
+SETTINGS = StatsConfig(
     corpus="wikitext-bundled", samples=24, max_length=48, batch_tokens=96
 )  # 2 windows a batch, 12 batches
 

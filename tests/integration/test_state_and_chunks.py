@@ -11,13 +11,14 @@ import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from blue_cli.cli.overrides import compose_config
 from blue_cli.config import registry
+from blue_cli.config.overrides import compose_config
 from blue_cli.config.registry import method_class
+from blue_cli.config.schema import TargetConfig
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.session import EditSession
 from blue_cli.editing.strategies.base import EditContext, Strategy
-from blue_cli.editing.targets import TargetSettings, requests_per_chunk
+from blue_cli.editing.targets import requests_per_chunk
 from blue_cli.errors import ConfigError
 from blue_cli.runs import runner
 from blue_cli.runs.checkpoint import Checkpoint
@@ -131,9 +132,9 @@ def test_replay_rebuilds_the_weights_and_c_prev_exactly(full_run):
     # C_prev from keys collected on the replayed weights after each batch: rebuild it by
     # replaying batch by batch in a second session and collecting keys independently.
     from blue_cli.editing.keys import collect_keys
-    from blue_cli.editing.session import EditSession as Session
+    from blue_cli.editing.session import build_session
 
-    fresh = Session(cfg, live)
+    fresh = build_session(cfg, live)
     expected = {l: torch.zeros_like(session.method.C_prev[l], dtype=torch.float64) for l in session.written}
     for b, entry in enumerate(session.log):
         batch = requests[b * cfg.batch_size : (b + 1) * cfg.batch_size]
@@ -153,7 +154,7 @@ def test_targets_in_chunks_equal_one_chunk(fresh_tiny, requests10):
     adapter.model.double()
     groups = context_templates(adapter, n_prefixes=1, seed=0)
     method = method_class("memit")(OmegaConf.create({"name": "memit", "keep_previous_keys": False}), [3])
-    settings = TargetSettings(lr=0.5, steps=5, clamp=4.0)
+    settings = TargetConfig(lr=0.5, steps=5, clamp=4.0)
     whole = Strategy.compute_targets(method, EditContext(adapter, groups, settings), requests10[:5], 3)
     chunked = Strategy.compute_targets(method, EditContext(adapter, groups, settings, chunk=2), requests10[:5], 3)
     assert torch.allclose(whole.delta["block"], chunked.delta["block"], rtol=0, atol=1e-9)

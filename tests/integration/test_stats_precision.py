@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
+from blue_cli.config.schema import StatsConfig
 from blue_cli.editing.statistics.corpus import load_corpus
 from blue_cli.editing.statistics.entries import read_entry, write_entry
 from blue_cli.editing.statistics.precision import exact_float32_matmul, product_precision
@@ -27,7 +28,6 @@ from blue_cli.editing.statistics.shards import (
 )
 from blue_cli.editing.statistics.store import (
     CovarianceStore,
-    StatsSettings,
     accumulate_second_moments,
     model_fingerprint,
     moment_sums,
@@ -43,9 +43,9 @@ BASE = {
     "max_length": 48,
     "batch_tokens": 96,
 }  # 2 windows a batch, 12 batches
-F32 = StatsSettings(**BASE, precision="float32")
-F64 = StatsSettings(**BASE, precision="float64")
-AUTO = StatsSettings(**BASE)
+F32 = StatsConfig(**BASE, precision="float32")
+F64 = StatsConfig(**BASE, precision="float64")
+AUTO = StatsConfig(**BASE)
 LAYERS = [1, 3]
 
 
@@ -204,7 +204,7 @@ def test_a_bad_precision_is_a_one_line_config_error(gpt2, tmp_path):
         compose_config(["stats.precision=float16"])
     assert str(err.value) == "unknown stats.precision 'float16' (choose: auto, float32, float64)"
     with pytest.raises(ConfigError, match="unknown stats.precision 'bf16'"):
-        CovarianceStore(gpt2, StatsSettings(precision="bf16"), tmp_path)
+        CovarianceStore(gpt2, StatsConfig(precision="bf16"), tmp_path)
 
 
 def test_the_plan_follows_the_precision():

@@ -12,15 +12,15 @@ import torch
 from omegaconf import OmegaConf
 
 from blue_cli.config.registry import method_class, strategy_class
+from blue_cli.config.schema import StatsConfig, TargetConfig
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.keys import collect_keys, values_at_subject
-from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings
+from blue_cli.editing.statistics.store import CovarianceStore
 from blue_cli.editing.strategies import base as strategy_base
 from blue_cli.editing.strategies.base import EditContext
-from blue_cli.editing.targets import TargetSettings
 
 CRITICAL = [1, 2, 3]
-SETTINGS = TargetSettings(lr=0.5, steps=5, clamp=4.0)
+SETTINGS = TargetConfig(lr=0.5, steps=5, clamp=4.0)
 
 
 def _cfg(name: str, sequential: bool) -> OmegaConf:
@@ -29,7 +29,7 @@ def _cfg(name: str, sequential: bool) -> OmegaConf:
 
 def _setup(fresh_tiny, name="memit", sequential=False, layers=CRITICAL):
     adapter = fresh_tiny("tiny-gpt2")
-    stats = CovarianceStore(adapter, StatsSettings(samples=40, max_length=64))
+    stats = CovarianceStore(adapter, StatsConfig(samples=40, max_length=64))
     method = method_class(name)(_cfg(name, sequential), layers)
     method.prepare(stats, adapter.device)
     ctx = EditContext(adapter, context_templates(adapter, n_prefixes=1, seed=0), SETTINGS)

@@ -14,15 +14,16 @@ from dataclasses import replace
 import pytest
 import torch
 
+from blue_cli.config.schema import StatsConfig, TargetConfig
 from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.keys import collect_keys, values_at_subject
-from blue_cli.editing.statistics.store import StatsSettings, collect_second_moments
-from blue_cli.editing.targets import KL_PROMPT, TargetSettings, _build_batch, _losses, optimise_targets
+from blue_cli.editing.statistics.store import collect_second_moments
+from blue_cli.editing.targets import KL_PROMPT, _build_batch, _losses, optimise_targets
 from blue_cli.models.tokens import subject_last_index
 
 TEMPLATES = ["{}", "The. {}"]
 LAYER = 2
-BASE = TargetSettings(lr=0.5, steps=6, clamp=4.0, kl_factor=0.0625, weight_decay=0.5, early_stop_loss=0.0)
+BASE = TargetConfig(lr=0.5, steps=6, clamp=4.0, kl_factor=0.0625, weight_decay=0.5, early_stop_loss=0.0)
 
 
 # --- independent helpers --------------------------------------------------------------
@@ -312,7 +313,7 @@ def test_second_moments_are_the_mean_outer_product_over_real_tokens(load_tiny, m
         "A town of stone houses, a church and a market square.",
     ]
     layers = [1, 4]
-    moments, n = collect_second_moments(adapter, docs, layers, StatsSettings(samples=10, max_length=64))
+    moments, n = collect_second_moments(adapter, docs, layers, StatsConfig(samples=10, max_length=64))
     encoded = [adapter.tok(d)["input_ids"] for d in docs]
     assert len({len(e) for e in encoded}) == 3 and max(len(e) for e in encoded) < 64
     assert n == sum(len(e) for e in encoded)

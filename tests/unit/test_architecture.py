@@ -1,4 +1,5 @@
-"""Imports point one way: cli -> runner -> {editing, evaluation, data, models, reporting}."""
+"""Imports point one way (../shared/STYLE.md §2):
+cli -> {runs, tools, api} -> {editing, evaluation, datasets, models, reporting} -> config -> base modules."""
 
 import ast
 from pathlib import Path
@@ -19,6 +20,93 @@ def _imports(path: Path) -> set[str]:
 
 def _files(sub: str):
     return sorted((PKG / sub).rglob("*.py"))
+
+
+# The first-party packages (or top-level modules) each package may import, besides itself.
+# BASE: blue_cli/__init__ (ASSETS_DIR, install hints), errors, cache, faults, download.
+BASE = {"__init__", "errors", "cache", "faults", "download"}
+ALLOWED = {
+    "errors": set(),
+    "faults": set(),
+    "cache": {"errors", "faults"},
+    "download": {"__init__", "errors", "cache"},
+    "config": BASE,
+    "models": BASE | {"config"},
+    "evaluation": BASE | {"config", "models"},
+    "datasets": BASE | {"config", "models", "evaluation"},
+    "editing": BASE | {"config", "models", "evaluation", "datasets"},
+    # rendering only; it reads run files through runs/files.py (names and readers, no run logic)
+    "reporting": BASE | {"config", "datasets", "runs.files"},
+    "runs": BASE | {"config", "models", "evaluation", "datasets", "editing"},
+    "tools": BASE | {"config", "models", "evaluation", "datasets", "editing", "runs"},
+    "api": BASE | {"config", "models", "evaluation", "datasets", "editing"},
+    "cli": BASE | {"config", "models", "evaluation", "datasets", "editing", "runs", "tools", "reporting", "api"},
+}
+
+
+def _package(path: Path) -> str:
+    rel = path.relative_to(PKG).parts
+    return rel[0].removesuffix(".py")
+
+
+def _first_party_targets(path: Path) -> set[str]:
+    """The first-party packages a file imports: ``blue_cli.runs.files`` gives ``runs`` and ``runs.files``."""
+    out = set()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            mods = [node.module] if node.module != "blue_cli" else [f"blue_cli.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        else:
+            continue
+        for mod in mods:
+            parts = mod.split(".")
+            if parts[0] != "blue_cli":
+                continue
+            if len(parts) == 1 or parts[1] not in {*ALLOWED, "api"}:
+                out.add("__init__")  # a name from blue_cli/__init__.py
+                continue
+            out.add(parts[1] if len(parts) == 2 else f"{parts[1]}.{parts[2]}")
+    return out
+
+
+def test_every_package_imports_only_downwards():
+    """Every file of every package (the planners in tools/ included) imports only what its
+    package may import; an import of a package's own modules is free."""
+    seen = set()
+    for f in sorted(PKG.rglob("*.py")):
+        pkg = _package(f)
+        if pkg == "__init__" or pkg == "__main__":
+            continue
+        seen.add(pkg)
+        assert pkg in ALLOWED, f"{f.relative_to(PKG)}: package '{pkg}' has no entry in ALLOWED"
+        allowed = ALLOWED[pkg]
+        bad = sorted(
+            t
+            for t in _first_party_targets(f)
+            if t.split(".")[0] != pkg and t not in allowed and t.split(".")[0] not in allowed
+        )
+        assert not bad, f"{f.relative_to(PKG)} ({pkg}) imports {bad}"
+    assert seen == set(ALLOWED), set(ALLOWED) ^ seen
+
+
+def test_the_import_rule_catches_an_upward_import():
+    """The checker itself: an evaluation module importing the runner is caught, errors is not."""
+    targets = _first_party_targets_of_text("from blue_cli.runs.runner import run_experiment\nimport blue_cli.errors\n")
+    assert targets == {"runs.runner", "errors"}
+    assert {t for t in targets if t.split(".")[0] not in ALLOWED[_package(PKG / "evaluation" / "x.py")]} == {
+        "runs.runner"
+    }
+
+
+def _first_party_targets_of_text(text: str) -> set[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.py"
+        path.write_text(text, encoding="utf-8")
+        return _first_party_targets(path)
 
 
 def test_linalg_imports_only_torch():
@@ -119,7 +207,7 @@ def test_checking_overrides_imports_neither_torch_nor_transformers():
         """
         import sys
         from blue_cli.config.schema import group_choices
-        from blue_cli.cli.overrides import validate_overrides
+        from blue_cli.config.overrides import validate_overrides
         for method in group_choices("method"):
             for dataset in group_choices("dataset"):
                 validate_overrides([f"method={method}", f"dataset={dataset}", "strategy=spread"])

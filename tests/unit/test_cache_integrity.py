@@ -16,15 +16,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blue_cli.cache import atomic_path, write_json_atomic
+from blue_cli.config.schema import StatsConfig
 from blue_cli.editing.statistics.corpus import load_corpus
-from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings, collect_second_moments, write_entry
+from blue_cli.editing.statistics.store import CovarianceStore, collect_second_moments, write_entry
 from blue_cli.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = StatsSettings(samples=8, max_length=32)
+SMALL = StatsConfig(samples=8, max_length=32)
 
 
-def fresh_moment(adapter, settings: StatsSettings, layer: int) -> torch.Tensor:
+def fresh_moment(adapter, settings: StatsConfig, layer: int) -> torch.Tensor:
     """C computed straight from the corpus, with no cache involved."""
     docs = load_corpus(settings.corpus, max_docs=settings.samples)
     moments, _ = collect_second_moments(adapter, docs, [layer], settings)
@@ -102,7 +103,7 @@ def test_unreadable_entries_are_rebuilt_without_a_traceback(gpt2, tmp_path, capl
 def test_entry_with_other_metadata_is_not_reused(gpt2, tmp_path, caplog):
     eight = CovarianceStore(gpt2, SMALL, tmp_path)
     C8 = eight.get(1)
-    ten_settings = StatsSettings(samples=10, max_length=32)
+    ten_settings = StatsConfig(samples=10, max_length=32)
     ten = CovarianceStore(gpt2, ten_settings, tmp_path)
     ten.path(1).parent.mkdir(parents=True)
     shutil.copy(eight.path(1), ten.path(1))  # a valid file, but for 8 samples
@@ -180,7 +181,7 @@ def test_short_corpus_warns_and_reports_counts(gpt2, tmp_path, caplog):
     paragraphs = ["Rivers run to the sea.", "The town has a bridge and a mill.", "Snow fell early that year."]
     corpus = tmp_path / "short.txt"
     corpus.write_text("\n\n".join(paragraphs) + "\n")
-    settings = StatsSettings(corpus=str(corpus), samples=50, max_length=32)
+    settings = StatsConfig(corpus=str(corpus), samples=50, max_length=32)
     tokens = sum(len(gpt2.tok(p)["input_ids"]) for p in paragraphs)  # each fits one window
 
     caplog.set_level(logging.WARNING)
@@ -224,7 +225,8 @@ JOB = textwrap.dedent(
     from pathlib import Path
     os.umask(0o022)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
-    from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings
+    from blue_cli.config.schema import StatsConfig
+    from blue_cli.editing.statistics.store import CovarianceStore
     from blue_cli.models.loading import load_model
 
     root, work = Path(sys.argv[1]), Path(sys.argv[2])
@@ -255,7 +257,7 @@ JOB = textwrap.dedent(
     (work / f"ready-{os.getpid()}").touch()
     while len(list(work.glob("ready-*"))) < 2:  # start both stores together
         select.select([], [], [], 0.02)
-    store = CovarianceStore(adapter, StatsSettings(samples=8, max_length=32), root)
+    store = CovarianceStore(adapter, StatsConfig(samples=8, max_length=32), root)
     store.ensure([1, 2])
     digest = hashlib.sha256(store.get(1).numpy().tobytes() + store.get(2).numpy().tobytes()).hexdigest()
     print(os.getpid(), digest)

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from blue_cli.cli.overrides import compose_config, validate_overrides
+from blue_cli.config.overrides import compose_config, validate_overrides
 from blue_cli.config.schema import conf_dir, group_choices, register_configs
 from blue_cli.errors import ConfigError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
 from blue_cli.config.registry import method_class
 from blue_cli.errors import ConfigError
 from blue_cli.tools.memory_plan import (

@@ -1,4 +1,4 @@
-"""The README's measured table is the rendering of stored run summaries, not typed numbers."""
+"""The docs' measured tables are the rendering of stored run summaries, not typed numbers."""
 
 from __future__ import annotations
 
@@ -73,14 +73,14 @@ def test_replace_block_keeps_the_rest_of_the_text():
         replace_block("no markers", "x")
 
 
-def test_readme_block_is_the_rendering_of_the_stored_runs():
+def test_docs_results_block_is_the_rendering_of_the_stored_runs():
     rows = json.loads((REPO / "benchmarks" / "results" / "readme-runs.json").read_text())
-    assert current_block((REPO / "README.md").read_text(encoding="utf-8")) == render(rows)
+    assert current_block((REPO / "docs" / "tiny-models.md").read_text(encoding="utf-8")) == render(rows)
 
 
-def test_readme_speed_table_is_the_rendering_of_the_newest_bench_file():
+def test_docs_speed_table_is_the_rendering_of_the_newest_bench_file():
     bench = newest_bench(REPO / "benchmarks" / "results")
-    block = current_block((REPO / "README.md").read_text(encoding="utf-8"), BENCH_BEGIN, BENCH_END)
+    block = current_block((REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8"), BENCH_BEGIN, BENCH_END)
     assert block == render_bench(json.loads(bench.read_text()), bench.name)
 
 
@@ -143,9 +143,9 @@ def test_render_scale_reads_the_phases_and_ratios():
     )
 
 
-def test_readme_scale_table_is_the_rendering_of_the_newest_scale_file():
+def test_docs_scale_table_is_the_rendering_of_the_newest_scale_file():
     scale = newest_bench(REPO / "benchmarks" / "results", "scale")
-    block = current_block((REPO / "README.md").read_text(encoding="utf-8"), SCALE_BEGIN, SCALE_END)
+    block = current_block((REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8"), SCALE_BEGIN, SCALE_END)
     assert block == render_scale(json.loads(scale.read_text()), scale.name)
 
 

@@ -51,7 +51,7 @@ def test_registries_are_filled_by_decorators():
     ],
 )
 def test_each_method_keeps_a_key_cache_exactly_as_the_reference_variant_of_its_name(method, sequential):
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
 
     cfg = compose_config([f"method={method}"])
     assert cfg.method.keep_previous_keys is sequential
@@ -64,7 +64,7 @@ def test_method_sequential_still_works_for_one_release_with_one_warning(caplog):
     in the override check before it (so the user sees it once)."""
     import logging
 
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
     from blue_cli.config.schema import check_run_config
 
     caplog.set_level(logging.WARNING)

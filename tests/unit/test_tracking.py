@@ -103,7 +103,7 @@ def test_missing_backend_names_its_extra(tmp_path, monkeypatch, name):
 
 
 def test_run_config_accepts_logger_and_rejects_unknown():
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
     from blue_cli.config.schema import check_run_config
 
     cfg = compose_config(["logger=tensorboard"])

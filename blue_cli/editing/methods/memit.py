@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blue_cli.config.registry import register_method
 from blue_cli.config.schema import MethodConfig
 from blue_cli.editing.methods.base import EditMethod
+from blue_cli.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -22,6 +24,23 @@ class MemitConfig(MethodConfig):
 
     name: str = "memit"
     cov_weight: float = 15000.0
+
+    # lambda in (cov_weight C + K K^T)^-1: published settings use 1e3-2e4; far above, cov_weight C
+    # swamps the batch's keys and every update rounds to zero (the edit is a no-op).
+    MAX_COV_WEIGHT = 1e10
+
+    @classmethod
+    def check(cls, node) -> None:
+        """cov_weight positive, finite and at most :attr:`MAX_COV_WEIGHT`, besides the shared checks."""
+        weight = node.cov_weight
+        if not 0 < weight < math.inf:
+            raise ConfigError(f"method.cov_weight must be positive and finite, got {weight}")
+        if weight > cls.MAX_COV_WEIGHT:
+            raise ConfigError(
+                f"method.cov_weight must be at most {cls.MAX_COV_WEIGHT:g}, got {weight:g}: published settings use "
+                "1e3-2e4, and far above that cov_weight*C swamps the edit's keys so that every edit is a no-op"
+            )
+        super().check(node)
 
 
 @register_method("memit", config=MemitConfig, variants=("memit_seq",))

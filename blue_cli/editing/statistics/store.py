@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from blue_cli.cache import cache_root, content_key, entry_lock
+from blue_cli.config.schema import StatsConfig
 from blue_cli.editing.statistics.entries import (  # noqa: F401 (re-exported)
     BadEntry,
     read_entry,
@@ -52,18 +53,6 @@ Progress = Callable[[int, int], None]
 # Bump when the layout or meaning of a cache entry changes: older entries then fail
 # the metadata check and are rebuilt.
 FORMAT_VERSION = "2"
-
-
-@dataclass(frozen=True)
-class StatsSettings:
-    """Which corpus, how many documents, truncated to how many tokens; ``precision`` of
-    the per-batch key products (auto, float32, float64; see :func:`product_precision`)."""
-
-    corpus: str = "wikitext-bundled"
-    samples: int = 100000
-    max_length: int = 1024
-    batch_tokens: int = 4096
-    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -99,7 +88,7 @@ def collect_second_moments(
     adapter: ModelAdapter,
     docs: Sequence[str],
     layers: Sequence[int],
-    settings: StatsSettings,
+    settings: StatsConfig,
     progress: Progress | None = None,
 ) -> tuple[dict[int, torch.Tensor], int]:
     """One pass over ``docs``: {layer: C (d_k x d_k) float64 on CPU}, and the token count N."""
@@ -112,7 +101,7 @@ def accumulate_second_moments(
     adapter: ModelAdapter,
     windows: Sequence[Sequence[int]],
     layers: Sequence[int],
-    settings: StatsSettings,
+    settings: StatsConfig,
     progress: Progress | None = None,
 ) -> tuple[dict[int, torch.Tensor], int]:
     """{layer: C (d_k x d_k) float64 on CPU} over token ``windows``, and the token count N."""
@@ -127,7 +116,7 @@ def moment_sums(
     adapter: ModelAdapter,
     windows: Sequence[Sequence[int]],
     layers: Sequence[int],
-    settings: StatsSettings,
+    settings: StatsConfig,
     batches: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> tuple[dict[int, torch.Tensor], int]:
@@ -179,7 +168,7 @@ def moment_sums(
     return {l: a.cpu() for l, a in acc.items()}, n_tokens
 
 
-def window_length(adapter: ModelAdapter, settings: StatsSettings) -> int:
+def window_length(adapter: ModelAdapter, settings: StatsConfig) -> int:
     """``settings.max_length``, capped at the model's context length."""
     limit = getattr(adapter.model.config, "max_position_embeddings", None) or settings.max_length
     return min(settings.max_length, limit)
@@ -217,7 +206,7 @@ class CovarianceStore:
     """
 
     def __init__(
-        self, adapter: ModelAdapter, settings: StatsSettings, root: Path | None = None, remake_args: Sequence[str] = ()
+        self, adapter: ModelAdapter, settings: StatsConfig, root: Path | None = None, remake_args: Sequence[str] = ()
     ):
         self.adapter = adapter
         # Overrides (besides stats.*) that remake a missing shard, for its error message.

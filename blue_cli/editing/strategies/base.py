@@ -5,15 +5,17 @@ which method it is."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
+from blue_cli.config.schema import TargetConfig
 from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.methods.base import EditMethod
-from blue_cli.editing.targets import TargetResult, TargetSettings, merge_results, optimise_targets, requests_per_chunk
+from blue_cli.editing.targets import TargetResult, merge_results, optimise_targets, requests_per_chunk
 from blue_cli.errors import NumericalError
 from blue_cli.models.adapter import ModelAdapter
 
@@ -24,6 +26,15 @@ def require_finite(what: str, tensor: torch.Tensor) -> None:
         raise NumericalError(f"non-finite {what} (NaN or inf)")
 
 
+# A phase timer: called with a phase name ("keys", "targets", "solves", "writes"), it
+# returns a context manager around that phase's work (benchmarks time phases with one).
+PhaseTimer = Callable[[str], AbstractContextManager]
+
+
+def no_timer(phase: str) -> AbstractContextManager:
+    return nullcontext()
+
+
 @dataclass
 class EditContext:
     """What a strategy needs besides the method: the model, the context templates
@@ -31,14 +42,16 @@ class EditContext:
 
     ``batched``: requests of a batch optimised together, ``chunk`` at a time (false:
     one at a time, the reference's schedule, kept to measure speed-ups). Results do
-    not depend on the chunking: every request has its own vector and early stop."""
+    not depend on the chunking: every request has its own vector and early stop.
+    ``timer``: see :data:`PhaseTimer`."""
 
     adapter: ModelAdapter
     groups: Sequence[Sequence[str]]
-    targets: TargetSettings
+    targets: TargetConfig
     batched: bool = True
     chunk: int | None = None
     memory_budget_gb: float | None = None
+    timer: PhaseTimer = no_timer
 
     @property
     def templates(self) -> list[str]:
@@ -155,7 +168,8 @@ class Strategy:
         for l in written:
             require_finite(f"weights of layer {l} after the batch", adapter.rewrite_weight(l))
         if method.keep_previous_keys:
-            keys = collect_keys(adapter, requests, ctx.groups, written)
+            with ctx.timer("keys"):
+                keys = collect_keys(adapter, requests, ctx.groups, written)
             for layer, K in keys.items():
                 require_finite(f"keys of layer {layer} on the edited model", K)
             for layer, K in keys.items():
@@ -168,10 +182,11 @@ class Strategy:
     ) -> TargetResult:
         """Target vectors at the method's points of ``layer`` for every request, on the current model."""
         size = ctx.chunk_size(requests, layer)
-        parts = [
-            optimise_targets(ctx.adapter, requests[i : i + size], ctx.templates, layer, ctx.targets, method.points)
-            for i in range(0, len(requests), size)
-        ]
+        with ctx.timer("targets"):
+            parts = [
+                optimise_targets(ctx.adapter, requests[i : i + size], ctx.templates, layer, ctx.targets, method.points)
+                for i in range(0, len(requests), size)
+            ]
         result = parts[0] if len(parts) == 1 else merge_results(parts)
         for point in method.points:
             require_finite(f"target at {point}.{layer}", result.z(point))
@@ -182,12 +197,15 @@ class Strategy:
         method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int, residual: torch.Tensor
     ) -> LayerWrite:
         """Solve for the update that maps this layer's current keys to ``residual`` and apply it."""
-        K = collect_keys(ctx.adapter, requests, ctx.groups, [layer])[layer]
+        with ctx.timer("keys"):
+            K = collect_keys(ctx.adapter, requests, ctx.groups, [layer])[layer]
         require_finite(f"keys of layer {layer}", K)
         require_finite(f"residual of layer {layer}", residual)
-        delta = method.solve(layer, K, residual)
+        with ctx.timer("solves"):
+            delta = method.solve(layer, K, residual)
         require_finite(f"update of layer {layer} (the solve)", delta)
-        ctx.adapter.add_to_rewrite(layer, delta)
+        with ctx.timer("writes"):
+            ctx.adapter.add_to_rewrite(layer, delta)
         fit = delta @ K.to(delta.dtype) - residual.to(delta.dtype)
         return LayerWrite(
             layer=layer,

@@ -1,0 +1,33 @@
+"""The README is a short front page; the rest lives in docs/ (built strictly by make docs)."""
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_the_readme_is_a_front_page_of_at_most_150_lines():
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 150
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_points_to_a_file():
+    for page in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for target in LINK.findall(page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            assert (page.parent / target).is_file(), f"{page.relative_to(REPO)} links to a missing {target}"
+
+
+def test_the_site_home_is_the_readme_with_links_inside_docs():
+    """docs/index.md is the README, its docs/ links made relative to docs/ (edit both together)."""
+    readme = README.read_text(encoding="utf-8")
+    assert (REPO / "docs" / "index.md").read_text(encoding="utf-8") == readme.replace("](docs/", "](")
+
+
+def test_every_docs_page_is_in_the_site_nav():
+    nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    pages = {p.name for p in (REPO / "docs").glob("*.md")}
+    listed = set(re.findall(r":\s*([\w-]+\.md)\s*$", nav, flags=re.M))
+    assert pages == listed, pages ^ listed
