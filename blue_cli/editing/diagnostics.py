@@ -69,8 +69,8 @@ def batch_diagnostics(
 ) -> dict[str, float | list[float]]:
     """write_error: ||z - h_after|| / ||z - h_before|| at the last critical layer's write point,
     averaged over requests (0 = the edited weights produce exactly the asked-for state).
-    target_gain: mean gain in log P(target_new | rewrite prompt) if the pre-batch model's
-    state at that point were replaced by z; edit_gain: the gain the edited model gives.
+    z_logprob_gain: mean gain in log P(target_new | rewrite prompt) if the pre-batch model's
+    state at that point were replaced by z; edit_logprob_gain: the gain the edited model gives.
     target_steps: mean optimisation steps per target (one entry per optimised layer);
     key_fit_error: per written layer, ||Delta K - R|| / ||R||.
     """
@@ -89,8 +89,8 @@ def batch_diagnostics(
         lp_target = new_target_logprobs(adapter, requests)
     return {
         "write_error": float(write_error),
-        "target_gain": float((lp_target - before.logprobs).mean()),
-        "edit_gain": float((lp_after - before.logprobs).mean()),
+        "z_logprob_gain": float((lp_target - before.logprobs).mean()),
+        "edit_logprob_gain": float((lp_after - before.logprobs).mean()),
         "target_steps": [float(sum(t.steps) / len(t.steps)) for t in trace.targets],
         "key_fit_error": [w.key_fit_error for w in trace.writes],
     }

@@ -92,7 +92,7 @@ def summary_table(summary: dict, title: str = "summary") -> Table:
         table.add_row("consistency", _fmt(summary.get("pre_consistency")), _fmt(summary.get("consistency")))
     for key in sorted(k for k in summary if k.startswith("general.")):
         table.add_row(key, _fmt(summary.get(f"pre_{key}")), _fmt(summary[key]))
-    for key in ("target_logprob_gain", "write_error", "target_gain", "edit_gain", "seconds_per_batch"):
+    for key in ("target_logprob_gain", "write_error", "z_logprob_gain", "edit_logprob_gain", "seconds_per_batch"):
         if key in summary:
             table.add_row(key, "", _fmt(summary.get(key)))
     return table
@@ -100,7 +100,7 @@ def summary_table(summary: dict, title: str = "summary") -> Table:
 
 def batches_table(rows: list[dict]) -> Table:
     table = Table(title="batches")
-    for col in ("batch", "edits", "seconds", "write_error", "target_gain", "edit_gain"):
+    for col in ("batch", "edits", "seconds", "write_error", "z_logprob_gain", "edit_logprob_gain"):
         table.add_column(col, justify="right")
     for row in rows:
         table.add_row(
@@ -108,7 +108,7 @@ def batches_table(rows: list[dict]) -> Table:
             str(row["edits"]),
             _fmt(row.get("seconds")),
             *(
-                (_fmt(row.get(k)) for k in ("write_error", "target_gain", "edit_gain"))
+                (_fmt(row.get(k)) for k in ("write_error", "z_logprob_gain", "edit_logprob_gain"))
                 if "skipped" not in row
                 else ("skipped", "", "")
             ),
@@ -134,7 +134,7 @@ def show_run(run_dir: Path, summary: dict, batches: list[dict]) -> None:
     if batches:
         console.print(batches_table(batches))
         console.print(bar_plot(batches, "write_error"))
-        console.print(bar_plot(batches, "edit_gain"))
+        console.print(bar_plot(batches, "edit_logprob_gain"))
     console.print(summary_table(summary, title=f"{Path(run_dir).name}"))
 
 

@@ -127,7 +127,7 @@ def saved_rows(run_dir: Path) -> list[dict]:
         raise damaged(Path(run_dir) / CHECKPOINT, f"its metadata does not parse: {_first_line(exc)}") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise damaged(Path(run_dir) / CHECKPOINT, "its batch rows are not a list of objects")
-    return rows
+    return [results.current_names(r) for r in rows]
 
 
 def saved_batches(run_dir: Path) -> tuple[int, int]:
@@ -276,7 +276,7 @@ class Checkpoint:
             rows, layers, prints = (json.loads(meta[key]) for key in ("batches", "writes", "fingerprints"))
             contents = Contents(
                 done,
-                rows,
+                [results.current_names(r) for r in rows],
                 layers,
                 prints,
                 json.loads(meta.get("finished", "false")),

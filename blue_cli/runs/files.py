@@ -66,6 +66,18 @@ def damaged(path: Path, reason: str) -> DamagedFileError:
     return DamagedFileError(f"run file '{path}' is damaged ({reason}): {advice}")
 
 
+# Keys older versions of blue wrote, and their names now: runs, checkpoints and reports
+# read either for one release (a run resumed after the upgrade keeps its numbers).
+RENAMED_KEYS = {"target_gain": "z_logprob_gain", "edit_gain": "edit_logprob_gain"}
+
+
+def current_names(row: dict) -> dict:
+    """``row`` with the keys of :data:`RENAMED_KEYS` under their current names."""
+    if not any(old in row for old in RENAMED_KEYS):
+        return row
+    return {RENAMED_KEYS.get(k, k) if RENAMED_KEYS.get(k, k) not in row else k: v for k, v in row.items()}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The rows of a JSON-lines run file ([] when there is none); damaged: DamagedFileError."""
     path = Path(path)
@@ -81,7 +93,7 @@ def read_jsonl(path: Path) -> list[dict]:
             raise damaged(path, f"line {n} is not JSON: {_reason(exc)}") from None
         if not isinstance(row, dict):
             raise damaged(path, f"line {n} is not a JSON object")
-        rows.append(row)
+        rows.append(current_names(row))
     return rows
 
 
@@ -94,7 +106,7 @@ def read_summary(run_dir: Path) -> dict:
         raise damaged(path, f"not JSON: {_reason(exc)}") from None
     if not isinstance(summary, dict):
         raise damaged(path, "not a JSON object")
-    return summary
+    return current_names(summary)
 
 
 def read_config(path: Path):

@@ -265,7 +265,12 @@ def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> 
     on the rewrite prompt; the per-case ``rewrite_*`` numbers stay in cases.jsonl only.
     """
     rows = [r for r in all_rows if "skipped" not in r] or [
-        {"write_error": float("nan"), "target_gain": float("nan"), "edit_gain": float("nan"), "edit_seconds": 0.0}
+        {
+            "write_error": float("nan"),
+            "z_logprob_gain": float("nan"),
+            "edit_logprob_gain": float("nan"),
+            "edit_seconds": 0.0,
+        }
     ]
     post = summarise(post_cases)
     pre = summarise(pre_cases, prefix="pre_")
@@ -281,8 +286,8 @@ def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> 
     if gain:
         summary["target_logprob_gain"] = sum(gain) / len(gain)
     summary["write_error"] = sum(r["write_error"] for r in rows) / len(rows)
-    summary["target_gain"] = sum(r["target_gain"] for r in rows) / len(rows)
-    summary["edit_gain"] = sum(r["edit_gain"] for r in rows) / len(rows)
+    summary["z_logprob_gain"] = sum(r["z_logprob_gain"] for r in rows) / len(rows)
+    summary["edit_logprob_gain"] = sum(r["edit_logprob_gain"] for r in rows) / len(rows)
     summary["seconds_per_batch"] = edit_secs[len(edit_secs) // 2]
     summary["covariance_seconds"] = cov_seconds
     summary["skipped_batches"] = sum("skipped" in r for r in all_rows)

@@ -105,7 +105,7 @@ def twice(tmp_path_factory):
 
 def test_same_config_and_seed_give_identical_numbers(twice):
     sa, sb = summary_of(twice[0]), summary_of(twice[1])
-    for key in ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error", "edit_gain"):
+    for key in ("efficacy", "generalization", "specificity", "target_logprob_gain", "write_error", "edit_logprob_gain"):
         assert sa[key] == sb[key], key
 
 

@@ -82,7 +82,7 @@ def test_sums_are_kept_under_names_that_say_so(scored):
 
 
 def test_target_logprob_gain_is_the_mean_difference_of_sums():
-    row = {"write_error": 0.0, "target_gain": 0.0, "edit_gain": 0.0, "edit_seconds": 1.0}
+    row = {"write_error": 0.0, "z_logprob_gain": 0.0, "edit_logprob_gain": 0.0, "edit_seconds": 1.0}
     pre = [{"case_id": 0, "rewrite_logprob_sum_new": -12.0, "rewrite_mean_logprob_new": -4.0}]
     pre += [{"case_id": 1, "rewrite_logprob_sum_new": -3.0, "rewrite_mean_logprob_new": -3.0}]
     post = [{"case_id": 0, "rewrite_logprob_sum_new": -6.0, "rewrite_mean_logprob_new": -2.0}]

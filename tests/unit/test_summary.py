@@ -44,3 +44,16 @@ def test_the_console_shows_a_missing_rate_as_a_dash_with_the_count():
     [row] = [line for line in text.splitlines() if "generalization (" in line]
     assert "generalization (4 cases without)" in row and "nan" not in text.lower()
     assert row.split("│")[2].strip() == row.split("│")[3].strip() == "-"
+
+
+def test_files_of_an_older_blue_read_their_renamed_gains_under_the_current_names(tmp_path):
+    """target_gain / edit_gain (older runs) read as z_logprob_gain / edit_logprob_gain, in
+    summary.json and in batches.jsonl; a current name already present is never overwritten."""
+    from blue_cli.runs.files import current_names, read_jsonl, read_summary
+
+    (tmp_path / "summary.json").write_text(json.dumps({"efficacy": 1.0, "target_gain": 2.5, "edit_gain": 1.5}))
+    assert read_summary(tmp_path) == {"efficacy": 1.0, "z_logprob_gain": 2.5, "edit_logprob_gain": 1.5}
+    (tmp_path / "batches.jsonl").write_text(json.dumps({"batch": 0, "edit_gain": 0.5}) + "\n")
+    assert read_jsonl(tmp_path / "batches.jsonl") == [{"batch": 0, "edit_logprob_gain": 0.5}]
+    both = {"edit_gain": 1.0, "edit_logprob_gain": 2.0}
+    assert current_names(both) == both
