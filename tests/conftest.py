@@ -113,7 +113,11 @@ def invoke_blue(args: list[str], cwd: Path, env: dict[str, str] | None = None) -
     widths = console.width, err_console.width
     console.width = err_console.width = int((env or {}).get("COLUMNS", 120))
     try:
-        result = CliRunner(env=env).invoke(app, [str(a) for a in args], catch_exceptions=False, prog_name="blue")
+        try:  # stderr apart from stdout: click < 8.2 needs mix_stderr=False, 8.2 removed the argument
+            runner = CliRunner(env=env, mix_stderr=False)
+        except TypeError:
+            runner = CliRunner(env=env)
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False, prog_name="blue")
     finally:
         console.width, err_console.width = widths
         os.chdir(old_cwd)
