@@ -250,3 +250,15 @@ def test_latex_is_a_booktabs_table_with_values_and_their_interval(tmp_path, pape
     assert f"{eff:.2f}{{\\scriptsize$\\pm${100 * _ci95([c['efficacy'] for c in CASES]):.2f}}}" in tex
     assert "\\multicolumn{3}{c}{Eff}" in tex and "\\cmidrule(lr)" in tex
     assert "\\caption{" in tex and "95\\% interval" in tex
+
+
+def test_the_paper_file_ships_in_the_wheel():
+    """hatch packs every file under blue_cli/ (no exclude): the paper file must live there."""
+    from blue_cli import ASSETS_DIR
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    pyproject = tomllib.loads((ASSETS_DIR.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    wheel = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert wheel["packages"] == ["blue_cli"] and "exclude" not in wheel
+    assert PAPER_FILE.is_relative_to(ASSETS_DIR.parents[0]) and PAPER_FILE.is_file()
