@@ -577,7 +577,7 @@ def report(
         else:
             sys.stdout.write(text)
             if fmt in ("csv", "json"):  # keep stdout machine-readable; the paper-style averages go to stderr
-                for note in [average_line(comparison), *(t.notes[0] for t in extra if fmt == "csv" and runs)]:
+                for note in [average_line(comparison), *(f"{t.title}: {t.notes[0]}" for t in extra if fmt == "csv")]:
                     if note:
                         err_console.print(note, highlight=False, soft_wrap=True)
         report_dir = plots or (out.parent if out is not None else None)

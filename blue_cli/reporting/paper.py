@@ -270,7 +270,7 @@ def improvement_comparison(
     overall = improvement_overall(cells)
     counted = sum(1 for c in cells if c.mean is not None)
     notes = [
-        f"{title}: {'-' if overall is None else f'{overall:+.2f}%'} overall "
+        f"overall: {'-' if overall is None else f'{overall:+.2f}%'} "
         f"(mean of {counted} model x method cells; each cell: mean over its metrics of "
         "100 (BLUE - baseline) / baseline, the paper's Table 4 statistic)"
     ]
@@ -309,7 +309,7 @@ def paper_table(paper: Paper, table: str, setting: str) -> Comparison:
     notes = [f"setting: {re.sub(r' *[(][^)]*AlphaEdit[^)]*[)]', '', rows[0].setting_text)}" if rows else ""]
     if any(r.copied_from_alphaedit for r in rows):
         notes.append(f"* {_alphaedit_note(paper)}")
-    title = f"{table}, {setting}"
+    title = f"BLUE paper {table}, {setting}"
     return Comparison(columns=columns, rows=out, metrics=[], notes=[n for n in notes if n], title=title, digits=2)
 
 
@@ -341,7 +341,7 @@ def efficiency_table(paper: Paper) -> Comparison | None:
                 "memory blue": memory.get((*key, "blue")),
             }
         )
-    title = "Fig. 12 (seconds per edit) and Table 8 (peak memory per edit)"
+    title = "BLUE paper Fig. 12 (seconds per edit) and Table 8 (peak memory per edit)"
     return Comparison(
         columns=columns, rows=rows, metrics=[], notes=[f"setting: {eff.get('setting', '')}"], title=title, digits=2
     )
@@ -363,7 +363,7 @@ def steps_table(paper: Paper) -> Comparison | None:
         row.update({f"layer {i + 1}": v for i, v in enumerate(values)})
         rows.append(row)
     notes = [f"setting: {paper.steps.get('setting', '')}"]
-    title = "Table 1: mean target-optimisation steps per critical layer (in order)"
+    title = "BLUE paper Table 1, mean target-optimisation steps per critical layer (in order)"
     return Comparison(columns=columns, rows=rows, metrics=[], notes=notes, title=title, digits=2)
 
 
@@ -371,11 +371,14 @@ def paper_sections(paper: Paper) -> list[Comparison]:
     """Everything the paper file holds, as tables: each result table, Table 4, efficiency, steps."""
     sections = [paper_table(paper, table, setting) for table, setting in paper.tables]
     sections.append(
-        improvement_comparison(paper_improvements(paper), "Table 4 (recomputed from Table 2; published: +35.59%)")
+        improvement_comparison(
+            paper_improvements(paper), "BLUE paper Table 4, recomputed from its Table 2 (published: +35.59%)"
+        )
     )
     sections.append(
         improvement_comparison(
-            paper_improvements(paper, "Table 6", "batch"), "Table 4's statistic on Table 6 (not printed in the paper)"
+            paper_improvements(paper, "Table 6", "batch"),
+            "BLUE paper Table 4's statistic on its Table 6 (not printed in the paper)",
         )
     )
     sections += [s for s in (efficiency_table(paper), steps_table(paper)) if s is not None]

@@ -24,6 +24,7 @@ from blue_cli.reporting.compare import Comparison, short_run_name
 
 FORMATS = ("table", "md", "csv", "json", "latex")
 PM = " ±"
+WIDE_LATEX = 6  # a LaTeX table with more columns is scaled to the line width
 TEXT_COLUMNS = ("run", "model", "paper model", "method", "strategy", "dataset", "paper table", "critical layers")
 # Columns on the paper's percent scale (blue report --paper): two decimals, like the paper.
 PAPER_SCALE = (" x100", " paper")
@@ -187,6 +188,7 @@ def rich_tables(comparison: Comparison, width: int, title: str = "runs") -> Grou
 
 LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}"}
 LATEX_SPECIAL |= {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$"}
+LATEX_SPECIAL |= {"<": r"$<$", ">": r"$>$", "|": r"$|$"}
 
 
 def latex_escape(text: str) -> str:
@@ -211,15 +213,32 @@ def _header_groups(columns: list[str]) -> list[tuple[str, list[str]]]:
 def to_latex(comparison: Comparison) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``): values with their ± in one cell,
     grouped headers (a \\cmidrule under each group), the title and notes as the caption."""
-    shown = display_columns(comparison)
+    shown = [(c, pm) for c, pm in display_columns(comparison) if not c.endswith(" diff")]  # two values say it
+    constant = [
+        c
+        for c, _ in shown
+        if (c in TEXT_COLUMNS or c in ("edits", "batch"))
+        and c != shown[0][0]
+        and len(comparison.rows) > 1
+        and len({str(r.get(c)) for r in comparison.rows}) == 1
+    ]
+    shared = [f"{c}: {comparison.rows[0].get(c)}" for c in constant]  # said once, in the caption
+    shown = [(c, pm) for c, pm in shown if c not in constant]
+    if shown and shown[0][0] == "run":  # a folder name is no row label for a paper, unless it is needed
+        rest = [c for c, _ in shown[1:] if c in TEXT_COLUMNS or c in ("edits", "batch")]
+        keys = [tuple(str(r.get(c)) for c in rest) for r in comparison.rows]
+        if rest and len(set(keys)) == len(keys):
+            shown = shown[1:]
     cols = [c for c, _ in shown]
     groups = _header_groups(cols)
     spec = "".join("l" if c in TEXT_COLUMNS else "r" for c in cols)
+    wide = len(cols) > WIDE_LATEX
     lines = [
-        "% blue report --format latex; needs \\usepackage{booktabs}",
+        "% blue report --format latex; needs \\usepackage{booktabs}" + (" and \\usepackage{graphicx}" if wide else ""),
         "\\begin{table}[t]",
         "\\centering",
         "\\small",
+        *(["\\resizebox{\\linewidth}{!}{%"] if wide else []),
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",
     ]
@@ -250,8 +269,9 @@ def to_latex(comparison: Comparison) -> str:
                 cell_text += f"{{\\scriptsize$\\pm${cell(row[pm], pm, comparison.digits)}}}"
             cells.append(cell_text)
         lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    caption = " ".join(n if n.endswith(".") else n + "." for n in [comparison.title, *comparison.notes] if n)
+    lines += ["\\bottomrule", "\\end{tabular}" + ("}" if wide else "")]
+    parts = [comparison.title, "; ".join(shared), *comparison.notes]
+    caption = " ".join(n if n.endswith(".") else n + "." for n in parts if n)
     if caption:
         lines.append(f"\\caption{{{latex_escape(caption)}}}")
     lines.append("\\end{table}")

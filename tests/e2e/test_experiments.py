@@ -88,7 +88,7 @@ def test_experiment_runs_end_to_end_and_reports_the_paper(name, tmp_path):
     assert float(row["Eff x100"]) == pytest.approx(100 * summary["efficacy"])
     assert float(row["Eff diff"]) == pytest.approx(100 * summary["efficacy"] - eff)
     if dataset == "zsre":  # the paper reports no fluency or consistency on ZsRE
-        assert row["Flu paper"] == "n/r" and row["Consis paper"] == "n/r" and row["Flu diff"] == ""
+        assert not any(column.startswith(("Flu", "Consis")) for column in row)
 
 
 def test_table_report_prints_the_published_column(tmp_path):

@@ -201,13 +201,13 @@ def test_paper_alone_prints_the_published_tables_and_recomputes_table4(tmp_path)
     proc = run_blue(["report", "--paper", "--format", "md"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for title in ("Table 2, sequential", "Table 6, batch", "Table 9, sequential", "Table 9, batch", "Table 7"):
-        assert f"**{title}" in proc.stdout
-    assert "| 99.57 ± 0.24 |" in proc.stdout and "+35.59% overall" in proc.stdout
+        assert f"**BLUE paper {title}" in proc.stdout
+    assert "| 99.57 ± 0.24 |" in proc.stdout and "overall: +35.59%" in proc.stdout
     assert proc.stdout.count("AlphaEdit (arXiv 2410.02355) Table 1") == 1
     tex = run_blue(["report", "--paper", "--format", "latex"], cwd=tmp_path).stdout
     tables = tex.count("\\begin{table}")
     assert tables == proc.stdout.count("**") // 2 and tex.count("\\bottomrule") == tables
-    assert "+35.59\\% overall" in tex
+    assert "overall: +35.59\\%" in tex
 
 
 def test_paper_beside_a_sweep_gives_table4_of_the_runs(sweep, tmp_path):

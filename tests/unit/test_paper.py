@@ -106,20 +106,20 @@ def test_paper_sections_print_every_table_with_its_interval_and_the_alphaedit_ca
     sections = paper_sections(paper)
     titles = [s.title for s in sections]
     assert titles[:5] == [
-        "Table 2, sequential",
-        "Table 6, batch",
-        "Table 9, sequential",
-        "Table 9, batch",
-        "Table 7, sequential",
+        "BLUE paper Table 2, sequential",
+        "BLUE paper Table 6, batch",
+        "BLUE paper Table 9, sequential",
+        "BLUE paper Table 9, batch",
+        "BLUE paper Table 7, sequential",
     ]
-    assert any("Fig. 12" in t for t in titles) and any(t.startswith("Table 1:") for t in titles)
+    assert any("Fig. 12" in t for t in titles) and any(t.startswith("BLUE paper Table 1,") for t in titles)
     text = render(sections, "md")
     assert "| 99.57 ± 0.24 |" in text  # Llama3 MEMIT+BLUE CounterFact efficacy and its ±
     assert text.count("AlphaEdit (arXiv 2410.02355) Table 1") == 1  # said once, under Table 2
-    (table2,) = [s for s in sections if s.title == "Table 2, sequential"]
+    (table2,) = [s for s in sections if s.title == "BLUE paper Table 2, sequential"]
     assert sum("AlphaEdit" in n for n in table2.notes) == 1
     assert sum(r["method"].endswith("*") for r in table2.rows) == 15  # 3 models x (pre-edit + 4 baselines)
-    assert "+35.59% overall" in text
+    assert "overall: +35.59%" in text
 
 
 def make_run(folder, model, method, strategy, dataset, summary, cases, edits=4, batch=2):
@@ -244,11 +244,13 @@ def test_latex_is_a_booktabs_table_with_values_and_their_interval(tmp_path, pape
     columns = len(re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1))
     for line in body:
         assert line.endswith("\\\\") and line.count(" & ") == columns - 1
-    assert "run\\_a\\_b" in tex  # underscores escaped
+    assert "blue\\_cli/assets/paper" in tex and "_" not in tex.replace("\\_", "")  # underscores escaped
     assert "99.57{\\scriptsize$\\pm$0.24}" in tex  # the published value with the paper's ±
     eff = 100 * _mean([c["efficacy"] for c in CASES])
     assert f"{eff:.2f}{{\\scriptsize$\\pm${100 * _ci95([c['efficacy'] for c in CASES]):.2f}}}" in tex
-    assert "\\multicolumn{3}{c}{Eff}" in tex and "\\cmidrule(lr)" in tex
+    assert "\\multicolumn{2}{c}{Eff}" in tex and "\\cmidrule(lr)" in tex  # measured | paper under each metric
+    assert " diff" not in tex.split("\\caption")[0]  # the two values say it; CSV and JSON keep the column
+    assert "model: llama3" in tex  # a column with one value is said once, in the caption
     assert "\\caption{" in tex and "95\\% interval" in tex
 
 
