@@ -494,7 +494,7 @@ def _run_stats_hydra(args: list[str]) -> None:
 @app.command(short_help="Compare finished runs, or reprint one; tables, figures, the paper's numbers.")
 def report(
     run_dirs: list[Path] = typer.Argument(
-        None, metavar="[RUN_DIR...]", help="run folders and/or sweep folders written by blue edit"
+        None, metavar="RUN_DIR", help="run folders and/or sweep folders written by blue edit (none: with --paper)"
     ),
     fmt: str = typer.Option("table", "--format", help="table, md, csv, json or latex (booktabs)"),
     out: Path | None = typer.Option(None, "--out", help="write the report to this file (figures/ goes beside it)"),

@@ -264,3 +264,27 @@ def test_the_paper_file_ships_in_the_wheel():
     wheel = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
     assert wheel["packages"] == ["blue_cli"] and "exclude" not in wheel
     assert PAPER_FILE.is_relative_to(ASSETS_DIR.parents[0]) and PAPER_FILE.is_file()
+
+
+def test_the_latex_compiles(tmp_path, paper):
+    """Every table of ``blue report --paper --format latex`` in one document, through pdflatex."""
+    import shutil
+    import subprocess
+
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    body = render(paper_sections(paper), "latex")
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n"
+        + body
+        + "\\end{document}\n"
+    )
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 10_000
