@@ -71,16 +71,16 @@ def _config_label(run: Run, varying: Sequence[str]) -> str:
     return label + (f" ({', '.join(extra)})" if extra else "")
 
 
-def run_labels(runs: Sequence[Run]) -> list[str]:
-    """Legend labels: method + strategy, and the fixed settings that differ between runs (not the
-    dataset, which is the figure's column); the run folder only where two runs would share a label."""
+def run_labels(runs: Sequence[Run], columns: Sequence[str] = ("dataset",)) -> list[str]:
+    """Legend labels: method + strategy, and the fixed settings that differ between runs (not those
+    the figure's columns show); the run folder only where two runs in one column would share a label."""
     varying = [
         (name, skey)
         for name, skey, _ in FIXED
-        if name not in ("method", "strategy", "dataset") and len({str(r.summary.get(skey)) for r in runs}) > 1
+        if name not in ("method", "strategy", *columns) and len({str(r.summary.get(skey)) for r in runs}) > 1
     ]
     labels = [_config_label(r, varying) for r in runs]
-    keys = [(label, r.summary.get("dataset")) for label, r in zip(labels, runs)]
+    keys = [(label, *(r.summary.get(c) for c in columns)) for label, r in zip(labels, runs)]
     return [f"{label} [{r.name}]" if keys.count(k) > 1 else label for label, r, k in zip(labels, runs, keys)]
 
 
@@ -133,10 +133,15 @@ def _setting(runs: Sequence[Run]) -> str:
 def editing_figure(
     runs: Sequence[Run], all_cases: Sequence[list[dict]] | None = None
 ) -> tuple[Figure | None, list[str]]:
-    """The editing metrics: one column per dataset, one row per metric with data; and the notes."""
+    """The editing metrics: one column per dataset (per dataset and model, when the runs have several
+    models), one row per metric with data; and the notes."""
     all_cases = list(all_cases) if all_cases is not None else [read_jsonl(Path(r.path) / CASES) for r in runs]
-    datasets = list(dict.fromkeys(str(r.summary.get("dataset")) for r in runs))
-    datasets.sort(key=lambda d: (d not in DATASET_TITLE, list(DATASET_TITLE).index(d) if d in DATASET_TITLE else 0))
+    by_model = len({str(r.summary.get("model")) for r in runs}) > 1
+    order = list(DATASET_TITLE)
+    datasets = sorted(
+        dict.fromkeys((str(r.summary.get("dataset")), str(r.summary.get("model")) if by_model else None) for r in runs),
+        key=lambda p: (p[0] not in order, order.index(p[0]) if p[0] in order else 0, p[0]),
+    )
     curves = {
         (i, key): curve(run, key, cases)
         for i, (run, cases) in enumerate(zip(runs, all_cases))
@@ -152,7 +157,7 @@ def editing_figure(
     if not rows:
         return None, notes
     specs = {key: (label, limits, factor) for key, label, limits, factor in EDIT_METRICS}
-    labels = run_labels(runs)
+    labels = run_labels(runs, ("dataset", "model") if by_model else ("dataset",))
     colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels))}
     single = len(datasets) == 1
     if single:  # one dataset: its metrics in a grid of up to three columns
@@ -166,12 +171,15 @@ def editing_figure(
     axes = fig.subplots(nrows, ncols, squeeze=False)
     extra: dict[str, str] = {}
     handles: dict[str, object] = {}
-    for (dataset, key), (r, c) in place.items():
+    for ((dataset, model), key), (r, c) in place.items():
         ax = axes[r][c]
+        title = DATASET_TITLE.get(dataset, dataset) + (f" · {model}" if model else "")
         label_text, limits, factor = specs[key]
         counts: set[int] = {0}
         for i, (run, label) in enumerate(zip(runs, labels)):
             if str(run.summary.get("dataset")) != dataset or not curves[(i, key)]:
+                continue
+            if model is not None and str(run.summary.get("model")) != model:
                 continue
             xs, ys = zip(*curves[(i, key)])
             counts |= set(xs)
@@ -192,7 +200,7 @@ def editing_figure(
             ax.text(
                 0.5,
                 0.5,
-                f"{name}:\nnot measured on {DATASET_TITLE.get(dataset, dataset)}",
+                f"{name}:\nnot measured on {title}",
                 ha="center",
                 va="center",
                 fontsize="small",
@@ -210,7 +218,7 @@ def editing_figure(
         ax.set_ylabel(label_text, fontsize="small")
         ax.set_xlabel("number of edits (0 = unedited)", fontsize="small")
         if not single and r == 0:
-            ax.set_title(DATASET_TITLE.get(dataset, dataset))
+            ax.set_title(title)
     for row in axes:
         for ax in row:
             if not ax.has_data() and not ax.texts:
@@ -223,7 +231,7 @@ def editing_figure(
         fontsize="small",
         frameon=False,
     )
-    where = f"{DATASET_TITLE.get(datasets[0], datasets[0])}, " if single else ""
+    where = f"{DATASET_TITLE.get(datasets[0][0], datasets[0][0])}, " if single else ""
     fig.suptitle(f"Editing metrics over the edit stream\n{where}{_setting(runs)}", fontsize="medium")
     return fig, notes
 

@@ -281,6 +281,19 @@ def test_counterfact_and_zsre_side_by_side_and_log_probabilities_in_nats(tmp_pat
     assert any("not measured on zsRE" in t.get_text() for ax in fig.axes for t in ax.texts)
 
 
+def test_several_models_get_a_column_each_per_dataset(tmp_path):
+    from blue_cli.reporting.plots import editing_figure
+
+    folders = [make_run(tmp_path / f"{m}_{s}", m, s, RATES[(m, s)]) for m in ("m-a", "m-b") for s in ("spread", "blue")]
+    _with_summary(folders[0], dataset="zsre")
+    fig, _ = editing_figure(load_runs(folders))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["CounterFact · m-a", "CounterFact · m-b", "zsRE · m-a"]
+    (eff,) = [ax for ax in fig.axes if ax.get_title() == "CounterFact · m-b"]
+    assert sorted(line.get_ydata()[-1] for line in eff.lines) == pytest.approx([10.0, 20.0])  # m-b's own runs
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["memit + blue", "memit + spread"]
+
+
 def test_general_capability_has_its_own_figure_and_unparsed_tasks_are_left_out(tmp_path):
     from blue_cli.reporting.plots import general_figure
 
