@@ -542,12 +542,9 @@ def report(
         runs = load_runs(run_dirs) if run_dirs else []
         extra = []
         if paper:
-            from blue_cli.reporting.paper import (
-                load_paper,
-                paper_comparison,
-                paper_sections,
-                runs_improvement_comparison,
-            )
+            from blue_cli.reporting.paper import load_paper
+            from blue_cli.reporting.paper_runs import paper_comparison, runs_improvement_comparison
+            from blue_cli.reporting.paper_tables import paper_sections
 
             published = load_paper()
             if not runs:

@@ -11,16 +11,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from blue_cli.reporting.compare import load_runs
-from blue_cli.reporting.paper import (
-    PAPER_FILE,
-    improvement_overall,
-    load_paper,
-    paper_comparison,
-    paper_improvements,
-    paper_sections,
-    run_improvements,
-    runs_improvement_comparison,
-)
+from blue_cli.reporting.paper import PAPER_FILE, improvement_overall, load_paper, paper_improvements
+from blue_cli.reporting.paper_runs import paper_comparison, run_improvements, runs_improvement_comparison
+from blue_cli.reporting.paper_tables import paper_sections
 from blue_cli.reporting.render import render, to_latex
 
 # Table 4 of the camera-ready: mean relative improvement (%) of BLUE over each baseline.
