@@ -509,53 +509,81 @@ def _run_stats_hydra(args: list[str]) -> None:
         sys.argv = saved
 
 
-@app.command(short_help="Compare finished runs, or reprint one; tables, plots, the paper's numbers.")
+@app.command(short_help="Compare finished runs, or reprint one; tables, figures, the paper's numbers.")
 def report(
     run_dirs: list[Path] = typer.Argument(
-        ..., metavar="RUN_DIR...", help="run folders and/or sweep folders written by blue edit"
+        None, metavar="RUN_DIR", help="run folders and/or sweep folders written by blue edit (none: with --paper)"
     ),
-    fmt: str = typer.Option("table", "--format", help="table, md, csv or json"),
-    out: Path | None = typer.Option(None, "--out", help="write the report to this file (plots go beside it)"),
+    fmt: str = typer.Option("table", "--format", help="table, md, csv, json or latex (booktabs)"),
+    out: Path | None = typer.Option(None, "--out", help="write the report to this file (figures/ goes beside it)"),
     baseline: str | None = typer.Option(None, "--baseline", help="KEY=VALUE, e.g. strategy=spread: add % change vs it"),
-    plots: Path | None = typer.Option(None, "--plots", help="write PNG plots into this folder"),
-    paper: str | None = typer.Option(
-        None, "--paper", help="put a paper's published numbers beside the runs' (e.g. blue_table)"
+    plots: Path | None = typer.Option(None, "--plots", help="write the figures (PNG and PDF) into DIR/figures"),
+    paper: bool = typer.Option(
+        False,
+        "--paper",
+        help="the BLUE paper's published numbers (NeurIPS 2025): alone, its tables; with runs, beside them",
     ),
     paper_model: str | None = typer.Option(
-        None, "--paper-model", help="with --paper: read every run as this paper model (e.g. llama3)"
+        None, "--paper-model", help="with --paper: read every run as this paper model (e.g. llama3-8b-instruct)"
     ),
 ) -> None:
     """Compare finished runs: one row per run (a sweep folder gives its jobs); one run alone reprints its tables.
 
-    With --paper NAME each run is matched to the paper's row of the same model, method,
-    strategy and dataset (--paper-model maps the runs' model, e.g. a tiny smoke run to
-    llama3) and shown x100 beside the published value and the difference.
+    --paper alone prints the paper's published tables (value ± the paper's interval) and its
+    Table 4 recomputed from them; with runs, each run is matched to the paper's row of the
+    same model, method, strategy and setting and shown x100 ± its 95% interval over cases,
+    beside the published value ± the paper's and the difference, then Table 4's statistic
+    from the runs. --paper-model maps the runs' model (e.g. a tiny smoke run to llama3).
     """
     from blue_cli.cache import write_text_atomic
-    from blue_cli.reporting.compare import compare, load_runs
+    from blue_cli.reporting.compare import add_case_spread, compare, load_runs
     from blue_cli.reporting.console import console, err_console, show_run
     from blue_cli.reporting.render import FORMATS, average_line, render
     from blue_cli.runs.files import BATCHES, SUMMARY, read_jsonl, read_summary
 
+    run_dirs = list(run_dirs or [])
     try:
         if fmt not in FORMATS:
             raise BlueError(f"unknown --format '{fmt}' (choose: {', '.join(FORMATS)})")
-        if paper_model is not None and paper is None:
-            raise BlueError("--paper-model needs --paper (e.g. --paper blue_table --paper-model llama3)")
-        if paper is not None and baseline is not None:
+        if paper_model is not None and not paper:
+            raise BlueError("--paper-model needs --paper (e.g. --paper --paper-model llama3)")
+        if paper and baseline is not None:
             raise BlueError("--paper and --baseline do not combine (the paper column is the reference)")
+        if not run_dirs and not paper:
+            raise BlueError("give RUN_DIR... (run or sweep folders of blue edit), or --paper for the paper's tables")
+        if not run_dirs and (plots is not None or paper_model is not None):
+            raise BlueError("--plots and --paper-model need runs (RUN_DIR...)")
         single = len(run_dirs) == 1 and (run_dirs[0] / SUMMARY).is_file()
-        if single and fmt == "table" and out is None and baseline is None and plots is None and paper is None:
+        if single and fmt == "table" and out is None and baseline is None and plots is None and not paper:
             show_run(run_dirs[0], read_summary(run_dirs[0]), read_jsonl(run_dirs[0] / BATCHES))
             return
-        runs = load_runs(run_dirs)
-        if paper is not None:
-            from blue_cli.reporting.paper import load_paper_table, paper_comparison
+        runs = load_runs(run_dirs) if run_dirs else []
+        extra = []
+        if paper:
+            from blue_cli.reporting.paper import load_paper
+            from blue_cli.reporting.paper_runs import paper_comparison, runs_improvement_comparison
+            from blue_cli.reporting.paper_tables import paper_sections
 
-            comparison = paper_comparison(runs, load_paper_table(paper), paper_model)
+            published = load_paper()
+            if not runs:
+                sections = paper_sections(published)
+                comparison = sections[0]
+                extra = sections[1:]
+            else:
+                comparison = paper_comparison(runs, published, paper_model)
+                table4 = runs_improvement_comparison(runs, published, paper_model)
+                extra = [table4] if table4 is not None else []
         else:
-            comparison = compare(runs, baseline)
-        text = render(comparison, fmt, width=console.width)
+            comparison = add_case_spread(compare(runs, baseline), runs)
+        if fmt in ("csv", "json") and runs:
+            text = render(comparison, fmt, width=console.width)
+            if fmt == "json" and extra:
+                import json
+
+                payload = json.loads(text) | {"tables": json.loads(render(extra, "json"))}
+                text = json.dumps(payload, indent=2) + "\n"
+        else:
+            text = render([comparison, *extra], fmt, width=console.width)
         if out is not None:
             write_text_atomic(out, text)
             console.print(f"report: {out}", highlight=False, soft_wrap=True)
@@ -563,15 +591,23 @@ def report(
             console.print(text, end="", highlight=False, soft_wrap=True, markup=False)
         else:
             sys.stdout.write(text)
-            note = average_line(comparison) if fmt in ("csv", "json") else None
-            if note:  # keep stdout machine-readable; the paper-style average goes to stderr
-                err_console.print(note, highlight=False, soft_wrap=True)
-        plot_dir = plots or (out.parent if out is not None else None)
-        if plot_dir is not None:
-            from blue_cli.reporting.plots import write_plots
+            if fmt in ("csv", "json"):  # keep stdout machine-readable; the paper-style averages go to stderr
+                for note in [average_line(comparison), *(f"{t.title}: {t.notes[0]}" for t in extra if fmt == "csv")]:
+                    if note:
+                        err_console.print(note, highlight=False, soft_wrap=True)
+        report_dir = plots or (out.parent if out is not None else None)
+        if report_dir is not None and runs:
+            from blue_cli.reporting.plots import write_figures
 
-            written = write_plots(runs, plot_dir)
-            console.print(f"plots: {len(written)} PNG files in {plot_dir}", highlight=False, soft_wrap=True)
+            written, notes = write_figures(runs, report_dir)
+            for note in notes:
+                err_console.print(f"figures: {note}", highlight=False, soft_wrap=True, markup=False)
+            folder = Path(report_dir) / "figures"
+            console.print(
+                f"figures: {', '.join(p.name for p in written) or 'none (nothing measured to draw)'} in {folder}",
+                highlight=False,
+                soft_wrap=True,
+            )
     except BlueError as exc:
         _fail(exc)
 

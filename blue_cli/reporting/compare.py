@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from blue_cli.datasets.base import RATES as HEADLINE
 from blue_cli.errors import BlueError
-from blue_cli.runs.files import CONFIG, EVALS, SUMMARY, read_config, read_jsonl, read_summary
+from blue_cli.runs.files import CASES, CONFIG, EVALS, SUMMARY, read_config, read_jsonl, read_summary
 
 # Columns shown for every run, as (column name, summary key, flattened config key).
 FIXED = (
@@ -69,6 +69,8 @@ class Comparison:
     average_change: float | None = None
     changes_counted: int = 0
     notes: list[str] = field(default_factory=list)  # lines printed under the table (e.g. a paper's source)
+    title: str = ""  # the table's caption where several are rendered together
+    digits: int | None = None  # decimals of every number (None: four, two on the paper's scale)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -279,3 +281,36 @@ def compare(runs: Sequence[Run], baseline: str | None = None) -> Comparison:
     result.average_change = total / count if count else None
     result.changes_counted = count
     return result
+
+
+Z95 = 1.96  # the normal 95% quantile: the interval the paper's ± states
+
+
+def case_spread(cases: Sequence[dict], metric: str, prefix: str = "") -> float | None:
+    """The 95% normal interval half-width of the mean over ``cases`` (1.96 sd / sqrt(n), sample sd),
+    or None with fewer than two cases that have the metric."""
+    values = [float(c[prefix + metric]) for c in cases if _is_number(c.get(prefix + metric))]
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return Z95 * math.sqrt(var / len(values))
+
+
+def add_case_spread(comparison: Comparison, runs: Sequence[Run]) -> Comparison:
+    """``comparison`` with a ``"<metric> ±"`` column after each metric measured per case: the 95%
+    interval of the run's mean over its cases (cases.jsonl). Rows are the runs, in order."""
+    cases = [read_jsonl(Path(r.path) / CASES) for r in runs]
+    per_case = [m for m in comparison.metrics if any(any(m in c for c in rc) for rc in cases)]
+    columns = []
+    for col in comparison.columns:
+        columns.append(col)
+        if col in per_case:
+            columns.append(f"{col} ±")
+    rows = [{**row, **{f"{m} ±": case_spread(rc, m) for m in per_case}} for row, rc in zip(comparison.rows, cases)]
+    notes = (
+        [*comparison.notes, "±: 95% interval of the mean over the run's cases (1.96 sd/sqrt(n))"]
+        if per_case
+        else comparison.notes
+    )
+    return replace(comparison, columns=columns, rows=rows, notes=notes)

@@ -1,12 +1,15 @@
 """Rendering of ``analysis.json`` (``blue analyze``): console tables and PNG bar charts.
 
-Figures follow the BLUE paper's: one bar per critical layer, the mean over requests
-with the standard deviation as an error bar. matplotlib's object API (``Figure``)
-is used, never pyplot, so no global backend or figure state is touched.
+Figures follow the BLUE paper's: one bar per critical layer, the mean over requests,
+with an error bar of one standard deviation either side clipped to the quantity's valid
+range (a cosine stays in [-1, 1], a probability in [0, 1], a ratio, a step count or an
+error above 0), so no bar claims an impossible value; the figures say so. matplotlib's
+object API (``Figure``) is used, never pyplot, so no global backend or figure state is touched.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.table import Table
@@ -82,21 +85,36 @@ def run_table(payload: dict) -> Table | None:
     return table
 
 
+COSINE = (-1.0, 1.0)
+PROBABILITY = (0.0, 1.0)
+POSITIVE = (0.0, math.inf)
+ERROR_BARS = "error bars: mean ± 1 std over requests, clipped to the quantity's valid range"
+
+
+def clipped_interval(stat: dict, bounds: tuple[float, float]) -> tuple[float, float]:
+    """(below, above) the mean: one std either side, cut where the valid range ``bounds`` ends."""
+    mean, std = stat["mean"], stat["std"]
+    low, high = max(mean - std, bounds[0]), min(mean + std, bounds[1])
+    return max(mean - low, 0.0), max(high - mean, 0.0)
+
+
 def _bars(
     ax,
     layers: list[int],
     stats: list[dict],
     colour: str,
+    bounds: tuple[float, float],
     label: str | None = None,
     offset: float = 0.0,
     width: float = 0.6,
 ):
     xs = [i + offset for i in range(len(layers))]
+    below, above = zip(*(clipped_interval(s, bounds) for s in stats))
     ax.bar(
         xs,
         [s["mean"] for s in stats],
         width,
-        yerr=[s["std"] for s in stats],
+        yerr=[list(below), list(above)],
         capsize=4,
         color=colour,
         label=label,
@@ -124,17 +142,20 @@ def write_figures(payload: dict, out_dir: Path) -> list[Path]:
 
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     cos_ax, ratio_ax = fig.subplots(1, 2)
-    _bars(cos_ax, layers, [r["cosine"] for r in rows], "#3182bd")
+    _bars(cos_ax, layers, [r["cosine"] for r in rows], "#3182bd", COSINE)
     _layer_axis(cos_ax, layers)
     cos_ax.set_ylabel("cosine(spread's share, direct residual)")
     cos_ax.set_title("direction")
     cos_ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
-    _bars(ratio_ax, layers, [r["norm_ratio"] for r in rows], "#e6550d")
+    low = min(r["cosine"]["mean"] - clipped_interval(r["cosine"], COSINE)[0] for r in rows)
+    cos_ax.set_ylim(min(0.0, low) - 0.02, 1.05)
+    _bars(ratio_ax, layers, [r["norm_ratio"] for r in rows], "#e6550d", POSITIVE)
     _layer_axis(ratio_ax, layers)
     ratio_ax.set_ylabel("‖spread's share‖ / ‖direct residual‖")
     ratio_ax.set_title("magnitude")
     ratio_ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
-    fig.suptitle(f"Residual distributed by spread vs computed at each layer\n{_title(payload)}")
+    ratio_ax.set_ylim(bottom=0.0)
+    fig.suptitle(f"Residual distributed by spread vs computed at each layer\n{_title(payload)}\n{ERROR_BARS}")
     paths.append(out_dir / SIMILARITY_PNG)
     fig.savefig(paths[-1], dpi=120)
 
@@ -147,14 +168,16 @@ def write_figures(payload: dict, out_dir: Path) -> list[Path]:
             layers,
             [r[key] for r in rows],
             colour,
+            PROBABILITY,
             label,
             offset=(k - (len(PROBABILITIES) - 1) / 2) * width,
             width=width,
         )
     ax.axhline(payload["p_base"]["mean"], color="black", linestyle=":", linewidth=1, label="no vector (model as given)")
     _layer_axis(ax, layers)
+    ax.set_ylim(bottom=0.0)
     ax.set_ylabel("P(target_new | rewrite prompt)")
-    ax.set_title(f"Distributed vs computed residual at each layer\n{_title(payload)}")
+    ax.set_title(f"Distributed vs computed residual at each layer\n{_title(payload)}\n{ERROR_BARS}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     paths.append(out_dir / PROBABILITY_PNG)
     fig.savefig(paths[-1], dpi=120)
@@ -164,18 +187,18 @@ def write_figures(payload: dict, out_dir: Path) -> list[Path]:
         fig = Figure(figsize=(10, 4.2), layout="constrained")
         steps_ax, fit_ax = fig.subplots(1, 2)
         step_layers = [s["layer"] for s in run["target_steps"]]
-        _bars(steps_ax, step_layers, run["target_steps"], "#31a354")
+        _bars(steps_ax, step_layers, run["target_steps"], "#31a354", POSITIVE)
         _layer_axis(steps_ax, step_layers, "layer where the target was optimised")
         steps_ax.set_ylabel("target optimisation steps (mean over batches)")
         steps_ax.set_title("steps to reach the target")
         fit_layers = [s["layer"] for s in run["key_fit_error"]]
-        _bars(fit_ax, fit_layers, run["key_fit_error"], "#756bb1")
+        _bars(fit_ax, fit_layers, run["key_fit_error"], "#756bb1", POSITIVE)
         _layer_axis(fit_ax, fit_layers, "written layer")
         fit_ax.set_ylabel("key_fit_error ‖ΔK − R‖ / ‖R‖")
         fit_ax.set_title("write error per layer")
         fig.suptitle(
             f"Run batches ({run['batches']}, strategy {payload.get('strategy', '?')}) — "
-            f"{payload['model']} · {payload['method']}"
+            f"{payload['model']} · {payload['method']}\n{ERROR_BARS.replace('requests', 'batches')}"
         )
         paths.append(out_dir / RUN_PNG)
         fig.savefig(paths[-1], dpi=120)

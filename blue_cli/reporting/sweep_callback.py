@@ -22,7 +22,7 @@ REPORT_CSV = "report.csv"
 
 
 def write_sweep_report(sweep_dir: Path, plots_dir: Path | None = None) -> list[Path]:
-    """Write report.md, report.csv and the PNG plots of the runs under ``sweep_dir``.
+    """Write report.md, report.csv and the figures (``figures/``, PNG and PDF) of the runs under ``sweep_dir``.
 
     A sweep comparing ``spread`` with other strategies gets the relative-change
     columns against ``strategy=spread`` (see :func:`default_baseline`).
@@ -31,18 +31,20 @@ def write_sweep_report(sweep_dir: Path, plots_dir: Path | None = None) -> list[P
     a summary (every job failed).
     """
     from blue_cli.cache import write_text_atomic
-    from blue_cli.reporting.compare import compare, default_baseline, load_runs
-    from blue_cli.reporting.plots import write_plots
+    from blue_cli.reporting.compare import add_case_spread, compare, default_baseline, load_runs
+    from blue_cli.reporting.plots import write_figures
     from blue_cli.reporting.render import to_csv, to_markdown
 
     sweep_dir = Path(sweep_dir)
     runs = load_runs([sweep_dir])
-    comparison = compare(runs, default_baseline(runs))
+    comparison = add_case_spread(compare(runs, default_baseline(runs)), runs)
     written = [sweep_dir / REPORT_MD, sweep_dir / REPORT_CSV]
     write_text_atomic(written[0], to_markdown(comparison))
     write_text_atomic(written[1], to_csv(comparison))
-    written += write_plots(runs, plots_dir or sweep_dir)
-    return written
+    figures, notes = write_figures(runs, plots_dir or sweep_dir)
+    for note in notes:
+        log.info("figures: %s", note)
+    return written + figures
 
 
 class SweepReport(Callback):

@@ -26,28 +26,35 @@ TINY = [
     "~hydra.callbacks.sweep_report",
 ]
 
-# experiment -> (command-line restriction, expected (method, strategy, dataset), paper model, published Eff)
+# experiment -> (command-line restriction, expected (method, strategy, dataset), paper model, published Eff ± its CI)
+# (the published values: the camera-ready's Table 2, blue_cli/assets/paper/blue-neurips2025.json)
 CASES = {
     "blue_table": (
         ["method=alphaedit", "strategy=blue", "dataset=counterfact"],
         ("alphaedit", "blue", "counterfact"),
         "llama3",
-        99.93,
+        (99.93, 0.09),
     ),
-    "blue_llama3_counterfact": (["method=memit", "strategy=blue"], ("memit", "blue", "counterfact"), "llama3", 99.57),
-    "blue_zsre": (["method=memit", "strategy=spread"], ("memit", "spread", "zsre"), "llama3", 34.62),
+    "blue_llama3_counterfact": (
+        ["method=memit", "strategy=blue"],
+        ("memit", "blue", "counterfact"),
+        "llama3",
+        (99.57, 0.24),
+    ),
+    "blue_zsre": (["method=memit", "strategy=spread"], ("memit", "spread", "zsre"), "llama3", (34.62, 0.36)),
     "blue_gptj": (
         ["method=memit", "strategy=blue", "dataset=counterfact"],
         ("memit", "blue", "counterfact"),
         "gpt-j",
-        99.70,
+        (99.70, 0.30),
     ),
 }
+PAPER_NAMES = {"llama3": "llama3-8b-instruct", "gpt-j": "gpt-j-6b"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_experiment_runs_end_to_end_and_reports_the_paper(name, tmp_path):
-    restrict, (method, strategy, dataset), paper_model, eff = CASES[name]
+    restrict, (method, strategy, dataset), paper_model, (eff, eff_ci) = CASES[name]
     sweep = tmp_path / "sweep"
     proc = run_blue(["edit", "-m", f"+experiment={name}", *TINY, *restrict, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -65,22 +72,23 @@ def test_experiment_runs_end_to_end_and_reports_the_paper(name, tmp_path):
     tasks = {k.split(".")[1] for k in summary if k.startswith("general.")}
     assert tasks == {"sst2", "mrpc", "cola", "rte", "mmlu", "nli"}
 
-    rep = run_blue(
-        ["report", str(sweep), "--paper", "blue_table", "--paper-model", paper_model, "--format", "csv"], cwd=tmp_path
-    )
+    rep = run_blue(["report", str(sweep), "--paper", "--paper-model", paper_model, "--format", "csv"], cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
-    (row,) = list(csv.DictReader(io.StringIO(rep.stdout)))
+    pre, row = list(csv.DictReader(io.StringIO(rep.stdout)))  # the unedited model's row, then the run's
+    assert (pre["method"], pre["strategy"]) == ("pre-edit", "none")
+    assert float(pre["Eff x100"]) == pytest.approx(100 * summary["pre_efficacy"])
     assert (row["method"], row["strategy"], row["dataset"], row["paper model"]) == (
         method,
         strategy,
         dataset,
-        paper_model,
+        PAPER_NAMES[paper_model],
     )
-    assert float(row["Eff paper"]) == pytest.approx(eff)
+    assert row["paper table"] == ("Table 2*" if strategy == "spread" else "Table 2")
+    assert float(row["Eff paper"]) == pytest.approx(eff) and float(row["Eff paper ±"]) == pytest.approx(eff_ci)
     assert float(row["Eff x100"]) == pytest.approx(100 * summary["efficacy"])
     assert float(row["Eff diff"]) == pytest.approx(100 * summary["efficacy"] - eff)
     if dataset == "zsre":  # the paper reports no fluency or consistency on ZsRE
-        assert row["Flu paper"] == "n/r" and row["Consis paper"] == "n/r" and row["Flu diff"] == ""
+        assert not any(column.startswith(("Flu", "Consis")) for column in row)
 
 
 def test_table_report_prints_the_published_column(tmp_path):
@@ -93,26 +101,28 @@ def test_table_report_prints_the_published_column(tmp_path):
     summary = summary_of(run_dir)
     assert (summary["method"], summary["strategy"], summary["dataset"]) == ("memit", "blue", "counterfact")
     rep = run_blue(
-        ["report", str(run_dir), "--paper", "blue_table", "--paper-model", "llama3"],
+        ["report", str(run_dir), "--paper", "--paper-model", "llama3"],
         cwd=tmp_path,
         env_extra={"COLUMNS": "400"},
     )
     assert rep.returncode == 0, rep.stderr
-    (line,) = [l for l in rep.stdout.splitlines() if "tiny-gpt2" in l]
+    (line,) = [l for l in rep.stdout.splitlines() if "tiny-gpt2" in l and " memit " in l]
     cells = [c.strip() for c in line.strip("│ ").split("│")]
-    assert cells[1:5] == ["tiny-gpt2", "llama3", "memit", "blue"]
-    assert cells[7:10] == [f"{100 * summary['efficacy']:.2f}", "99.57", f"{100 * summary['efficacy'] - 99.57:+.2f}"]
-    assert "source: third-party notes" in rep.stdout and "n/r: not reported" in rep.stdout
+    assert cells[1:5] == ["tiny-gpt2", "llama3-8b-instruct", "memit", "blue"]
+    eff = 100 * summary["efficacy"]
+    assert cells[8] == "Table 2" and cells[9].startswith(f"{eff:.2f} ± ")
+    assert cells[10:12] == ["99.57 ± 0.24", f"{eff - 99.57:+.2f}"]
+    assert "NeurIPS 2025 camera-ready" in rep.stdout and "n/r: not reported" in rep.stdout
     # without the mapping the run matches no paper row: every published cell is n/r
-    rep = run_blue(["report", str(run_dir), "--paper", "blue_table", "--format", "json"], cwd=tmp_path)
+    rep = run_blue(["report", str(run_dir), "--paper", "--format", "json"], cwd=tmp_path)
     assert rep.returncode == 0 and '"Eff paper": "n/r"' in rep.stdout
 
 
 def test_bad_paper_options_are_one_line(tmp_path):
     for args, needle in (
-        (["--paper", "nope"], "unknown --paper 'nope' (choose: blue_table)"),
-        (["--paper", "blue_table", "--paper-model", "gpt3"], "unknown --paper-model 'gpt3'"),
+        (["--paper", "--paper-model", "gpt3"], "unknown --paper-model 'gpt3'"),
         (["--paper-model", "llama3"], "--paper-model needs --paper"),
+        (["--paper", "--baseline", "strategy=spread"], "--paper and --baseline do not combine"),
     ):
         (tmp_path / "run").mkdir(exist_ok=True)
         (tmp_path / "run" / "summary.json").write_text(

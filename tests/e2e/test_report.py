@@ -37,12 +37,16 @@ def sweep(tmp_path_factory):
     return folder, jobs
 
 
-def _assert_pngs(folder, at_least: int) -> None:
+def _assert_figures(folder, names) -> None:
+    """The report's figures/ holds each named figure as a readable PNG and a vector PDF, and nothing else."""
     from matplotlib.image import imread
 
-    pngs = sorted(folder.glob("*.png"))
-    assert len(pngs) >= at_least, [p.name for p in pngs]
-    for png in pngs:
+    figures = folder / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == sorted(f"{n}.{s}" for n in names for s in ("pdf", "png"))
+    assert not list(folder.glob("*.png"))  # no loose files beside the report
+    for pdf in figures.glob("*.pdf"):
+        assert pdf.read_bytes().startswith(b"%PDF")
+    for png in figures.glob("*.png"):
         image = imread(png)
         assert image.shape[0] >= 300 and image.shape[1] >= 500 and image.std() > 0.01, (png.name, image.shape)
 
@@ -60,9 +64,7 @@ def test_the_sweep_leaves_its_report_and_plots(sweep):
     assert "average relative change vs strategy=spread" in md and jobs["blue"].name in md
     evals = [json.loads(line) for line in (jobs["blue"] / "evals.jsonl").read_text().splitlines()]
     assert [e["edits"] for e in evals] == [2, 4]
-    names = {p.name for p in folder.glob("*.png")}
-    assert {"curve_efficacy.png", "curve_specificity.png", "bars_headline.png"} <= names
-    _assert_pngs(folder, at_least=len([k for k in evals[0] if k not in ("batches", "edits")]) + 1)
+    _assert_figures(folder, ["editing"])
 
 
 def test_csv_report_with_baseline_holds_the_relative_change(sweep, tmp_path):
@@ -94,8 +96,9 @@ def test_markdown_report_to_a_file_with_plots_beside_it(sweep, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     lines = out.read_text().splitlines()
-    assert lines[0].startswith("| run | model | method | strategy |") and len(lines) == 4
-    _assert_pngs(out.parent, at_least=2)
+    assert lines[0].startswith("| run | model | method | strategy |") and len(lines) == 6
+    assert " ± " in lines[2] and lines[5].startswith("- ±: 95% interval of the mean over the run's cases")
+    _assert_figures(out.parent, ["editing"])
 
 
 def test_table_report_of_the_sweep_fits_80_columns(sweep, tmp_path):
@@ -192,3 +195,36 @@ def test_an_unfinished_run_is_refused(sweep, tmp_path):
     proc = run_blue(["export", str(run_dir), "--out", str(tmp_path / "out")], cwd=tmp_path)
     assert proc.returncode == 2 and "not finished (1 batches saved)" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_paper_alone_prints_the_published_tables_and_recomputes_table4(tmp_path):
+    proc = run_blue(["report", "--paper", "--format", "md"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for title in ("Table 2, sequential", "Table 6, batch", "Table 9, sequential", "Table 9, batch", "Table 7"):
+        assert f"**BLUE paper {title}" in proc.stdout
+    assert "| 99.57 ± 0.24 |" in proc.stdout and "overall: +35.59%" in proc.stdout
+    assert proc.stdout.count("AlphaEdit (arXiv 2410.02355) Table 1") == 1
+    tex = run_blue(["report", "--paper", "--format", "latex"], cwd=tmp_path).stdout
+    tables = tex.count("\\begin{table}")
+    assert tables == proc.stdout.count("**") // 2 and tex.count("\\bottomrule") == tables
+    assert "overall: +35.59\\%" in tex
+
+
+def test_paper_beside_a_sweep_gives_table4_of_the_runs(sweep, tmp_path):
+    folder, jobs = sweep
+    proc = run_blue(["report", str(folder), "--paper", "--paper-model", "gpt2-xl", "--format", "json"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert [r["method"] for r in payload["runs"]] == ["pre-edit", "memit", "memit"]
+    (table4,) = payload["tables"]
+    spread, blue = summary_of(jobs["spread"]), summary_of(jobs["blue"])
+    rates = ("efficacy", "generalization", "specificity")
+    if any(spread[m] == 0 for m in rates):  # a zero baseline leaves the dataset out, as the paper does
+        expected = None
+    else:
+        expected = sum(100 * (blue[m] - spread[m]) / spread[m] for m in rates) / len(rates)
+    (row,) = table4["runs"]
+    assert row["model"] == "GPT2-XL" and row["MEMIT paper (%)"] == pytest.approx(17.02, abs=0.005)
+    assert row["MEMIT (%)"] == (pytest.approx(expected) if expected is not None else None)
+    zero = ", ".join(m for m in rates if spread[m] == 0)
+    assert (f"GPT2-XL memit: left out counterfact (baseline {zero} = 0)" in table4["notes"]) == bool(zero)

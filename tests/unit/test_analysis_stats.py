@@ -42,3 +42,27 @@ def test_rows_that_do_not_fit_the_written_layers_are_refused():
         )
     with pytest.raises(DataError, match="no edited batch"):
         batch_layer_statistics([{"batch": 0, "skipped": "x"}], [1, 3])
+
+
+def test_analysis_error_bars_stay_inside_each_quantitys_range():
+    """A cosine of 0.9 ± 0.3 must not draw past 1, a probability of 0.1 ± 0.3 not below 0."""
+    from matplotlib.figure import Figure
+
+    from blue_cli.reporting.residual_analysis import COSINE, POSITIVE, PROBABILITY, _bars, clipped_interval
+
+    cases = [
+        ({"mean": 0.9, "std": 0.3}, COSINE, (0.3, 0.1)),
+        ({"mean": -0.8, "std": 0.5}, COSINE, (0.2, 0.5)),
+        ({"mean": 0.1, "std": 0.3}, PROBABILITY, (0.1, 0.3)),
+        ({"mean": 0.5, "std": 0.1}, PROBABILITY, (0.1, 0.1)),  # inside: one std either side
+        ({"mean": 2.0, "std": 5.0}, POSITIVE, (2.0, 5.0)),
+    ]
+    for stat, bounds, expected in cases:
+        assert clipped_interval(stat, bounds) == pytest.approx(expected)
+    ax = Figure().subplots()
+    stats = [stat for stat, bounds, _ in cases if bounds == COSINE]
+    _bars(ax, [0, 1], stats, "C0", COSINE)
+    bars = next(c for c in ax.containers if hasattr(c, "errorbar")).errorbar
+    (segments,) = [c.get_segments() for c in bars.lines[2]]
+    for (_, low), (_, high) in segments:
+        assert -1.0 <= low <= high <= 1.0

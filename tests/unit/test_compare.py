@@ -211,11 +211,22 @@ def test_wrap_header_breaks_at_separators():
 # ----------------------------------------------------------------------------- plots
 
 
+def _with_summary(folder, **extra):
+    path = folder / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+    return folder
+
+
 def _curve_runs(tmp_path):
     evals_a = [
-        {"batches": 1, "edits": 2, "efficacy": 0.5, "general.sst2.accuracy": 0.6},
-        {"batches": 2, "edits": 4, "efficacy": 0.25, "general.sst2.accuracy": 0.55},
+        {"batches": 0, "edits": 0, "general.sst2.accuracy": 0.7, "general.sst2.mcc": -0.2, "general.sst2.n": 5},
+        {"batches": 1, "edits": 2, "efficacy": 0.5, "general.sst2.accuracy": 0.6, "general.sst2.mcc": 0.1},
+        {"batches": 2, "edits": 4, "efficacy": 0.25, "general.sst2.accuracy": 0.55, "general.sst2.mcc": 0.0},
     ]
+    # mmlu: no answer parsed at any point (null scores; an old run's 0 with unparsed == n)
+    for row in evals_a:
+        row.update({"general.mmlu.accuracy": None, "general.mmlu.unparsed": 5, "general.mmlu.n": 5})
+    evals_a[-1]["general.mmlu.accuracy"] = 0.0
     evals_b = [
         {"batches": 1, "edits": 3, "efficacy": 1.0},
         {"batches": 2, "edits": 6, "efficacy": 0.75},
@@ -223,50 +234,94 @@ def _curve_runs(tmp_path):
     ]
     a = make_run(tmp_path / "0_m-a_memit_spread_counterfact", "m-a", "spread", RATES[("m-a", "spread")], evals=evals_a)
     b = make_run(tmp_path / "1_m-a_memit_blue_counterfact", "m-a", "blue", RATES[("m-a", "blue")], evals=evals_b)
+    _with_summary(a, pre_efficacy=0.125, pre_specificity=0.9)
+    _with_summary(b, pre_efficacy=0.0, num_edits=9)
     return load_runs([a, b]), evals_a, evals_b
 
 
-def test_curve_figure_plots_each_run_against_its_edits(tmp_path):
-    from blue_cli.reporting.plots import curve_figure, curve_metrics
+def test_editing_curves_start_unedited_in_percent_with_ticks_at_the_batch_ends(tmp_path):
+    from blue_cli.reporting.plots import editing_figure
 
     runs, evals_a, evals_b = _curve_runs(tmp_path)
-    assert curve_metrics(runs) == ["efficacy", "general.sst2.accuracy"]
-    ax = curve_figure(runs, "efficacy").axes[0]
+    fig, notes = editing_figure(runs)
+    by_label = {ax.get_ylabel(): ax for ax in fig.axes if ax.axison}
+    ax = by_label["efficacy (%)"]
     spread, blue = ax.lines
-    assert list(spread.get_xdata()) == [r["edits"] for r in evals_a]
-    assert list(spread.get_ydata()) == [r["efficacy"] for r in evals_a]
-    assert list(blue.get_xdata()) == [r["edits"] for r in evals_b]
-    assert list(blue.get_ydata()) == [1.0, 0.75, 0.5]
+    assert list(spread.get_xdata()) == [0, 2, 4] and list(blue.get_xdata()) == [0, 3, 6, 9]
+    assert list(spread.get_ydata()) == pytest.approx([12.5, 50.0, 25.0])  # pre-edit first, x100
+    assert list(blue.get_ydata()) == pytest.approx([0.0, 100.0, 75.0, 50.0])
     assert (spread.get_linestyle(), blue.get_linestyle()) == ("--", "-")
-    assert ax.get_xlabel() == "number of edits" and ax.get_ylabel() == "efficacy"
-    assert "m-a" in ax.get_title() and "counterfact" in ax.get_title()
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["spread", "blue"]
-    general = curve_figure(runs, "general.sst2.accuracy").axes[0]
-    assert len(general.lines) == 1 and list(general.lines[0].get_ydata()) == [0.6, 0.55]
-
-
-def test_bar_figure_heights_are_the_summary_values(tmp_path):
-    from blue_cli.reporting.plots import bar_figure
-
-    runs, _, _ = _curve_runs(tmp_path)
-    fig = bar_figure(runs)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["efficacy", "generalization", "specificity", "target_logprob_gain"]
-    for j, ax in enumerate(fig.axes):
-        assert [p.get_height() for p in ax.patches] == [RATES[("m-a", s)][j] for s in ("spread", "blue")]
+    assert spread.get_color() != blue.get_color()
+    assert ax.get_ylim() == (-2.0, 102.0)  # rates on a fixed axis
+    assert list(ax.get_xticks()) == [0, 2, 3, 4, 6, 9]  # the edit counts where evaluations fell
+    # without evals rows a metric is its pre-edit value (where recorded) and the final summary
+    spread, blue = by_label["specificity (%)"].lines
+    assert list(spread.get_xdata()) == [0, 4] and list(spread.get_ydata()) == pytest.approx([90.0, 80.0])
+    assert list(blue.get_xdata()) == [9] and list(blue.get_ydata()) == pytest.approx([60.0])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["memit + spread (edits 4)", "memit + blue (edits 9)"]  # what differs, not folder names
+    fig, _ = editing_figure(runs[:1])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["memit + spread"]  # a single run
     assert "m-a" in fig.get_suptitle()
+    assert any("fluency" in n for n in notes) and not any("efficacy" in n for n in notes)
 
 
-def test_write_plots_gives_readable_pngs(tmp_path):
+def test_counterfact_and_zsre_side_by_side_and_log_probabilities_in_nats(tmp_path):
+    from blue_cli.reporting.plots import editing_figure
+
+    cf = make_run(tmp_path / "cf", "m-a", "blue", RATES[("m-a", "blue")])
+    zs = make_run(tmp_path / "zs", "m-a", "blue", RATES[("m-a", "spread")])
+    _with_summary(zs, dataset="zsre")
+    _with_summary(cf, rewrite_mean_logprob_new=-2.5, pre_rewrite_mean_logprob_new=-6.0)
+    fig, _ = editing_figure(load_runs([cf, zs]))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["CounterFact", "zsRE"]
+    (logprob,) = [ax for ax in fig.axes if "nats" in ax.get_ylabel()]
+    assert list(logprob.lines[0].get_ydata()) == [-6.0, -2.5]
+    assert any("not measured on zsRE" in t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_several_models_get_a_column_each_per_dataset(tmp_path):
+    from blue_cli.reporting.plots import editing_figure
+
+    folders = [make_run(tmp_path / f"{m}_{s}", m, s, RATES[(m, s)]) for m in ("m-a", "m-b") for s in ("spread", "blue")]
+    _with_summary(folders[0], dataset="zsre")
+    fig, _ = editing_figure(load_runs(folders))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["CounterFact · m-a", "CounterFact · m-b", "zsRE · m-a"]
+    (eff,) = [ax for ax in fig.axes if ax.get_title() == "CounterFact · m-b"]
+    assert sorted(line.get_ydata()[-1] for line in eff.lines) == pytest.approx([10.0, 20.0])  # m-b's own runs
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["memit + blue", "memit + spread"]
+
+
+def test_general_capability_has_its_own_figure_and_unparsed_tasks_are_left_out(tmp_path):
+    from blue_cli.reporting.plots import general_figure
+
+    runs, evals_a, _ = _curve_runs(tmp_path)
+    fig, notes = general_figure(runs)
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == ["sst2", "sst2"]  # accuracy and mcc; mmlu parsed nothing
+    accuracy, mcc = [ax for ax in fig.axes if ax.axison]
+    assert list(accuracy.lines[0].get_xdata()) == [0, 2, 4]
+    assert list(accuracy.lines[0].get_ydata()) == [r["general.sst2.accuracy"] for r in evals_a]
+    assert accuracy.get_ylim() == (-0.02, 1.02) and mcc.get_ylim() == (-1.02, 1.02)
+    assert len(notes) == 1 and "mmlu" in notes[0] and "not 0" in notes[0]
+
+
+def test_write_figures_gives_one_png_and_one_vector_pdf_per_figure(tmp_path):
     from matplotlib.image import imread
 
-    from blue_cli.reporting.plots import write_plots
+    from blue_cli.reporting.plots import write_figures
 
     runs, _, _ = _curve_runs(tmp_path)
-    written = write_plots(runs, tmp_path / "plots")
-    assert sorted(p.name for p in written) == ["bars_headline.png", "curve_efficacy.png", "general_sst2_accuracy.png"]
+    written, _ = write_figures(runs, tmp_path / "report")
+    assert sorted(p.name for p in written) == ["editing.pdf", "editing.png", "general.pdf", "general.png"]
+    assert {p.parent for p in written} == {tmp_path / "report" / "figures"}
     for path in written:
-        image = imread(path)
-        assert image.shape[0] >= 300 and image.shape[1] >= 500, (path, image.shape)
-        assert image.std() > 0.01  # not a blank canvas
-    assert not list((tmp_path / "plots").glob(".*.tmp"))
+        if path.suffix == ".png":
+            image = imread(path)
+            assert image.shape[0] >= 300 and image.shape[1] >= 500 and image.std() > 0.01, (path, image.shape)
+        else:
+            data = path.read_bytes()
+            assert data.startswith(b"%PDF") and b"/Subtype /Image" not in data  # drawn as vectors
+    assert not list((tmp_path / "report" / "figures").glob(".*.tmp"))
