@@ -130,6 +130,18 @@ def _setting(runs: Sequence[Run]) -> str:
     return f"model {'/'.join(models)}, {size}"
 
 
+def _legend_below(fig, handles: dict) -> None:
+    """One legend for the whole figure, below the panels, three entries a row."""
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncol=min(len(handles), 3),
+        fontsize="small",
+        frameon=False,
+    )
+
+
 def editing_figure(
     runs: Sequence[Run], all_cases: Sequence[list[dict]] | None = None
 ) -> tuple[Figure | None, list[str]]:
@@ -223,14 +235,7 @@ def editing_figure(
         for ax in row:
             if not ax.has_data() and not ax.texts:
                 ax.set_axis_off()
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="outside lower center",
-        ncol=min(len(handles), 3),
-        fontsize="small",
-        frameon=False,
-    )
+    _legend_below(fig, handles)
     where = f"{DATASET_TITLE.get(datasets[0][0], datasets[0][0])}, " if single else ""
     fig.suptitle(f"Editing metrics over the edit stream\n{where}{_setting(runs)}", fontsize="medium")
     return fig, notes
@@ -321,14 +326,7 @@ def general_figure(runs: Sequence[Run]) -> tuple[Figure | None, list[str]]:
         ax.grid(alpha=0.3)
     for j in range(len(keys), nrows * ncols):
         axes[j // ncols][j % ncols].set_axis_off()
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="outside lower center",
-        ncol=min(len(handles), 3),
-        fontsize="small",
-        frameon=False,
-    )
+    _legend_below(fig, handles)
     fig.suptitle(f"General capability over the edit stream\n{_setting(runs)}", fontsize="medium")
     return fig, notes
 
