@@ -131,11 +131,14 @@ class ModelHparamsConfig:
     """Per-model hyper-parameters that several methods read (set by ``hparams/model/<model>``).
 
     ``cov_weight``: lambda, the weight of C in MEMIT-style solves (``mom2_update_weight``);
-    ``prune_log_base``: the base of PRUNE's log restraint.
+    ``prune_log_base``: the base of PRUNE's log restraint; ``prune_final_update``: PRUNE's
+    evaluated weights, ``restrained`` (the PRUNE paper) or ``edited_plus_restrained`` (the
+    reference's evaluation script, which the paper experiments set).
     """
 
     cov_weight: float = 15000.0
     prune_log_base: float = 2.718281828459045
+    prune_final_update: str = "restrained"
 
 
 @dataclass
@@ -283,6 +286,11 @@ def check_run_config(cfg, announce: bool = True) -> None:
     if t.lr > MAX_TARGET_LR:  # larger steps overflow the target optimisation (inf, then NaN)
         raise ConfigError(
             f"method.target.lr must be at most {MAX_TARGET_LR:g} (published settings use 0.1-5), got {t.lr}"
+        )
+    final_updates = ("restrained", "edited_plus_restrained")
+    if cfg.method.get("final_update", "restrained") not in final_updates:
+        raise ConfigError(
+            f"unknown method.final_update '{cfg.method.final_update}' (choose: {', '.join(final_updates)})"
         )
     if "cov_weight" in cfg.method and not (0 < cfg.method.cov_weight < float("inf")):
         raise ConfigError(f"method.cov_weight must be positive and finite, got {cfg.method.cov_weight}")
