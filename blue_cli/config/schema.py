@@ -33,6 +33,7 @@ class TargetConfig:
     early_stop_loss: float = 0.05
     batched: bool = True  # optimise all requests of a batch together (false: one at a time)
     reuse_prefix: bool = True  # run the blocks before the target layer once, not every step
+    adaptive_nll: bool = False  # PMET's rule (on for pmet, pmet_seq): NLL x0.1 while the target is the argmax
     chunk: Optional[int] = None  # requests optimised together; null: as many as the memory budget allows
     memory_budget_gb: Optional[float] = None  # for chunk=null on CUDA: default 60% of the free device memory
 

@@ -45,6 +45,7 @@ def target_settings(t: DictConfig) -> TargetSettings:
         weight_decay=t.weight_decay,
         early_stop_loss=t.early_stop_loss,
         reuse_prefix=t.reuse_prefix,
+        adaptive_nll=t.get("adaptive_nll", False),
     )
 
 
