@@ -120,3 +120,20 @@ def test_unknown_experiment_is_one_line_naming_the_valid_ones():
     assert "\n" not in msg and "unknown experiment 'blue_tabel'" in msg and "blue_table" in msg
     with pytest.raises(ConfigError, match=r"add it with \+experiment="):
         compose_config(["experiment=blue_table"])
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_blue_plan_plans_every_experiment(name, tmp_path):
+    """``blue plan +experiment=X`` plans the experiment's own run: its batch, method and the
+    BLUE boundary layers of its model (no download)."""
+    import json
+
+    from tests.conftest import invoke_blue
+
+    cfg = compose_config([f"+experiment={name}"])
+    result = invoke_blue(["plan", f"+experiment={name}", "--json"], tmp_path)
+    assert result.code == 0, result.stderr
+    facts = json.loads(result.stdout)["facts"]
+    assert (facts["batch_size"], facts["method"], facts["strategy"]) == (cfg.batch_size, cfg.method.name, "blue")
+    assert facts["written_layers"] == [cfg.model.layers[0], cfg.model.layers[-1]]
+    assert facts["d"] == cfg.model.shape.hidden_size and facts["d_k"] == cfg.model.shape.intermediate_size
