@@ -192,8 +192,8 @@ def test_every_paper_setting_runs_on_a_tiny_model(name, tmp_path):
     if config.method.name.startswith("pmet"):
         assert config.method.target.adaptive_nll is True
     # the run read as the paper model it stands for, beside the published numbers
-    table = load_paper_table(paper_names()[0])
-    if paper_model in table.models:
+    tables = [t for t in map(load_paper_table, paper_names()) if paper_model in t.models]
+    for table in tables[:1]:  # a shipped table that has the paper model's rows
         rep = run_blue(
             ["report", str(run), "--paper", table.name, "--paper-model", paper_model, "--format", "csv"], cwd=tmp_path
         )
