@@ -361,3 +361,68 @@ def test_pmet_runs_with_the_adaptive_rule_by_default_and_it_can_be_switched_off(
         off = compose_config([f"method={method}", "method.target.adaptive_nll=false"])
         assert not target_settings(off.method.target).adaptive_nll
     assert not target_settings(compose_config(["method=memit"]).method.target).adaptive_nll
+
+
+def _reference_pmet_rule_loop(
+    adapter, req: EditRequest, layer: int, settings: TargetSettings, rule: bool = True
+) -> torch.Tensor:
+    """One request, template "{}": the reference PMET loop's order written out with plain
+    forwards (a block-output vector here, so only the rule differs from MEMIT's loop): loss with
+    this step's NLL weight; stop below the loss threshold; then, if the target is the argmax at
+    every scored position, weight 0.1 for the next step and stop once KL < 0.01, else weight 1;
+    stop at the last step; else an Adam step and the norm clamp. Returns delta (d)."""
+    tok = adapter.tok
+    target = tok(" " + req.target_new, add_special_tokens=False)["input_ids"]
+    text = req.prompt
+    prompt = tok(text.replace("{}", req.subject, 1))["input_ids"]
+    pos = last_subject_token(tok, text, req.subject)
+    kl_ids = tok(KL_PROMPT.replace("{}", req.subject, 1))["input_ids"]
+    kl_pos = last_subject_token(tok, KL_PROMPT, req.subject)
+    with torch.no_grad():
+        out = adapter.model(input_ids=torch.tensor([prompt]), output_hidden_states=True)
+    h_init = out.hidden_states[layer + 1][0, pos].float()
+    delta = torch.zeros_like(h_init, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=settings.lr)
+    factor, init = 1.0, None
+    for it in range(settings.steps):
+        logp = torch.log_softmax(_logits(adapter, prompt + target[:-1], layer, delta, pos), dim=-1)
+        rows = [len(prompt) - 1 + j for j in range(len(target))]
+        nll = -torch.stack([logp[r, t] for r, t in zip(rows, target)]).mean()
+        at_max = all(int(logp[r].argmax()) == t for r, t in zip(rows, target))
+        kl_logp = torch.log_softmax(_logits(adapter, kl_ids, layer, delta, kl_pos)[kl_pos], dim=-1)
+        init = kl_logp.detach() if init is None else init
+        kl = (kl_logp.exp() * (kl_logp - init)).sum()
+        loss = factor * nll + settings.kl_factor * kl + settings.weight_decay * delta.norm() / h_init.norm() ** 2
+        if loss < settings.early_stop_loss:
+            break
+        if rule and at_max:
+            factor = 0.1
+            if kl < 0.01:
+                break
+        else:
+            factor = 1.0
+        if it == settings.steps - 1:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            limit = settings.clamp * h_init.norm()
+            if delta.norm() > limit:
+                delta.mul_(limit / delta.norm())
+    return delta.detach()
+
+
+def test_adaptive_nll_matches_the_reference_loop_written_out(gpt2, requests10):
+    """A request (CounterFact case 2 of the bundled sample) whose target becomes the argmax
+    mid-way on tiny-gpt2, so the 0.1 weight changes the result: blue's loop with the rule gives
+    the loop written out here; without the rule it ends elsewhere."""
+    req = requests10[2]
+    settings = replace(BASE, steps=10, early_stop_loss=0.05, adaptive_nll=True)
+    expected = _reference_pmet_rule_loop(gpt2, req, LAYER, settings)
+    got = optimise_targets(gpt2, [req], ["{}"], LAYER, settings).delta["block"][0]
+    plain = optimise_targets(gpt2, [req], ["{}"], LAYER, replace(settings, adaptive_nll=False)).delta["block"][0]
+    assert (got - expected).norm() < 1e-4 * expected.norm()
+    assert (plain - expected).norm() > 0.01 * expected.norm()  # the rule really acted: 100x the agreement
+    without = _reference_pmet_rule_loop(gpt2, req, LAYER, settings, rule=False)
+    assert (plain - without).norm() < 1e-4 * without.norm()  # and it is the only difference
