@@ -35,6 +35,7 @@ class TargetConfig:
     early_stop_loss: float = 0.05
     batched: bool = True  # optimise all requests of a batch together (false: one at a time)
     reuse_prefix: bool = True  # run the blocks before the target layer once, not every step
+    adaptive_nll: bool = False  # PMET's rule (on for pmet, pmet_seq): NLL x0.1 while the target is the argmax
     chunk: Optional[int] = None  # requests optimised together; null: as many as the memory budget allows
     memory_budget_gb: Optional[float] = None  # for chunk=null on CUDA: default 60% of the free device memory
 
@@ -146,11 +147,14 @@ class ModelHparamsConfig:
     """Per-model hyper-parameters that several methods read (set by ``hparams/model/<model>``).
 
     ``cov_weight``: lambda, the weight of C in MEMIT-style solves (``mom2_update_weight``);
-    ``prune_log_base``: the base of PRUNE's log restraint.
+    ``prune_log_base``: the base of PRUNE's log restraint; ``prune_final_update``: PRUNE's
+    evaluated weights, ``restrained`` (the PRUNE paper) or ``edited_plus_restrained`` (the
+    reference's evaluation script, which the paper experiments set).
     """
 
     cov_weight: float = 15000.0
     prune_log_base: float = 2.718281828459045
+    prune_final_update: str = "restrained"
 
 
 @dataclass

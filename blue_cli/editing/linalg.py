@@ -88,20 +88,35 @@ def split_residual(R: torch.Tensor, layers_left: int, rule: str = "linear") -> t
     raise ValueError(f"unknown residual split rule {rule!r} (choose: linear, sqrt)")
 
 
-def keep_top_relative_change(delta: torch.Tensor, weight: torch.Tensor, keep_fraction: float) -> torch.Tensor:
-    """RECT: zero all but the top ``keep_fraction`` entries of |delta| / |W|.
+RECT_EPSILON = 1e-8  # added to W before dividing, as the reference's sparsification
 
-    Ties at the threshold are broken by position so exactly round(fraction * numel)
-    entries are kept.
+
+def rect_threshold_rank(numel: int, keep_fraction: float) -> int:
+    """k of RECT's threshold, the k-th smallest score (1-based; 0: keep every entry).
+
+    The reference takes k = int(numel * (100 - p) / 100) for a kept percentage p (40), so
+    it keeps numel - k + 1 entries plus ties at the threshold, not exactly p percent.
+    """
+    percent = 100.0 * keep_fraction
+    return int(numel * (100.0 - percent) / 100.0)
+
+
+def keep_top_relative_change(delta: torch.Tensor, weight: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+    """RECT: zero the entries of ``delta`` whose score |delta / (W + 1e-8)| is below the
+    k-th smallest score, k = :func:`rect_threshold_rank` (numel, ``keep_fraction``).
+
+    As the reference: every entry at or above that threshold is kept, which is
+    numel - floor((1 - keep_fraction) numel) + 1 entries plus any ties at the threshold
+    (the score is computed in ``delta``'s dtype).
     """
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    score = (delta.abs() / weight.abs().clamp_min(1e-12)).flatten()
-    n_keep = max(1, round(keep_fraction * score.numel()))
-    idx = torch.topk(score, n_keep, sorted=False).indices
-    mask = torch.zeros_like(score, dtype=torch.bool)
-    mask[idx] = True
-    return delta * mask.view_as(delta)
+    score = torch.nan_to_num((delta / (weight.to(delta.dtype) + RECT_EPSILON)).abs().flatten(), nan=0.0)
+    k = rect_threshold_rank(score.numel(), keep_fraction)
+    if k < 1:
+        return delta.clone()
+    threshold = torch.kthvalue(score, k).values
+    return delta * (score >= threshold).view_as(delta)
 
 
 def compress_singular_values(delta: torch.Tensor, bound: float, log_base: float = math.e) -> torch.Tensor:

@@ -117,6 +117,9 @@ class EditSession:
         adapter, method = self.adapter, self.method
         start = time.perf_counter()
         before = observe_before(adapter, method, requests, self.written, self.critical[-1])
+        cuda = adapter.device.type == "cuda"
+        if cuda:  # the efficiency protocol's peak memory per edit: this batch's edit alone
+            torch.cuda.reset_peak_memory_stats(adapter.device)
         t_edit = time.perf_counter()
         try:
             trace = self.strategy.edit_batch(method, self.ctx, requests, self.critical, before=before.weights)
@@ -127,7 +130,10 @@ class EditSession:
             raise NumericalError(
                 f"batch {index} (case_ids {ids[0]}..{ids[-1]}): {exc}; the weights are as before this batch"
             ) from None
+        if cuda:
+            torch.cuda.synchronize(adapter.device)
         edit_seconds = time.perf_counter() - t_edit
+        peak = {"edit_peak_memory_bytes": int(torch.cuda.max_memory_allocated(adapter.device))} if cuda else {}
         self._record([(w.layer, w.residual) for w in trace.writes])
         diag = batch_diagnostics(adapter, method, requests, trace, before)
         return {
@@ -136,6 +142,7 @@ class EditSession:
             "case_ids": [r.case_id for r in requests],
             "seconds": time.perf_counter() - start,
             "edit_seconds": edit_seconds,
+            **peak,
             **diag,
         }
 

@@ -8,6 +8,9 @@ every rewriting prompt, and optimised with Adam on
     +  weight_decay * ||delta|| / ||h_init||^2,
 
 then clamped to ||delta|| <= clamp * ||h_init|| after every step; z = h_init + delta.
+With ``adaptive_nll`` (PMET's rule, on for ``pmet``/``pmet_seq``): while the target is the
+argmax at every scored position, the next step weighs the NLL by 0.1, and the request
+stops once KL(p_now || p_init) < 0.01.
 All requests of a batch are optimised together, each with its own vector and its own
 early stop; since Adam is element-wise and the sequences are independent this gives
 the same vectors as one-request-at-a-time optimisation (tested to 1e-4).
@@ -31,6 +34,10 @@ from blue_cli.models.adapter import ModelAdapter, frozen_prefix
 from blue_cli.models.tokens import fill, pad_id, pad_right, subject_last_index, target_ids
 
 KL_PROMPT = "{} is a"
+
+
+ADAPTIVE_NLL_FACTOR = 0.1  # PMET: the NLL weight while the target is the argmax at every scored position
+ADAPTIVE_KL_STOP = 0.01  # PMET: stop then once KL(p_now || p_init) (without kl_factor) is below this
 
 
 @dataclass
@@ -140,20 +147,26 @@ def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Se
 
 
 def _losses(
-    adapter: ModelAdapter, batch: _Batch, n: int, init_kl: torch.Tensor | None, settings: TargetConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-request NLL (mean per-token over prompts), KL log-probs, and the KL term."""
+    adapter: ModelAdapter, batch: _Batch, n: int, init_kl: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per request: NLL (mean per-token over prompts), KL log-probs, KL(p_now || p_init)
+    (not yet weighted by kl_factor), and whether the target is the argmax at every
+    scored position of every prompt (PMET's adaptive rule reads it)."""
     hidden = adapter.base_forward(batch.inputs["input_ids"], batch.inputs["attention_mask"])
     logits = adapter.logits_at(hidden[batch.nll_row, batch.nll_pos]).float()
-    token_nll = -torch.log_softmax(logits, dim=-1).gather(1, batch.nll_tok[:, None]).squeeze(1)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    token_logprob = logprobs.gather(1, batch.nll_tok[:, None]).squeeze(1)
+    token_nll = -token_logprob
     nll = torch.zeros(n, device=logits.device).index_add(0, batch.rows[batch.nll_row], token_nll * batch.nll_weight)
+    below_max = (token_logprob < logprobs.max(dim=-1).values).float().detach()
+    at_argmax = torch.zeros(n, device=logits.device).index_add(0, batch.rows[batch.nll_row], below_max) == 0
     kl_logits = adapter.logits_at(hidden[batch.kl_rows, batch.lookup[batch.kl_rows]]).float()
     kl_logprobs = torch.log_softmax(kl_logits, dim=-1)
     if init_kl is None:
         kl = torch.zeros(n, device=logits.device)
     else:
-        kl = settings.kl_factor * F.kl_div(init_kl, kl_logprobs, log_target=True, reduction="none").sum(-1)
-    return nll, kl_logprobs, kl
+        kl = F.kl_div(init_kl, kl_logprobs, log_target=True, reduction="none").sum(-1)
+    return nll, kl_logprobs, kl, at_argmax
 
 
 def optimise_targets(
@@ -196,20 +209,27 @@ def _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n):
     max_norm = {p: settings.clamp * h_init[p].norm(dim=1) for p in points}
     active = torch.ones(n, dtype=torch.bool, device=adapter.device)
     steps = torch.zeros(n, dtype=torch.long)
+    nll_factor = torch.ones(n, device=adapter.device)
     init_kl, loss_init, nll = None, None, None
     for it in range(settings.steps):
         fault_point("target")
         with ExitStack() as stack:
             for p in points:
                 stack.enter_context(adapter.inject(f"{p}.{layer}", deltas[p], batch.rows, batch.lookup))
-            nll, kl_logprobs, kl = _losses(adapter, batch, n, init_kl, settings)
+            nll, kl_logprobs, kl, at_argmax = _losses(adapter, batch, n, init_kl)
         if init_kl is None:
             init_kl = kl_logprobs.detach()
         decay = sum(settings.weight_decay * deltas[p].norm(dim=1) / h_init[p].norm(dim=1) ** 2 for p in points)
-        loss = nll + kl + decay
+        loss = nll_factor * nll + settings.kl_factor * kl + decay
         if loss_init is None:
             loss_init = nll.detach().clone()
         active &= loss.detach() >= settings.early_stop_loss
+        if settings.adaptive_nll:
+            # PMET, in the reference's order: the loss above keeps this step's factor; the
+            # next step's factor follows from this step's argmax, and a request whose target
+            # is the argmax everywhere stops once its KL is small.
+            active &= ~(at_argmax & (kl.detach() < ADAPTIVE_KL_STOP))
+            nll_factor = torch.where(at_argmax, ADAPTIVE_NLL_FACTOR, 1.0)
         if not bool(active.any()) or it == settings.steps - 1:
             break
         frozen = {p: deltas[p].detach().clone() for p in points}

@@ -51,6 +51,9 @@ def layer_table(payload: dict) -> Table:
     for _, _, header, _ in PROBABILITIES:
         table.add_column(header, justify="right")
     table.add_column("fit W direct", justify="right")
+    own = {r["layer"]: r["steps"] for r in payload.get("own_residual_steps", [])}
+    if own:
+        table.add_column("steps own R", justify="right")
     for row in payload["layers"]:
         table.add_row(
             str(row["layer"]),
@@ -58,11 +61,14 @@ def layer_table(payload: dict) -> Table:
             _pm(row["norm_ratio"]),
             *(_prob(row[key]) for key, _, _, _ in PROBABILITIES),
             f"{row['key_fit_error_direct']:.3f}",
+            *([f"{own[row['layer']]['mean']:.2f}"] if own else []),
         )
     table.caption = (
         "mean ± std over requests. share: spread's share of z - h_L for the layer; direct: z_l - h_l optimised "
         "at the layer; norm ratio: ‖share‖/‖direct‖; P: P(target_new | rewrite prompt) with the vector added "
-        "(+) or written by the method at that layer alone (W); fit: the write's ‖ΔK − R‖/‖R‖. "
+        "(+) or written by the method at that layer alone (W); fit: the write's ‖ΔK − R‖/‖R‖; "
+        "steps own R: mean target steps when every layer, in order, optimises and writes its own residual "
+        "(the BLUE paper's Table 1). "
         f"P without any vector: {payload['p_base']['mean']:.3g} ± {payload['p_base']['std']:.2g}"
     )
     return table

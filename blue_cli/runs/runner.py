@@ -200,6 +200,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     summary.update(notes)
     summary["evaluation_seconds"] = eval_seconds  # pre- and post-edit dataset evaluation
     summary["edit_seconds"] = sum(r.get("edit_seconds", 0.0) for r in rows)
+    summary.update(edit_cost(rows))
     if "consistency_unavailable" in notes:
         summary["consistency"] = None  # unavailable, never 0
     summary["stats_counts"] = session.stats.summary()
@@ -293,6 +294,19 @@ def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> 
     summary["skipped_batches"] = sum("skipped" in r for r in all_rows)
     summary.update(finish_info)
     return summary
+
+
+def edit_cost(rows: Sequence[dict]) -> dict:
+    """The efficiency protocol's numbers (the BLUE paper's Fig. 12 and Table 8): seconds per
+    edit over the edited batches (target optimisation, keys, solves and writes; no evaluation),
+    and the most device memory one batch's edit held (CUDA only, else null)."""
+    edited = [r for r in rows if "skipped" not in r]
+    edits = sum(r.get("edits", 0) for r in edited)
+    peaks = [r["edit_peak_memory_bytes"] for r in edited if r.get("edit_peak_memory_bytes") is not None]
+    return {
+        "seconds_per_edit": sum(r.get("edit_seconds", 0.0) for r in edited) / edits if edits else None,
+        "edit_peak_memory_bytes": max(peaks) if peaks else None,
+    }
 
 
 def _logprob_sum_new(case: dict) -> float | None:

@@ -18,8 +18,10 @@ measures, per request:
 
 With a run folder the model carries the run's edited weights and method state, and
 the per-layer target-optimisation steps and key-fit errors of its batches are read
-from its checkpoint (the rows ``batches.jsonl`` is derived from). Pure orchestration:
-every vector, solve and score comes from the editing and evaluation functions a run uses.
+from its checkpoint (the rows ``batches.jsonl`` is derived from). ``own_residual_steps`` is
+the paper's Table 1: the mean steps per critical layer when every layer, in increasing order,
+optimises and writes its own residual. Pure orchestration: every vector, solve and score
+comes from the editing and evaluation functions a run uses.
 """
 
 from __future__ import annotations
@@ -154,6 +156,31 @@ def analyse_layers(
     }
 
 
+def own_residual_steps(
+    method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], critical: Sequence[int], progress=None
+) -> list[dict]:
+    """The BLUE paper's Table 1: target-optimisation steps per critical layer when every
+    layer computes its own residual.
+
+    Layers in increasing order; at each, the targets are optimised at that layer on the model
+    with the earlier layers already written, and the layer is then written with its full
+    residual z_l - h_l (no share), by the method's closed form. Early stop as configured
+    (``method.target.early_stop_loss``, 0.05 as the paper). The weights are restored afterwards.
+    """
+    progress = progress or NullProgress()
+    adapter, point = ctx.adapter, method.write_point
+    rows = []
+    current = {l: adapter.rewrite_weight(l).detach().clone() for l in critical}
+    with swapped_weights(adapter, current), progress.track("steps with own residuals", len(critical)) as update:
+        for i, layer in enumerate(critical):
+            target = Strategy.compute_targets(method, ctx, requests, layer)
+            residual = target.z(point).T - Strategy.current_values(method, ctx, requests, layer)  # (d x n)
+            Strategy.write_layer(method, ctx, requests, layer, residual)
+            rows.append({"layer": layer, "steps": summary_of(target.steps)})
+            update(i + 1)
+    return rows
+
+
 def batch_layer_statistics(rows: Sequence[dict], written: Sequence[int]) -> dict:
     """Per written layer, the mean (and std) over a run's batches of the target steps and key-fit error.
 
@@ -248,6 +275,7 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
         "context_templates": groups,
         "run": str(run_dir) if run_dir is not None else None,
         **analyse_layers(method, ctx, requests, critical, progress),
+        "own_residual_steps": own_residual_steps(method, ctx, requests, critical, progress),
     }
     if run_dir is not None:
         written = strategy_class(cfg.strategy.name)(cfg.strategy).written_layers(critical)

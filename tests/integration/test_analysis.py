@@ -16,13 +16,13 @@ from blue_cli.cli.commands import app
 from blue_cli.config.overrides import compose_config
 from blue_cli.config.registry import dataset_class, method_class
 from blue_cli.editing import session
-from blue_cli.editing.keys import values_at_subject
+from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.statistics.store import CovarianceStore
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import optimise_targets
 from blue_cli.reporting.residual_analysis import write_figures
 from blue_cli.runs import runner
-from blue_cli.tools.analysis import analyse_layers, run_analysis, write_analysis
+from blue_cli.tools.analysis import analyse_layers, own_residual_steps, run_analysis, write_analysis
 
 FAST = ["model=tiny-gpt2", "method.target.steps=5", "stats.samples=40", "context.n_prefixes=2"]
 RECORDS = 4
@@ -172,6 +172,43 @@ def test_the_analysis_leaves_the_weights_as_it_found_them(analysed, fresh_tiny):
         assert torch.equal(adapter.rewrite_weight(l), before[l]), l
     # The written probabilities come from a real write: they differ from the unedited model's.
     assert result["layers"][-1]["logprob_written_direct"] != pytest.approx(result["logprob_base"], abs=1e-3)
+
+
+def test_own_residual_steps_are_table_1s_protocol_recomputed_by_hand(analysed, fresh_tiny):
+    """The paper's Table 1: every critical layer, in order, optimises its own target on the model
+    with the earlier layers written (MEMIT's closed form of the full residual, by hand here), and
+    the steps it takes are what the analysis reports; the weights are left as they were."""
+    cfg, payload, _, _ = analysed
+    cfg = compose_config([*FAST, "method.target.steps=12", "method.target.early_stop_loss=1.0"])
+    critical = list(cfg.model.layers)
+    requests = dataset_class("counterfact")(cfg.dataset, cfg.eval, seed=cfg.seed).load(RECORDS)
+    groups = payload["context_templates"]
+    settings = session.target_settings(cfg.method.target)
+
+    adapter = fresh_tiny("tiny-gpt2")
+    before = {l: adapter.rewrite_weight(l).detach().clone() for l in critical}
+    stats = CovarianceStore(adapter, session.stats_settings(cfg))
+    stats.ensure(critical)
+    method = method_class("memit")(cfg.method, critical)
+    method.prepare(stats, adapter.device)
+    rows = own_residual_steps(method, EditContext(adapter, groups, settings), requests, critical)
+    for l in critical:
+        assert torch.equal(adapter.rewrite_weight(l), before[l]), l
+
+    templates = [t for group in groups for t in group]
+    unedited = optimise_targets(adapter, requests, templates, critical[-1], settings).steps
+    by_hand = []
+    for layer in critical:
+        result = optimise_targets(adapter, requests, templates, layer, settings)
+        by_hand.append(result.steps)
+        R = (result.z("block") - values_at_subject(adapter, requests, layer).T).T.double()  # (d x n)
+        K = collect_keys(adapter, requests, groups, [layer])[layer].double()  # (d_k x n)
+        A = cfg.method.cov_weight * stats.get(layer).double() + K @ K.T
+        adapter.add_to_rewrite(layer, (R @ K.T @ torch.linalg.inv(A)).float())
+    assert [r["layer"] for r in rows] == critical
+    assert [r["steps"]["values"] for r in rows] == [[float(s) for s in steps] for steps in by_hand]
+    # the earlier writes matter: a later layer stops sooner than it would on the unedited model
+    assert sum(by_hand[-1]) < sum(unedited)
 
 
 @pytest.fixture(scope="module")

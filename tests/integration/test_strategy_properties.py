@@ -134,7 +134,8 @@ def test_plain_memit_keeps_no_key_cache(fresh_tiny, requests10):
 @pytest.mark.parametrize("strategy", ["spread", "blue"])
 def test_rect_sparsifies_each_layers_batch_update_after_the_dense_writes(fresh_tiny, requests10, strategy):
     """RECT as the reference: every layer solved and written densely, then each layer's
-    batch update keeps its top entries by |Delta| / |W before the batch|."""
+    batch update keeps its top entries by |Delta / (W before the batch + 1e-8)|, as many as the
+    reference's k-th-value threshold keeps."""
     written = strategy_class(strategy)().written_layers(CRITICAL)
 
     def run(fraction):
@@ -147,9 +148,10 @@ def test_rect_sparsifies_each_layers_batch_update_after_the_dense_writes(fresh_t
     before, dense = run(1.0)
     _, sparse = run(0.25)
     for layer in written:
-        score = (dense[layer].abs() / before[layer].abs().clamp_min(1e-12)).flatten()
-        keep = torch.zeros_like(score, dtype=torch.bool)
-        keep[torch.topk(score, round(0.25 * score.numel())).indices] = True
+        # the reference's rule: the k-th smallest |Delta / (W + 1e-8)|, k = int(numel * 75 / 100), and all above
+        score = (dense[layer] / (before[layer] + 1e-8)).abs().flatten()
+        k = int(score.numel() * 75 / 100)
+        keep = score >= torch.sort(score).values[k - 1]
         expected = dense[layer] * keep.view_as(dense[layer])
         assert torch.allclose(sparse[layer], expected, atol=1e-6), layer
         assert abs(float((sparse[layer] != 0).double().mean()) - 0.25) < 1e-3

@@ -183,10 +183,11 @@ def test_clamp_bounds_every_delta_relative_to_its_own_h_init(gpt2, reqs, base_ru
 
 
 def test_kl_term_is_kl_of_now_from_initial_at_the_kl_prompt_subject(gpt2, reqs, base_run):
-    """_losses' KL equals kl_factor * sum p_now (log p_now - log p_init) on "{subject} is a" at the
-    subject's last token, recomputed here; it is zero on the first step and has a gradient."""
+    """_losses' KL, weighted by kl_factor as the loop does, equals kl_factor * sum p_now (log p_now -
+    log p_init) on "{subject} is a" at the subject's last token, recomputed here; it is zero on the
+    first step and has a gradient."""
     req = reqs[0]
-    settings = replace(BASE, kl_factor=0.3)
+    kl_factor = 0.3
     batch = _build_batch(gpt2, [req], TEMPLATES)
     h0 = base_run.h_init["block"][0]
     g = torch.Generator().manual_seed(0)
@@ -194,10 +195,11 @@ def test_kl_term_is_kl_of_now_from_initial_at_the_kl_prompt_subject(gpt2, reqs, 
     vec = (0.5 * h0.norm() * vec / vec.norm()).requires_grad_(True)
     zero = torch.zeros(1, h0.numel())
     with gpt2.inject(f"block.{LAYER}", zero, batch.rows, batch.lookup):
-        _, logp_init, kl_first = _losses(gpt2, batch, 1, None, settings)
+        _, logp_init, kl_first, _ = _losses(gpt2, batch, 1, None)
     assert torch.equal(kl_first, torch.zeros(1))
     with gpt2.inject(f"block.{LAYER}", vec[None], batch.rows, batch.lookup):
-        nll, _, kl = _losses(gpt2, batch, 1, logp_init.detach(), settings)
+        nll, _, kl, _ = _losses(gpt2, batch, 1, logp_init.detach())
+        kl = kl_factor * kl
 
     ids = gpt2.tok(KL_PROMPT.replace("{}", req.subject, 1))["input_ids"]
     pos = last_subject_token(gpt2.tok, KL_PROMPT, req.subject)
@@ -322,3 +324,106 @@ def test_second_moments_are_the_mean_outer_product_over_real_tokens(load_tiny, m
         expected = rows.T @ rows / rows.shape[0]
         assert moments[layer].dtype == torch.float64
         assert (moments[layer] - expected).norm() / expected.norm() < 1e-5, layer
+
+
+# --- PMET's adaptive NLL factor -------------------------------------------------------------
+
+
+def test_adaptive_nll_stops_a_target_that_is_already_the_argmax(gpt2, requests10):
+    """PMET's rule: a request whose target is already the argmax at every scored position
+    stops once KL(p_now || p_init) < 0.01, which on the first step (KL = 0) means at once,
+    although its NLL is far above the loss threshold; without the rule it takes steps.
+    The targets here are the model's own greedy next tokens, found from its logits."""
+    tok = gpt2.tok
+    chosen = []
+    for req in requests10:
+        ids = tok(req.prompt.replace("{}", req.subject, 1))["input_ids"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(gpt2.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+        token = int(logprobs.argmax())
+        word = tok.decode([token]).strip()
+        if tok(" " + word, add_special_tokens=False)["input_ids"] == [token] and -float(logprobs[token]) > 0.1:
+            chosen.append(replace(req, target_new=word))
+    assert len(chosen) >= 3  # the check has cases
+    settings = replace(BASE, early_stop_loss=0.05)
+    plain = optimise_targets(gpt2, chosen, ["{}"], LAYER, settings)
+    adaptive = optimise_targets(gpt2, chosen, ["{}"], LAYER, replace(settings, adaptive_nll=True))
+    assert all(s > 0 for s in plain.steps) and all(l > 0.1 for l in plain.loss_init)
+    assert adaptive.steps == [0] * len(chosen)
+    assert torch.equal(adaptive.delta["block"], torch.zeros_like(adaptive.delta["block"]))
+
+
+def test_pmet_runs_with_the_adaptive_rule_by_default_and_it_can_be_switched_off():
+    from blue_cli.cli.overrides import compose_config
+    from blue_cli.editing.session import target_settings
+
+    for method in ("pmet", "pmet_seq"):
+        assert target_settings(compose_config([f"method={method}"]).method.target).adaptive_nll
+        off = compose_config([f"method={method}", "method.target.adaptive_nll=false"])
+        assert not target_settings(off.method.target).adaptive_nll
+    assert not target_settings(compose_config(["method=memit"]).method.target).adaptive_nll
+
+
+def _reference_pmet_rule_loop(
+    adapter, req: EditRequest, layer: int, settings: TargetConfig, rule: bool = True
+) -> torch.Tensor:
+    """One request, template "{}": the reference PMET loop's order written out with plain
+    forwards (a block-output vector here, so only the rule differs from MEMIT's loop): loss with
+    this step's NLL weight; stop below the loss threshold; then, if the target is the argmax at
+    every scored position, weight 0.1 for the next step and stop once KL < 0.01, else weight 1;
+    stop at the last step; else an Adam step and the norm clamp. Returns delta (d)."""
+    tok = adapter.tok
+    target = tok(" " + req.target_new, add_special_tokens=False)["input_ids"]
+    text = req.prompt
+    prompt = tok(text.replace("{}", req.subject, 1))["input_ids"]
+    pos = last_subject_token(tok, text, req.subject)
+    kl_ids = tok(KL_PROMPT.replace("{}", req.subject, 1))["input_ids"]
+    kl_pos = last_subject_token(tok, KL_PROMPT, req.subject)
+    with torch.no_grad():
+        out = adapter.model(input_ids=torch.tensor([prompt]), output_hidden_states=True)
+    h_init = out.hidden_states[layer + 1][0, pos].float()
+    delta = torch.zeros_like(h_init, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=settings.lr)
+    factor, init = 1.0, None
+    for it in range(settings.steps):
+        logp = torch.log_softmax(_logits(adapter, prompt + target[:-1], layer, delta, pos), dim=-1)
+        rows = [len(prompt) - 1 + j for j in range(len(target))]
+        nll = -torch.stack([logp[r, t] for r, t in zip(rows, target)]).mean()
+        at_max = all(int(logp[r].argmax()) == t for r, t in zip(rows, target))
+        kl_logp = torch.log_softmax(_logits(adapter, kl_ids, layer, delta, kl_pos)[kl_pos], dim=-1)
+        init = kl_logp.detach() if init is None else init
+        kl = (kl_logp.exp() * (kl_logp - init)).sum()
+        loss = factor * nll + settings.kl_factor * kl + settings.weight_decay * delta.norm() / h_init.norm() ** 2
+        if loss < settings.early_stop_loss:
+            break
+        if rule and at_max:
+            factor = 0.1
+            if kl < 0.01:
+                break
+        else:
+            factor = 1.0
+        if it == settings.steps - 1:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            limit = settings.clamp * h_init.norm()
+            if delta.norm() > limit:
+                delta.mul_(limit / delta.norm())
+    return delta.detach()
+
+
+def test_adaptive_nll_matches_the_reference_loop_written_out(gpt2, requests10):
+    """A request (CounterFact case 2 of the bundled sample) whose target becomes the argmax
+    mid-way on tiny-gpt2, so the 0.1 weight changes the result: blue's loop with the rule gives
+    the loop written out here; without the rule it ends elsewhere."""
+    req = requests10[2]
+    settings = replace(BASE, steps=10, early_stop_loss=0.05, adaptive_nll=True)
+    expected = _reference_pmet_rule_loop(gpt2, req, LAYER, settings)
+    got = optimise_targets(gpt2, [req], ["{}"], LAYER, settings).delta["block"][0]
+    plain = optimise_targets(gpt2, [req], ["{}"], LAYER, replace(settings, adaptive_nll=False)).delta["block"][0]
+    assert (got - expected).norm() < 1e-4 * expected.norm()
+    assert (plain - expected).norm() > 0.01 * expected.norm()  # the rule really acted: 100x the agreement
+    without = _reference_pmet_rule_loop(gpt2, req, LAYER, settings, rule=False)
+    assert (plain - without).norm() < 1e-4 * without.norm()  # and it is the only difference

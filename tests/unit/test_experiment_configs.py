@@ -14,8 +14,71 @@ from blue_cli.errors import ConfigError
 EXPERIMENTS = group_choices("experiment")
 
 
-def test_the_experiments_are_there():
-    assert {"blue_table", "blue_llama3_counterfact", "blue_zsre", "blue_gptj"} <= set(EXPERIMENTS)
+GENERAL = ["sst2", "mrpc", "cola", "rte", "mmlu", "nli"]
+MAIN = {
+    "model": ["llama3", "gpt-j", "gpt2-xl"],
+    "method": ["memit", "alphaedit", "rect", "prune"],
+    "strategy": ["spread", "blue"],
+    "dataset": ["counterfact", "zsre"],
+}
+# What the paper reports for each setting (arXiv 2502.03748, NeurIPS 2025): edits, batch size,
+# general capability (tasks, every k batches) and the sweep, written out here from its text.
+PAPER = {
+    "blue_table": (2000, 100, GENERAL, 5, MAIN),  # Table 2
+    "blue_llama3_counterfact": (
+        2000, 100, GENERAL, 5,
+        {**MAIN, "model": ["llama3"], "method": ["memit", "alphaedit"], "dataset": ["counterfact"]},
+    ),
+    "blue_zsre": (2000, 100, GENERAL, 5, {**MAIN, "dataset": ["zsre"]}),
+    "blue_gptj": (2000, 100, GENERAL, 5, {**MAIN, "model": ["gpt-j"]}),
+    "blue_batch10k": (10000, 10000, [], None, MAIN),  # Table 6
+    "blue_pmet": (2000, 100, GENERAL, 5, {**MAIN, "method": ["pmet_seq"]}),  # Table 9, sequential
+    "blue_pmet_batch10k": (10000, 10000, [], None, {**MAIN, "method": ["pmet"]}),  # Table 9, one batch
+    "blue_llama2": (2000, 100, GENERAL, 5, {**MAIN, "model": ["llama2-13b"], "method": ["memit", "alphaedit"]}),
+    "blue_general": (3000, 100, GENERAL, 5, {**MAIN, "model": ["llama3"]}),  # Fig. 6: every 500 edits
+    "blue_efficiency": (300, 1, [], None, MAIN),  # Fig. 12 and Table 8
+}  # fmt: skip
+
+
+def test_every_setting_of_the_paper_is_an_experiment():
+    assert set(EXPERIMENTS) == set(PAPER)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_experiment_pins_the_paper_settings_and_yields_to_the_command_line(name):
+    num_edits, batch_size, general, every, sweep = PAPER[name]
+    cfg = compose_config([f"+experiment={name}"])
+    assert (cfg.num_edits, cfg.batch_size) == (num_edits, batch_size)
+    assert list(cfg.eval.general) == general and cfg.eval.general_every == every
+    assert _sweeper_params(name) == sweep
+    assert cfg.model.name in sweep["model"] and cfg.method.name in sweep["method"]
+    # PRUNE as the reference's evaluation script wrote it, which the paper's PRUNE rows ran
+    assert compose_config([f"+experiment={name}", "method=prune"]).method.final_update == "edited_plus_restrained"
+    tiny = compose_config([f"+experiment={name}", "model=tiny-gpt2", "num_edits=4", "batch_size=2"])
+    assert (tiny.model.name, tiny.num_edits, tiny.batch_size) == ("tiny-gpt2", 4, 2)
+    assert list(tiny.eval.general) == general
+
+
+def test_the_paper_models_and_their_critical_layers():
+    """Llama3 is the Instruct model; Table 7's Llama-2-13B edits layers 30-34."""
+    expected = {
+        "llama3": ("meta-llama/Meta-Llama-3-8B-Instruct", [4, 5, 6, 7, 8]),
+        "gpt-j": ("EleutherAI/gpt-j-6B", [3, 4, 5, 6, 7, 8]),
+        "gpt2-xl": ("gpt2-xl", [13, 14, 15, 16, 17]),
+        "llama2-13b": ("meta-llama/Llama-2-13b-hf", [30, 31, 32, 33, 34]),
+    }
+    for model, (source, layers) in expected.items():
+        cfg = compose_config([f"model={model}"])
+        assert (cfg.model.source, list(cfg.model.layers)) == (source, layers), model
+        assert max(layers) < cfg.model.shape.n_layers
+
+
+def test_alphaedit_blue_uses_the_papers_alpha_per_model():
+    """AlphaEdit+BLUE's L2 (alpha) as the paper's runs retune it; AlphaEdit as published keeps 10."""
+    for model, alpha in {"llama3": 1, "gpt-j": 95, "gpt2-xl": 80, "llama2-13b": 10}.items():
+        blue = compose_config(["+experiment=blue_table", f"model={model}", "method=alphaedit", "strategy=blue"])
+        spread = compose_config(["+experiment=blue_table", f"model={model}", "method=alphaedit", "strategy=spread"])
+        assert (blue.method.l2, spread.method.l2) == (alpha, 10), model
 
 
 def _sweeper_params(name: str) -> dict[str, list[str]]:
@@ -34,37 +97,20 @@ def _sweeper_params(name: str) -> dict[str, list[str]]:
     return out
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_pins_the_paper_settings_and_yields_to_the_command_line(name):
-    cfg = compose_config([f"+experiment={name}"])
-    assert (cfg.num_edits, cfg.batch_size) == (2000, 100)
-    assert list(cfg.eval.general) == ["sst2", "mrpc", "cola", "rte", "mmlu", "nli"] and cfg.eval.general_every == 5
-    assert cfg.model.name in ("llama3", "gpt-j", "gpt2-xl")
-    tiny = compose_config([f"+experiment={name}", "model=tiny-gpt2", "num_edits=4", "batch_size=2"])
-    assert (tiny.model.name, tiny.num_edits, tiny.batch_size) == ("tiny-gpt2", 4, 2)
-    assert list(tiny.eval.general) == list(cfg.eval.general)
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_sweep_value_of_an_experiment_composes(name):
-    params = _sweeper_params(name)
-    assert set(params) == {"model", "method", "strategy", "dataset"}
-    for key, values in params.items():
-        assert set(values) <= set(group_choices(key)), (key, values)
-        validate_overrides([f"+experiment={name}", f"{key}={','.join(values)}"])
-
-
-def test_the_main_table_sweep_is_the_papers():
-    params = _sweeper_params("blue_table")
-    assert params == {
-        "model": ["llama3", "gpt-j", "gpt2-xl"],
-        "method": ["memit", "alphaedit", "rect", "prune"],
-        "strategy": ["spread", "blue"],
-        "dataset": ["counterfact", "zsre"],
-    }
-    assert _sweeper_params("blue_zsre")["dataset"] == ["zsre"]
-    assert compose_config(["+experiment=blue_zsre"]).dataset.name == "zsre"
-    assert compose_config(["+experiment=blue_gptj"]).model.name == "gpt-j"
+def test_every_sweep_value_of_an_experiment_composes():
+    """Each (key, value) an experiment sweeps composes with the first experiment that sweeps it
+    (the experiments share most values; composing each once keeps this test quick)."""
+    seen: set[tuple[str, str]] = set()
+    for name in EXPERIMENTS:
+        params = _sweeper_params(name)
+        assert set(params) == {"model", "method", "strategy", "dataset"}
+        for key, values in params.items():
+            assert set(values) <= set(group_choices(key)), (key, values)
+            new = [v for v in values if (key, v) not in seen]
+            if new:
+                validate_overrides([f"+experiment={name}", f"{key}={','.join(new)}"])
+                seen.update((key, v) for v in new)
+    assert ("model", "llama2-13b") in seen and ("method", "pmet") in seen and ("method", "pmet_seq") in seen
 
 
 def test_unknown_experiment_is_one_line_naming_the_valid_ones():
@@ -74,3 +120,20 @@ def test_unknown_experiment_is_one_line_naming_the_valid_ones():
     assert "\n" not in msg and "unknown experiment 'blue_tabel'" in msg and "blue_table" in msg
     with pytest.raises(ConfigError, match=r"add it with \+experiment="):
         compose_config(["experiment=blue_table"])
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_blue_plan_plans_every_experiment(name, tmp_path):
+    """``blue plan +experiment=X`` plans the experiment's own run: its batch, method and the
+    BLUE boundary layers of its model (no download)."""
+    import json
+
+    from tests.conftest import invoke_blue
+
+    cfg = compose_config([f"+experiment={name}"])
+    result = invoke_blue(["plan", f"+experiment={name}", "--json"], tmp_path)
+    assert result.code == 0, result.stderr
+    facts = json.loads(result.stdout)["facts"]
+    assert (facts["batch_size"], facts["method"], facts["strategy"]) == (cfg.batch_size, cfg.method.name, "blue")
+    assert facts["written_layers"] == [cfg.model.layers[0], cfg.model.layers[-1]]
+    assert facts["d"] == cfg.model.shape.hidden_size and facts["d_k"] == cfg.model.shape.intermediate_size

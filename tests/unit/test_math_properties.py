@@ -289,28 +289,50 @@ def test_keep_top_ranks_by_relative_not_absolute_change():
     """|delta| ranks 3 > 2 > 1 > 0 but |delta| / |W| ranks 0 > 1 > 2 > 3."""
     delta = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
     weight = torch.tensor([[0.1, -1.0], [10.0, -100.0]])  # negative W: the ratio uses |W|
-    kept = keep_top_relative_change(delta, weight, 0.5)
-    assert torch.equal(kept, torch.tensor([[1.0, -2.0], [0.0, 0.0]]))
+    kept = keep_top_relative_change(delta, weight, 0.5)  # the reference's rule keeps 4 - int(4 * 0.5) + 1 = 3
+    assert torch.equal(kept, torch.tensor([[1.0, -2.0], [3.0, 0.0]]))
 
 
-@pytest.mark.parametrize("fraction", [0.005, 0.01, 0.05, 0.3, 0.5, 0.77, 1.0])
-def test_keep_top_keeps_exactly_the_largest_relative_changes(fraction):
-    """round(fraction * numel) entries survive, unchanged, and they are the top ratios
-    (sorted in plain Python here); all others are zero."""
+@pytest.mark.parametrize("fraction", [0.005, 0.01, 0.05, 0.3, 0.4, 0.5, 0.77, 1.0])
+def test_keep_top_keeps_what_the_reference_rule_keeps(fraction):
+    """The reference keeps every entry whose |delta / (W + 1e-8)| reaches the k-th smallest
+    score, k = int(numel * (100 - 100 fraction) / 100): numel - k + 1 entries (no ties here),
+    unchanged, and they are the top ratios (sorted in plain Python here); all others are zero."""
     g = _gen(41)
     delta = torch.randn(6, 9, generator=g)
     weight = torch.randn(6, 9, generator=g) * torch.rand(6, 9, generator=g) * 10
     kept = keep_top_relative_change(delta, weight, fraction)
-    n_keep = max(1, round(fraction * delta.numel()))  # 0.005 and 0.01 of 54 entries: one survivor
-    ratios = [abs(float(d)) / abs(float(w)) for d, w in zip(delta.flatten(), weight.flatten())]
+    numel = delta.numel()
+    k = int(numel * (100 - 100 * fraction) / 100)
+    n_keep = numel if k == 0 else numel - k + 1
+    if fraction == 0.4:
+        assert n_keep == 54 - 32 + 1 == round(0.4 * 54) + 1  # one more than 40%: the count the old rule missed
+    ratios = [abs(float(d) / (float(w) + 1e-8)) for d, w in zip(delta.flatten(), weight.flatten())]
     top = set(sorted(range(len(ratios)), key=lambda i: -ratios[i])[:n_keep])
     by_abs = set(sorted(range(len(ratios)), key=lambda i: -abs(float(delta.flatten()[i])))[:n_keep])
-    if 3 <= n_keep < delta.numel():
+    if 3 <= n_keep < numel:
         assert top != by_abs  # the data really separates the two rankings
     flat = kept.flatten()
     assert int((flat != 0).sum()) == n_keep
     for i in range(len(ratios)):
         assert float(flat[i]) == (float(delta.flatten()[i]) if i in top else 0.0)
+
+
+def test_keep_top_keeps_ties_at_the_threshold():
+    """Entries tied with the k-th smallest score all survive, as the reference's >= does."""
+    delta = torch.ones(2, 5)
+    weight = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 4.0, 8.0, 16.0, 32.0]])
+    # scores: five of 1, then 1/2 ... 1/32; k = int(10 * 0.6) = 6: the 6th smallest is 1
+    kept = keep_top_relative_change(delta, weight, 0.4)
+    assert torch.equal(kept != 0, torch.tensor([[True] * 5, [False] * 5]))
+
+
+def test_keep_top_counts_as_the_reference_on_a_model_sized_matrix():
+    """A 128 x 512 matrix (the tiny models' FFN output): 26216 entries, two more than round(0.4 numel)."""
+    g = _gen(5)
+    delta, weight = torch.randn(128, 512, generator=g), torch.randn(128, 512, generator=g)
+    kept = keep_top_relative_change(delta, weight, 0.4)
+    assert int((kept != 0).sum()) == 65536 - int(65536 * 60 / 100) + 1 == round(0.4 * 65536) + 2
 
 
 def test_keep_top_rejects_bad_fraction():

@@ -213,7 +213,7 @@ def _bench():
     return module
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt2-xl", "gpt-j", "llama3", "qwen2.5"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt2-xl", "gpt-j", "llama3", "llama2-13b", "qwen2.5"])
 def test_yaml_shape_rebuilds_the_public_parameter_count(name):
     """The shape facts rebuild (on the meta device, no memory) a model with the YAML's n_params."""
     import torch

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from blue_cli.config.registry import register_method
+from blue_cli.config.schema import TargetConfig
 from blue_cli.editing.methods.memit import Memit, MemitConfig
 
 
 @dataclass
 class PmetConfig(MemitConfig):
-    """``pmet`` has no key cache; ``pmet_seq`` keeps C_prev, as the reference's PMET_seq."""
+    """``pmet`` has no key cache; ``pmet_seq`` keeps C_prev, as the reference's PMET_seq.
+    ``target.adaptive_nll`` (default true): PMET's adaptive NLL factor and KL-based stop."""
 
     name: str = "pmet"
+    target: TargetConfig = field(default_factory=lambda: TargetConfig(adaptive_nll=True))
 
 
 @register_method("pmet", config=PmetConfig, variants=("pmet_seq",))
@@ -23,9 +26,10 @@ class Pmet(Memit):
     configs do), with MEMIT's closed form; ``spread`` shares the FFN residual by
     1/sqrt(layers left), as the PMET paper does.
 
-    Differs from reference: PMET's adaptive NLL factor (x0.1 once the target is the
-    argmax everywhere) and its KL-based stop are not applied; the early stop is the
-    shared loss threshold.
+    As the reference's PMET (``method.target.adaptive_nll``, on by default): while the
+    target is the argmax at every scored position, the next step weighs the NLL by 0.1,
+    and the request stops once KL(p_now || p_init) < 0.01; ``adaptive_nll=false`` keeps
+    only the shared loss threshold, as MEMIT's targets.
     """
 
     points = ("attn", "mlp")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from blue_cli.config.registry import register_method
 from blue_cli.editing.methods.memit import Memit, MemitConfig
+from blue_cli.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -15,10 +16,25 @@ if TYPE_CHECKING:
 @dataclass
 class PruneConfig(MemitConfig):
     """``log_base``: base of the log that restrains singular values (e in PRUNE's code;
-    per model from ``model_hparams.prune_log_base``)."""
+    per model from ``model_hparams.prune_log_base``). ``final_update``: the evaluated
+    weights, ``restrained`` (W0 + F(Delta), the PRUNE paper) or ``edited_plus_restrained``
+    (W0 + Delta + F(Delta), the reference's evaluation script, which the BLUE paper's
+    PRUNE rows ran; per run from ``model_hparams.prune_final_update``)."""
 
     name: str = "prune"
     log_base: float = 2.718281828459045
+    final_update: str = "restrained"
+
+    FINAL_UPDATES = ("restrained", "edited_plus_restrained")
+
+    @classmethod
+    def check(cls, node) -> None:
+        """``final_update`` one of :attr:`FINAL_UPDATES`, besides MEMIT's checks."""
+        if node.get("final_update", "restrained") not in cls.FINAL_UPDATES:
+            raise ConfigError(
+                f"unknown method.final_update '{node.final_update}' (choose: {', '.join(cls.FINAL_UPDATES)})"
+            )
+        super().check(node)
 
 
 @register_method("prune", config=PruneConfig)
@@ -27,7 +43,13 @@ class Prune(Memit):
     values above sigma_max(W0) log-compressed, which bounds how far sequential edits
     can perturb the matrix's condition. The restraint is a view of the edited weights:
     editing goes on from the unrestrained ones, and every evaluation point, the final
-    checkpoint and exports see the restrained ones."""
+    checkpoint and exports see the restrained ones.
+
+    ``final_update=restrained`` gives W0 + F(Delta), as the PRUNE paper defines it.
+    Differs from the PRUNE paper, as the reference (``final_update=edited_plus_restrained``):
+    its evaluation script adds the restrained change to the already edited weights,
+    W0 + Delta + F(Delta); the BLUE paper's PRUNE and PRUNE+BLUE rows came from that code.
+    """
 
     final_view = True
 
@@ -36,6 +58,7 @@ class Prune(Memit):
 
         from blue_cli.editing.linalg import compress_singular_values
 
+        keep_edit = self.cfg.get("final_update", "restrained") == "edited_plus_restrained"
         weights: dict[int, torch.Tensor] = {}
         info: dict[str, float] = {}
         for layer, W0 in originals.items():
@@ -43,7 +66,7 @@ class Prune(Memit):
             change = current[layer].to(torch.float64) - W0_64
             bound = float(torch.linalg.svdvals(W0_64).max())
             restrained = compress_singular_values(change, bound, float(self.cfg.log_base))
-            weights[layer] = W0_64 + restrained
+            weights[layer] = W0_64 + change + restrained if keep_edit else W0_64 + restrained
             info[f"prune_bound.{layer}"] = bound
             info[f"prune_max_sv_before.{layer}"] = float(torch.linalg.svdvals(change).max())
             info[f"prune_max_sv_after.{layer}"] = float(torch.linalg.svdvals(restrained).max())

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class RectConfig(MemitConfig):
-    """``keep_fraction``: share of entries of each layer's batch update kept, by |Delta| / |W|."""
+    """``keep_fraction``: share of entries of each layer's batch update kept, by |Delta / W|
+    (as the reference's rule counts it: see :func:`~blue_cli.editing.linalg.keep_top_relative_change`)."""
 
     name: str = "rect"
     keep_fraction: float = 0.4
@@ -22,9 +23,11 @@ class RectConfig(MemitConfig):
 
 @register_method("rect", config=RectConfig)
 class Rect(Memit):
-    """Keep only the top ``keep_fraction`` entries of |Delta| / |W| per edited matrix
+    """Keep only the top ``keep_fraction`` entries of |Delta / (W + 1e-8)| per edited matrix
     (default 40%), so the edit disturbs the weights less and general abilities survive
-    sequential editing.
+    sequential editing. The count kept is the reference's: every entry at or above the
+    k-th smallest score, k = int(numel * 0.6), i.e. numel - floor(0.6 numel) + 1 entries
+    plus ties, one or two more than 40%.
 
     As the reference, every layer of the batch is first solved and written densely
     (later layers see the dense earlier writes); then each layer's whole batch update
