@@ -167,7 +167,7 @@ SMOKE_TINY = [
 def test_every_paper_setting_runs_on_a_tiny_model(name, tmp_path):
     from omegaconf import OmegaConf
 
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
     from blue_cli.reporting.paper import load_paper_table, paper_names
     from blue_cli.runs import files
 

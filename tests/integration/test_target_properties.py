@@ -354,7 +354,7 @@ def test_adaptive_nll_stops_a_target_that_is_already_the_argmax(gpt2, requests10
 
 
 def test_pmet_runs_with_the_adaptive_rule_by_default_and_it_can_be_switched_off():
-    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.overrides import compose_config
     from blue_cli.editing.session import target_settings
 
     for method in ("pmet", "pmet_seq"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from blue_cli.cli.overrides import compose_config
+from blue_cli.config.overrides import compose_config
 from blue_cli.config.registry import method_class
 from blue_cli.errors import ConfigError
 
