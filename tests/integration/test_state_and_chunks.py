@@ -180,10 +180,17 @@ def test_requests_per_chunk_follows_the_activation_estimate():
 
 
 def _rewrite_meta(path, **changes):
+    """Change metadata entries as a run would have written them (checksum recomputed):
+    what is tested is the replay's check, not the damaged-file check."""
     from safetensors.torch import save_file
 
+    from blue_cli.runs.checkpoint import checkpoint_checksum
+
     tensors, meta = _tensors(path)
-    save_file(tensors, str(path), metadata={**meta, **changes})
+    meta = {**meta, **changes}
+    if "sha256" in meta:
+        meta["sha256"] = checkpoint_checksum(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +238,10 @@ def test_a_checkpoint_of_whole_matrices_is_refused_in_one_line(tmp_path, killed_
     _, meta = _tensors(path)
     from safetensors.torch import save_file
 
-    save_file({"weight.1": torch.zeros(2, 2)}, str(path), metadata={k: v for k, v in meta.items() if k != "format"})
+    save_file(
+        {"weight.1": torch.zeros(2, 2)},
+        str(path),
+        metadata={k: v for k, v in meta.items() if k not in ("format", "sha256")},
+    )
     with pytest.raises(ConfigError, match=r"written by an older blue .* resume=false"):
         runner.run_experiment(compose_config(SMALL), tmp_path / "run")
