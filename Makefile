@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-all lint format docs mutate demo bench bench-scale readme-results tiny-models clean
+.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale readme-results tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -18,6 +18,13 @@ install: ## install the package with its test and dev tools (torch as your platf
 
 test: ## unit, integration and end-to-end tests on the tiny models (< 4 min on 2 cores); prints the slowest
 	$(PYTHON) -m pytest -m "not slow and not gpu" -q --durations=25
+
+LOWEST_VENV := outputs/venv-lowest
+test-lowest: ## the suite with every dependency at its lower bound (constraints/lowest.txt), in a fresh venv under outputs/
+	rm -rf $(LOWEST_VENV)
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q -c constraints/lowest.txt -e ".[test]"
+	$(LOWEST_VENV)/bin/python -m pytest -m "not slow and not gpu" -q -p no:cacheprovider
 
 test-all: ## everything, the slow tests included
 	$(PYTHON) -m pytest -q
