@@ -19,8 +19,10 @@ from omegaconf import DictConfig
 
 from blue_cli.config.registry import method_class, strategy_class
 from blue_cli.datasets.records import EditRequest
+from blue_cli.editing.anchoring import NormAnchor
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.diagnostics import batch_diagnostics, observe_before, swapped_weights
+from blue_cli.editing.norms import matrix_norms
 from blue_cli.editing.statistics.store import CovarianceStore, StatsSettings
 from blue_cli.editing.strategies.base import EditContext
 from blue_cli.editing.targets import TargetSettings
@@ -70,9 +72,18 @@ class EditSession:
 
     ``compute_stats=False`` refuses to compute missing statistics (replaying a finished
     run for export or analysis must use the run's own, not hours of new ones).
+    ``pool``: the stream's requests, from which Norm-Anchor Scaling samples its reference
+    (``method.norm_anchor``; default: the first batch's requests).
     """
 
-    def __init__(self, cfg: DictConfig, adapter: ModelAdapter, progress=None, compute_stats: bool = True):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        adapter: ModelAdapter,
+        progress=None,
+        compute_stats: bool = True,
+        pool: Sequence[EditRequest] | None = None,
+    ):
         self.cfg, self.adapter = cfg, adapter
         self.strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
         self.critical = list(cfg.model.layers)
@@ -101,6 +112,7 @@ class EditSession:
             adapter, n_prefixes=c.n_prefixes, n_tokens=c.n_tokens, top_k=c.top_k, seed=cfg.seed
         )
         t = cfg.method.target
+        anchor = cfg.method.get("norm_anchor")
         self.ctx = EditContext(
             adapter,
             self.groups,
@@ -108,6 +120,7 @@ class EditSession:
             batched=t.batched,
             chunk=t.chunk,
             memory_budget_gb=t.memory_budget_gb,
+            norm_anchor=NormAnchor(anchor, cfg.seed, pool) if anchor is not None and anchor.enabled else None,
         )
         self.originals = {l: adapter.rewrite_weight(l).detach().clone() for l in self.written}
         self.log: list[BatchLog] = []
@@ -135,8 +148,40 @@ class EditSession:
     def _record(self, writes: list[tuple[int, torch.Tensor]]) -> None:
         self.log.append(BatchLog(writes, fingerprint(self.adapter, self.originals)))
 
+    @property
+    def norm_reference(self) -> dict[int, float]:
+        """Norm-Anchor Scaling's reference norm per target layer ({} without anchoring, or before batch 0)."""
+        return dict(self.ctx.norm_anchor.reference) if self.ctx.norm_anchor is not None else {}
+
+    def restore_norm_reference(self, reference: dict[int, float]) -> None:
+        """A resumed run's reference norms, computed on the original model by the run itself."""
+        if self.ctx.norm_anchor is not None:
+            self.ctx.norm_anchor.reference = {int(l): float(v) for l, v in reference.items()}
+
+    def monitor(self, trace) -> dict:
+        """Collapse monitoring after a batch (docs/long-horizon.md): per written layer ||W||_F,
+        ||W - W0||_F and sigma_max(W - W0) (power-iteration estimate); per target layer the mean
+        and largest norm of the value vectors v* the batch wrote; edits Norm-Anchor Scaling dropped."""
+        norms = {l: matrix_norms(self.adapter.rewrite_weight(l), W0) for l, W0 in self.originals.items()}
+        row = {
+            "weight_norm": {str(l): n["weight"] for l, n in norms.items()},
+            "change_norm": {str(l): n["change"] for l, n in norms.items()},
+            "change_spectral_norm": {str(l): n["change_spectral"] for l, n in norms.items()},
+            "value_norm_mean": {str(t.layer): sum(t.value_norms) / len(t.value_norms) for t in trace.targets},
+            "value_norm_max": {str(t.layer): max(t.value_norms) for t in trace.targets},
+        }
+        if self.ctx.norm_anchor is not None:
+            row["anchor_skipped"] = sum(t.anchor_skipped for t in trace.targets)
+        return row
+
     def _edit(self, requests: Sequence[EditRequest], index: int) -> dict:
         adapter, method = self.adapter, self.method
+        anchor = self.ctx.norm_anchor
+        if anchor is not None and self.log and not anchor.ready(self.strategy.target_layers(self.critical)):
+            raise DataError(
+                "method.norm_anchor is on but this stream's reference norms are unknown after "
+                f"{len(self.log)} batches (they are measured on the original model before the first one)"
+            )
         start = time.perf_counter()
         before = observe_before(adapter, method, requests, self.written, self.critical[-1])
         t_edit = time.perf_counter()
@@ -159,6 +204,7 @@ class EditSession:
             "seconds": time.perf_counter() - start,
             "edit_seconds": edit_seconds,
             **diag,
+            **self.monitor(trace),
         }
 
     def final_weights(self) -> tuple[dict[int, torch.Tensor], dict[str, float]]:

@@ -8,13 +8,16 @@ from collections.abc import Sequence
 
 def summarise(cases: Sequence[dict], prefix: str = "") -> dict[str, float]:
     """Means over cases of every numeric key; NaN and missing values (a case without
-    paraphrases, or one whose generations were not sampled) are skipped."""
+    paraphrases, or one whose generations were not sampled) are skipped, and so are keys
+    that hold texts or lists (the answers of the evaluation in the wild)."""
     keys: list[str] = []
     for case in cases:
         keys += [k for k in case if k != "case_id" and k not in keys]
     out: dict[str, float] = {}
     for key in keys:
         vals = [c.get(key) for c in cases]
+        if all(isinstance(v, (str, list, dict)) for v in vals if v is not None) and any(v is not None for v in vals):
+            continue  # texts (a generated answer), not a metric
         vals = [v for v in vals if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))]
         out[prefix + key] = sum(vals) / len(vals) if vals else float("nan")
     return out

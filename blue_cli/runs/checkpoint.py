@@ -103,6 +103,7 @@ class Checkpoint:
             "writes": json.dumps([[layer for layer, _ in entry.writes] for entry in session.log]),
             "fingerprints": json.dumps([{str(l): v for l, v in entry.fingerprint.items()} for entry in session.log]),
             "pre_cases_sha256": self.pre_cases_digest or "",
+            "norm_anchor": json.dumps({str(l): v for l, v in session.norm_reference.items()}),
         }
         with atomic_path(self.path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -152,6 +153,7 @@ class Checkpoint:
         prints = json.loads(meta["fingerprints"])
         if done > len(batches):
             raise ConfigError(f"'{self.path}' holds {done} batches but the run has only {len(batches)}")
+        session.restore_norm_reference(json.loads(meta.get("norm_anchor") or "{}"))
         log.info("replaying %d finished batches", done)
         inexact = 0.0
         track = (

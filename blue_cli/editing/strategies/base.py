@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from blue_cli.datasets.records import EditRequest
+from blue_cli.editing.anchoring import NormAnchor, value_norms
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.editing.targets import TargetResult, TargetSettings, merge_results, optimise_targets, requests_per_chunk
@@ -39,6 +40,7 @@ class EditContext:
     batched: bool = True
     chunk: int | None = None
     memory_budget_gb: float | None = None
+    norm_anchor: NormAnchor | None = None  # Norm-Anchor Scaling of every target (editing/anchoring.py)
 
     @property
     def templates(self) -> list[str]:
@@ -139,6 +141,17 @@ class Strategy:
         if before is None:
             before = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
         if replay is None:
+            if ctx.norm_anchor is not None:  # reference norms before the stream's first write
+                layers = self.target_layers(critical)
+                ctx.norm_anchor.ensure(
+                    adapter,
+                    requests,
+                    layers,
+                    method.points,
+                    method.write_point,
+                    ctx.targets,
+                    ctx.chunk_size(requests, layers[0]),
+                )
             trace = self.write_batch(method, ctx, requests, critical)
         else:
             trace = BatchTrace(
@@ -173,6 +186,10 @@ class Strategy:
             for i in range(0, len(requests), size)
         ]
         result = parts[0] if len(parts) == 1 else merge_results(parts)
+        if ctx.norm_anchor is not None:
+            ctx.norm_anchor.apply(ctx.adapter, requests, result, method.write_point)
+        else:
+            result.value_norms = value_norms(ctx.adapter, requests, result, method.write_point)
         for point in method.points:
             require_finite(f"target at {point}.{layer}", result.z(point))
         return result
