@@ -84,7 +84,7 @@ class EditDataset:
         (evaluation/wild.py: ``wild_*`` keys). ``pre_edit``: this is the unedited model,
         whose neighbourhood answers later evaluations compare with."""
         cases = self.evaluate(adapter, requests, progress=progress)
-        if not self.eval_cfg.get("wild", False):
+        if not getattr(self.eval_cfg, "wild", False):
             return cases
         from blue_cli.evaluation.wild import evaluate_wild
 

@@ -59,8 +59,8 @@ class EvaluationPoints:
 
     def _perplexity_due(self, done: int) -> bool:
         ev = self.eval_cfg
-        every = ev.get("perplexity_every")
-        if not ev.get("perplexity_tokens", 0):
+        every = getattr(ev, "perplexity_every", None)
+        if not getattr(ev, "perplexity_tokens", 0):
             return False
         return done in (0, len(self.batches)) or bool(every and done % every == 0)
 
@@ -78,7 +78,7 @@ class EvaluationPoints:
     def stop_reason(self, done: int) -> str | None:
         """One line when the row at ``done`` batches breaks the stop rule (perplexity above
         ``eval.stop_perplexity_factor`` x its pre-edit value), else None."""
-        factor = self.eval_cfg.get("stop_perplexity_factor")
+        factor = getattr(self.eval_cfg, "stop_perplexity_factor", None)
         row = next((r for r in self.rows if r.get("batches") == done), None)
         pre = next((r for r in self.rows if r.get("batches") == 0), None)
         if factor is None or done == 0 or row is None or pre is None:
