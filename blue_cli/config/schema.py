@@ -116,6 +116,9 @@ class EvalConfig:
     # Evaluation in the wild: greedy generation, no target tokens given, exact match and token F1.
     wild: bool = True
     wild_max_tokens: int = 50
+    # Evaluate at most this many of the edited records (evenly spread over the stream) before,
+    # at every evaluation point and after: a long stream's points then cost the same throughout.
+    max_cases: Optional[int] = None
 
 
 @dataclass
@@ -337,6 +340,8 @@ def check_run_config(cfg, announce: bool = True) -> None:
         raise ConfigError(f"eval.stop_perplexity_factor must be >= 1 and finite, or null, got {factor}")
     if factor is not None and ev.perplexity_tokens == 0:
         raise ConfigError("eval.stop_perplexity_factor needs perplexity: set eval.perplexity_tokens >= 1")
+    if ev.max_cases is not None and ev.max_cases < 1:
+        raise ConfigError(f"eval.max_cases must be >= 1 or null, got {ev.max_cases}")
     if ev.wild_max_tokens < 1:
         raise ConfigError(f"eval.wild_max_tokens must be >= 1, got {ev.wild_max_tokens}")
     na = cfg.method.norm_anchor

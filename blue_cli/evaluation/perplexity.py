@@ -59,7 +59,7 @@ def token_windows(ids: list[int], tokens: int, window: int) -> list[list[int]]:
 @torch.no_grad()
 def perplexity(adapter, text: str, *, tokens: int, window: int, batch: int = 8) -> float:
     """exp(mean next-token NLL) of ``adapter``'s model over the windows of ``text`` (module docstring)."""
-    ids = list(adapter.tok(text, add_special_tokens=False)["input_ids"])
+    ids = list(adapter.tok(text, add_special_tokens=False, verbose=False)["input_ids"])
     limit = adapter.context_length
     width = min(window, limit) if limit else window
     parts = token_windows(ids, tokens, width)

@@ -24,6 +24,15 @@ from blue_cli.faults import fault_point
 from blue_cli.runs import files as results
 
 
+def evaluated_positions(n: int, max_cases: int | None) -> list[int]:
+    """Positions in the stream of the records that are evaluated: all of them, or with
+    ``eval.max_cases`` at most that many, evenly spread (floor(i * n / max_cases)), so an
+    evaluation point of a long stream costs the same after 1,000 edits as after 100,000."""
+    if max_cases is None or n <= max_cases:
+        return list(range(n))
+    return [i * n // max_cases for i in range(max_cases)]
+
+
 def check_general_tasks(eval_cfg) -> None:
     """Unknown task names or unreadable task files fail before the run starts."""
     for task in eval_cfg.general:
@@ -42,6 +51,8 @@ class EvaluationPoints:
         self.progress = progress
         self.rows = results.read_jsonl(self.run_dir / results.EVALS)
         self.tracker = tracker  # an experiment tracker (reporting.tracking), or None
+        total = sum(len(b) for b in batches)
+        self.evaluated = set(evaluated_positions(total, getattr(self.eval_cfg, "max_cases", None)))
         self._heldout: str | None = None
 
     def reset(self) -> None:
@@ -97,13 +108,15 @@ class EvaluationPoints:
         row: dict = {"batches": done, "edits": sum(len(b) for b in self.batches[:done])}
         is_last = done == len(self.batches)
         if done and (is_last and self.every or (self.every and done % self.every == 0)):
-            edited = [r for batch in self.batches[:done] for r in batch]
+            flat = [r for batch in self.batches[:done] for r in batch]
+            edited = [r for i, r in enumerate(flat) if i in self.evaluated]
             if post_cases is None:
                 with self.progress.track("evaluation", 1) as update:
                     post_cases = self.dataset.evaluate_run(adapter, edited, progress=update)
             cases = post_cases[: len(edited)]
+            first = sum(i in self.evaluated for i in range(len(self.batches[0])))
             row.update(summarise(cases))
-            row.update(summarise(cases[: len(self.batches[0])], prefix="first_batch."))
+            row.update(summarise(cases[:first], prefix="first_batch."))
         if self._general_due(done):
             row.update(self._general_row(adapter))
         if self._perplexity_due(done):

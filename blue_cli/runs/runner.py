@@ -28,7 +28,7 @@ from blue_cli.config.schema import check_run_config
 from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.session import EditSession, seed_everything
 from blue_cli.errors import ConfigError
-from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks
+from blue_cli.evaluation.points import EvaluationPoints, check_general_tasks, evaluated_positions
 from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter
@@ -142,7 +142,8 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
 
     batches = batches_of(requests, cfg.batch_size)
     points = EvaluationPoints(cfg, dataset, batches, run_dir, progress, tracker)
-    pre = PreEdit(run_dir, dataset, adapter, requests, progress, checkpoint)
+    evaluated = evaluated_positions(len(requests), cfg.eval.get("max_cases"))
+    pre = PreEdit(run_dir, dataset, adapter, [requests[i] for i in evaluated], progress, checkpoint)
 
     def base_model_and_points(done: int) -> None:
         """At 0 finished batches (the base model): the pre-edit evaluation and evaluation
@@ -184,7 +185,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
         log.warning("stopped early: %s", stopped)
         batches = batches[: len(rows)]
         requests = [r for batch in batches for r in batch]
-        pre.cases = pre.cases[: len(requests)]
+        pre.cases = pre.cases[: sum(i < len(requests) for i in evaluated)]
         pre_cases = pre.cases
         points.batches = batches
     if finished:
@@ -196,7 +197,9 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
         checkpoint.save(session, rows, finished=True, info=finish_info, total=len(batches))
 
     t_eval = time.perf_counter()
-    post_cases = _evaluate(dataset, adapter, requests, progress, "post-edit evaluation")
+    post_cases = _evaluate(
+        dataset, adapter, [requests[i] for i in evaluated if i < len(requests)], progress, "post-edit evaluation"
+    )
     eval_seconds += time.perf_counter() - t_eval
     results.write_jsonl(
         run_dir,
@@ -222,6 +225,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
         strategy=cfg.strategy.name,
         dataset=cfg.dataset.name,
         num_edits=len(requests),
+        evaluated_cases=len(post_cases),
         batch_size=cfg.batch_size,
         written_layers=session.written,
     )

@@ -69,13 +69,16 @@ def test_a_resumed_anchored_run_writes_the_rows_of_an_uninterrupted_one(tmp_path
         "eval.perplexity_every=1",
         "method.norm_anchor.enabled=true",
         "method.norm_anchor.samples=4",
+        "eval.max_cases=4",  # of 6 edits: positions 0, 1, 3, 4 are evaluated
     ]
     whole = runner.run_experiment(compose_config(overrides), tmp_path / "whole")
 
-    def fail_after_two(point, _count={"batch": 0}):
+    count = {"batch": 0}
+
+    def fail_after_two(point):
         if point == "batch":
-            _count["batch"] += 1
-            if _count["batch"] == 2:
+            count["batch"] += 1
+            if count["batch"] == 2:
                 raise RuntimeError("killed")
 
     monkeypatch.setattr(runner, "fault_point", fail_after_two)
@@ -92,4 +95,7 @@ def test_a_resumed_anchored_run_writes_the_rows_of_an_uninterrupted_one(tmp_path
     assert [r["batches"] for r in evals] == [0, 1, 2, 3] and all("perplexity" in r for r in evals)
     assert "wild_efficacy_em" in evals[2] and "wild_efficacy_em" in whole and "pre_wild_efficacy_em" in whole
     meta = json.loads((tmp_path / "whole" / "summary.json").read_text())
-    assert meta["stopped"] is None
+    assert meta["stopped"] is None and meta["evaluated_cases"] == 4 and meta["num_edits"] == 6
+    cases = results.read_jsonl(tmp_path / "whole" / results.CASES)
+    stream = [c for b in results.read_jsonl(tmp_path / "whole" / results.BATCHES) for c in b["case_ids"]]
+    assert [c["case_id"] for c in cases] == [stream[i] for i in (0, 1, 3, 4)]

@@ -65,8 +65,8 @@ def test_norm_anchor_writes_every_value_vector_at_the_reference_norm(method, str
 
 
 def test_the_reference_norm_is_measured_on_the_original_model_with_bare_prompts(fresh_tiny, requests10):
-    """Independent: the trimmed mean (keep_quantile 0.6 of 3: floor(1.2) = 1, the longest, dropped) of ||v0 + delta|| of a
-    seeded sample of the pool, optimised here on a fresh copy of the unedited model."""
+    """Independent: the trimmed mean (keep_quantile 0.6 of 3: floor(1.2) = 1, the longest, dropped)
+    of ||v0 + delta|| of a seeded sample of the pool, optimised here on a fresh copy of the unedited model."""
     overrides = [*SMALL, "strategy=blue", "method.norm_anchor.enabled=true", "method.norm_anchor.samples=3"]
     cfg = compose_config([*overrides, "method.norm_anchor.keep_quantile=0.6"])
     pool = requests10[:6]

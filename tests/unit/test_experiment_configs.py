@@ -12,6 +12,8 @@ from blue_cli.config.schema import conf_dir, group_choices, register_configs
 from blue_cli.errors import ConfigError
 
 EXPERIMENTS = group_choices("experiment")
+# The BLUE paper's tables; long_horizon (a whole-file stream with the collapse monitor) is tested below.
+PAPER = [e for e in EXPERIMENTS if e != "long_horizon"]
 
 
 def test_the_experiments_are_there():
@@ -34,7 +36,7 @@ def _sweeper_params(name: str) -> dict[str, list[str]]:
     return out
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", PAPER)
 def test_experiment_pins_the_paper_settings_and_yields_to_the_command_line(name):
     cfg = compose_config([f"+experiment={name}"])
     assert (cfg.num_edits, cfg.batch_size) == (2000, 100)
@@ -45,7 +47,7 @@ def test_experiment_pins_the_paper_settings_and_yields_to_the_command_line(name)
     assert list(tiny.eval.general) == list(cfg.eval.general)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", PAPER)
 def test_every_sweep_value_of_an_experiment_composes(name):
     params = _sweeper_params(name)
     assert set(params) == {"model", "method", "strategy", "dataset"}
@@ -74,3 +76,12 @@ def test_unknown_experiment_is_one_line_naming_the_valid_ones():
     assert "\n" not in msg and "unknown experiment 'blue_tabel'" in msg and "blue_table" in msg
     with pytest.raises(ConfigError, match=r"add it with \+experiment="):
         compose_config(["experiment=blue_table"])
+
+
+def test_long_horizon_edits_the_whole_file_with_the_collapse_monitor_on():
+    cfg = compose_config(["+experiment=long_horizon"])
+    assert cfg.dataset.allow_fewer and cfg.num_edits >= 20000  # a whole CounterFact (20,877) or more
+    assert cfg.eval_every == cfg.eval.perplexity_every == 10 and cfg.batch_size == 100
+    assert cfg.eval.wild and not cfg.eval.generation and cfg.eval.max_cases == 2000
+    anchored = compose_config(["+experiment=long_horizon", "dataset=zsre", "method.norm_anchor.enabled=true"])
+    assert anchored.dataset.name == "zsre" and anchored.method.norm_anchor.enabled and anchored.dataset.allow_fewer

@@ -38,3 +38,12 @@ def test_the_stop_rule_cuts_at_newline_or_sentence_end_never_at_the_target_lengt
     assert cut_answer(" Paris\nThe city") == ("Paris", True)
     assert cut_answer(" still going") == ("still going", False)
     assert cut_answer("a\nb. c") == ("a", True)  # the first stop wins
+
+
+def test_evaluated_positions_are_evenly_spread_and_capped():
+    from blue_cli.evaluation.points import evaluated_positions
+
+    assert evaluated_positions(5, None) == [0, 1, 2, 3, 4] == evaluated_positions(5, 9)
+    assert evaluated_positions(10, 4) == [0, 2, 5, 7]
+    picked = evaluated_positions(100_000, 2000)
+    assert len(set(picked)) == 2000 and picked == sorted(picked) and picked[-1] < 100_000
