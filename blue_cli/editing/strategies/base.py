@@ -186,7 +186,9 @@ class Strategy:
             for i in range(0, len(requests), size)
         ]
         result = parts[0] if len(parts) == 1 else merge_results(parts)
-        if ctx.norm_anchor is not None:
+        # A layer without a reference norm is one the stream never optimises at (e.g. the
+        # residual analysis of a replayed run probes every critical layer): left as optimised.
+        if ctx.norm_anchor is not None and layer in ctx.norm_anchor.reference:
             ctx.norm_anchor.apply(ctx.adapter, requests, result, method.write_point)
         else:
             result.value_norms = value_norms(ctx.adapter, requests, result, method.write_point)
