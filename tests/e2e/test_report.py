@@ -58,10 +58,14 @@ def test_the_sweep_leaves_its_report_and_plots(sweep):
             summary_of(folder / row["run"])["target_logprob_gain"]
         )
     assert "average relative change vs strategy=spread" in md and jobs["blue"].name in md
-    evals = [json.loads(line) for line in (jobs["blue"] / "evals.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (jobs["blue"] / "evals.jsonl").read_text().splitlines()]
+    assert rows[0]["edits"] == 0 and set(rows[0]) == {"batches", "edits", "perplexity"}  # the base model's
+    evals = rows[1:]
     assert [e["edits"] for e in evals] == [2, 4]
+    assert {"wild_efficacy_em", "wild_specificity_f1", "perplexity"} <= set(evals[-1])
     names = {p.name for p in folder.glob("*.png")}
     assert {"curve_efficacy.png", "curve_specificity.png", "bars_headline.png"} <= names
+    assert {"curve_wild_efficacy_em.png", "curve_perplexity.png"} <= names  # both protocols, under their own names
     _assert_pngs(folder, at_least=len([k for k in evals[0] if k not in ("batches", "edits")]) + 1)
 
 
