@@ -102,7 +102,7 @@ def figure(runs: dict[str, dict]) -> Figure:
             pts = [(0, data["summary"].get(f"pre_{key}"))] + [(r["edits"], r[key]) for r in evals if key in r]
             panel.plot(*zip(*pts), "-o", color=colour, ms=3, label=spec)
     titles = (
-        "||W||_F of each written matrix",
+        "‖W‖_F of each written matrix",
         "perplexity on held-out WikiText-2 (log scale)",
         "efficacy, teacher-forced (edited records so far)",
         "efficacy in the wild: exact match of the greedy answer",
@@ -127,8 +127,9 @@ def fmt(value, digits: int = 3) -> str:
 
 def table(runs: dict[str, dict], args) -> str:
     lines = [
-        "| run | edits | perplexity pre -> post | max ratio | efficacy TF pre -> post | efficacy wild EM pre -> post "
-        "| generalization wild EM | specificity wild EM | largest ||W||_F pre-edit -> end | edits dropped by NAS | stopped |",
+        "| run | edits | perplexity pre -> post | max ratio | efficacy TF pre -> post "
+        "| efficacy wild EM pre -> post | generalization wild EM | specificity wild EM "
+        "| largest ‖W‖_F pre-edit -> end | edits dropped by NAS | stopped |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for spec, data in runs.items():

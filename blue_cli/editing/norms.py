@@ -43,9 +43,11 @@ def spectral_norm_estimate(A: torch.Tensor, iterations: int = SPECTRAL_ITERATION
 
 def matrix_norms(W: torch.Tensor, W0: torch.Tensor, spectral: bool = True) -> dict[str, float]:
     """``weight``: ||W||_F; ``change``: ||W - W0||_F; ``change_spectral``: sigma_max(W - W0) (estimate)."""
-    W64 = W.detach().double()
-    change = W64 - W0.detach().to(W64.device, torch.float64)
-    out = {"weight": float(W64.norm()), "change": float(change.norm())}
+    # One float64 copy of W alive at a time (as checkpoint.fingerprint's): the change is formed in place.
+    change = W.detach().to(torch.float64, copy=True)
+    out = {"weight": float(change.norm())}
+    change -= W0.detach().to(change.device)
+    out["change"] = float(change.norm())
     if spectral:
         out["change_spectral"] = spectral_norm_estimate(change)
     return out
