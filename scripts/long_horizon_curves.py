@@ -43,6 +43,7 @@ def settings(args) -> list[str]:
         f"eval.max_cases={args.max_cases}",
         "eval.generation=false",
         f"method.norm_anchor.samples={args.anchor_samples}",
+        *args.extra.split(),
     ]
 
 
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument("--max-cases", type=int, default=50)
     parser.add_argument("--anchor-samples", type=int, default=200)
     parser.add_argument("--out", default="outputs/long-horizon")
+    parser.add_argument("--extra", default="", help="more overrides for every run, space-separated")
     args = parser.parse_args()
     if not Path(args.data).exists():
         sys.exit(f"error: --data {args.data} does not exist (a CounterFact file or a folder of them)")
