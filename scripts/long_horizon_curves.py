@@ -83,6 +83,7 @@ def read(folder: Path) -> dict:
 
 
 def figure(runs: dict[str, dict]) -> Figure:
+    w0 = original_norms()
     fig = Figure(figsize=(12, 8.5), dpi=100)
     panels = [fig.add_subplot(2, 2, i + 1) for i in range(4)]
     for i, (spec, data) in enumerate(runs.items()):
@@ -93,9 +94,9 @@ def figure(runs: dict[str, dict]) -> Figure:
             edits.append(total)
         layers = sorted(data["batches"][0]["weight_norm"], key=int)
         for j, layer in enumerate(layers):
-            ys = [r["weight_norm"][layer] for r in data["batches"]]
+            ys = [w0[int(layer)]] + [r["weight_norm"][layer] for r in data["batches"]]
             style = ("-", "--", ":", "-.")[j % 4]
-            panels[0].plot(edits, ys, style, color=colour, label=f"{spec} layer {layer}")
+            panels[0].plot([0, *edits], ys, style, color=colour, label=f"{spec} layer {layer}")
         evals = data["evals"]
         ppl = [(r["edits"], r["perplexity"]) for r in evals if r.get("perplexity") is not None]
         panels[1].plot(*zip(*ppl), "-o", color=colour, ms=3, label=spec)
@@ -135,13 +136,13 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def table(runs: dict[str, dict], args) -> str:
+    w0 = original_norms()
     lines = [
         "| run | edits | perplexity pre -> post | max ratio | efficacy TF pre -> post "
         "| efficacy wild EM pre -> post | generalization wild EM | specificity wild EM "
         "| largest ‖W‖_F pre-edit -> end | edits dropped by NAS | stopped |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    w0 = original_norms()
     for spec, data in runs.items():
         s, batches, evals = data["summary"], data["batches"], data["evals"]
         pre_ppl = s.get("pre_perplexity")
@@ -158,12 +159,41 @@ def table(runs: dict[str, dict], args) -> str:
             f"| {fmt(start)} -> {fmt(end)} | {dropped} | {s.get('stopped') or 'no'} |"
         )
     shared = " ".join(f"`{x}`" for x in settings(args)[2:])
+    facts = []
+    for spec, data in runs.items():
+        s, batches, evals = data["summary"], data["batches"], data["evals"]
+        ratio = max(r["perplexity"] for r in evals if r.get("perplexity") is not None) / s["pre_perplexity"]
+        layers = sorted(batches[0]["weight_norm"], key=int)
+        growth = ", ".join(f"layer {l} x{batches[-1]['weight_norm'][l] / w0[int(l)]:.1f}" for l in layers)
+        values = ", ".join(
+            f"layer {l} {batches[0]['value_norm_mean'][l]:.1f} -> {batches[-1]['value_norm_mean'][l]:.1f}"
+            for l in sorted(batches[0]["value_norm_mean"], key=int)
+        )
+        facts.append(
+            f"- `{spec}`: after {s['num_edits']} edits ‖W‖_F is {growth} its pre-edit value; the mean norm of the "
+            f"value vectors written went from the first batch to the last: {values}; perplexity peaked at "
+            f"{ratio:.2f} x its pre-edit value."
+        )
+    worst = max(
+        max(r["perplexity"] for r in d["evals"] if r.get("perplexity") is not None) / d["summary"]["pre_perplexity"]
+        for d in runs.values()
+    )
+    fewest = min(d["summary"]["num_edits"] for d in runs.values())
+    verdict = (
+        f"No run's perplexity passed 2 x its pre-edit value within {fewest}"
+        f" edits on this model (largest ratio {worst:.2f}): no collapse in that sense."
+        if worst < 2
+        else f"At least one run's perplexity passed 2 x its pre-edit value (largest ratio {worst:.2f})."
+    )
     return (
         f"Runs: {', '.join(f'`{k}`' for k in runs)} (method:strategy, `:nas` = `method.norm_anchor.enabled=true`), "
         f"each on tiny-gpt2 with {shared} and the CounterFact file(s) under `{Path(args.data).name}`. "
         f"Efficacy columns are over the {runs[next(iter(runs))]['summary'].get('evaluated_cases')} evaluated records "
-        "(evenly spread over the stream); perplexity after every batch.\n\n" + "\n".join(lines) + "\n\n"
-        f"![curves]({FIGURE.name})\n"
+        "(evenly spread over the stream); perplexity after every batch.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(facts)
+        + f"\n\n{verdict}\n\n![curves]({FIGURE.name})\n"
     )
 
 
