@@ -103,7 +103,8 @@ class Checkpoint:
             "writes": json.dumps([[layer for layer, _ in entry.writes] for entry in session.log]),
             "fingerprints": json.dumps([{str(l): v for l, v in entry.fingerprint.items()} for entry in session.log]),
             "pre_cases_sha256": self.pre_cases_digest or "",
-            "norm_anchor": json.dumps({str(l): v for l, v in session.norm_reference.items()}),
+            # Norm-Anchor Scaling's reference norms, measured on the original model (editing/anchoring.py)
+            "norm_anchor": json.dumps({str(l): v for l, v in getattr(session, "norm_reference", {}).items()}),
         }
         with atomic_path(self.path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
