@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale readme-results tiny-models clean
+.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale readme-results long-horizon-curves tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,17 @@ readme-results: ## rerun the tiny-model sweeps behind the README's tables and re
 	blue edit -m model=tiny-gpt2 method=memit,memit_seq,alphaedit,pmet,pmet_seq,rect,prune strategy=spread,blue num_edits=40 batch_size=10 hydra.sweep.dir=$(README_RUNS)/tiny-gpt2
 	blue edit -m model=tiny-llama method=memit,memit_seq,alphaedit strategy=spread,blue num_edits=40 batch_size=10 hydra.sweep.dir=$(README_RUNS)/tiny-llama
 	$(PYTHON) scripts/readme_results.py $(README_RUNS)/tiny-gpt2 $(README_RUNS)/tiny-llama
+
+LONG_HORIZON_DATA ?= ../shared/data/counterfact/mcf_random_subsets_1000
+LONG_HORIZON_RUNS ?= memit:blue,memit:blue:nas
+LONG_HORIZON_EDITS ?= 1000
+# Shorter target optimisation than the tiny preset's (25 steps, 5 prefixes) so that two 1,000-edit
+# runs fit in the CPU time of a 2-core machine; empty it to measure the preset itself.
+LONG_HORIZON_EXTRA ?= method.target.steps=10 context.n_prefixes=2
+long-horizon-curves: ## long edit streams on tiny-gpt2 (norms, perplexity, efficacy teacher-forced and wild) into docs/long-horizon.md (CPU: ~10 min a run)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) scripts/long_horizon_curves.py --data $(LONG_HORIZON_DATA) \
+		--runs $(LONG_HORIZON_RUNS) --edits $(LONG_HORIZON_EDITS) --out outputs/long-horizon \
+		--extra "$(LONG_HORIZON_EXTRA)"
 
 tiny-models: ## rebuild the committed tiny models from scratch (minutes each)
 	$(PYTHON) scripts/build_tiny_models.py

@@ -108,6 +108,36 @@ class EvalConfig:
     general_items: int = 100
     general_shots: int = 0
     general_path: Optional[str] = None
+    # Collapse monitoring (docs/long-horizon.md): perplexity on held-out text before the
+    # first batch, every ``perplexity_every`` batches and after the last (tokens 0: never).
+    perplexity_every: Optional[int] = None
+    perplexity_text: str = "bundled"
+    perplexity_tokens: int = 4096
+    perplexity_window: int = 512
+    # Stop the stream (cleanly, with its checkpoint) once perplexity exceeds k x its pre-edit value.
+    stop_perplexity_factor: Optional[float] = None
+    # Evaluation in the wild: greedy generation, no target tokens given, exact match and token F1.
+    wild: bool = True
+    wild_max_tokens: int = 50
+    # Evaluate at most this many of the edited records (evenly spread over the stream) before,
+    # at every evaluation point and after: a long stream's points then cost the same throughout.
+    max_cases: Optional[int] = None
+
+
+@dataclass
+class NormAnchorConfig:
+    """Norm-Anchor Scaling (Liu et al. 2026, arXiv 2602.02543), for any method and strategy.
+
+    Each solved value vector v* = v0 + delta (v0: the rewrite matrix's output at the subject)
+    is rescaled to a reference norm: the mean ||v*|| over ``samples`` requests optimised on
+    the original model, the largest ``1 - keep_quantile`` of them left out. A v* longer
+    than ``skip_factor`` x the reference is not written (v* = v0). See editing/anchoring.py.
+    """
+
+    enabled: bool = False
+    samples: int = 1000
+    keep_quantile: float = 0.95
+    skip_factor: float = 2.0
 
 
 @dataclass
@@ -127,6 +157,7 @@ class MethodConfig:
     state_dtype: str = "auto"  # C, C_prev, P on the device: float32 on CUDA, float64 on CPU (auto)
     offload_state: bool = False  # keep C, C_prev, P in CPU memory, move one layer's in for its solve
     target: TargetConfig = field(default_factory=TargetConfig)
+    norm_anchor: NormAnchorConfig = field(default_factory=NormAnchorConfig)
 
     @classmethod
     def check(cls, node) -> None:
@@ -354,6 +385,28 @@ def check_run_config(cfg, announce: bool = True) -> None:
             raise ConfigError(f"eval.{key} must be >= 1, got {ev[key]}")
     if ev.general_every is not None and ev.general_every < 1:
         raise ConfigError(f"eval.general_every must be >= 1 or null, got {ev.general_every}")
+    if ev.perplexity_every is not None and ev.perplexity_every < 1:
+        raise ConfigError(f"eval.perplexity_every must be >= 1 or null, got {ev.perplexity_every}")
+    if ev.perplexity_tokens < 0:
+        raise ConfigError(f"eval.perplexity_tokens must be >= 0 (0: no perplexity), got {ev.perplexity_tokens}")
+    if ev.perplexity_window < 2:
+        raise ConfigError(f"eval.perplexity_window must be >= 2 tokens, got {ev.perplexity_window}")
+    factor = ev.stop_perplexity_factor
+    if factor is not None and not (1 <= factor < float("inf")):
+        raise ConfigError(f"eval.stop_perplexity_factor must be >= 1 and finite, or null, got {factor}")
+    if factor is not None and ev.perplexity_tokens == 0:
+        raise ConfigError("eval.stop_perplexity_factor needs perplexity: set eval.perplexity_tokens >= 1")
+    if ev.max_cases is not None and ev.max_cases < 1:
+        raise ConfigError(f"eval.max_cases must be >= 1 or null, got {ev.max_cases}")
+    if ev.wild_max_tokens < 1:
+        raise ConfigError(f"eval.wild_max_tokens must be >= 1, got {ev.wild_max_tokens}")
+    na = cfg.method.norm_anchor
+    if na.samples < 1:
+        raise ConfigError(f"method.norm_anchor.samples must be >= 1, got {na.samples}")
+    if not (0 < na.keep_quantile <= 1):
+        raise ConfigError(f"method.norm_anchor.keep_quantile must be in (0, 1], got {na.keep_quantile}")
+    if not (na.skip_factor > 0):
+        raise ConfigError(f"method.norm_anchor.skip_factor must be positive, got {na.skip_factor}")
     if cfg.eval_every is not None and cfg.eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1 or null, got {cfg.eval_every}")
     if not cfg.model.layers:

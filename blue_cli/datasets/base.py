@@ -35,6 +35,7 @@ class EditDataset:
         self.cfg = cfg
         self.eval_cfg = eval_cfg
         self.seed = seed
+        self.wild_reference: dict | None = None  # case_id -> the unedited model's neighbourhood answers
 
     def read(self, limit: int | None) -> list[EditRequest]:
         """Records ``offset .. offset + limit`` of the configured source."""
@@ -95,3 +96,33 @@ class EditDataset:
     ) -> list[dict]:
         """One dict per case: ``case_id``, the three rates, and any other per-case metric."""
         raise NotImplementedError
+
+    def evaluate_run(
+        self,
+        adapter: ModelAdapter,
+        requests: Sequence[EditRequest],
+        progress: Progress | None = None,
+        pre_edit: bool = False,
+    ) -> list[dict]:
+        """:meth:`evaluate` and, with ``eval.wild``, the evaluation in the wild beside it
+        (evaluation/wild.py: ``wild_*`` keys). ``pre_edit``: this is the unedited model,
+        whose neighbourhood answers later evaluations compare with."""
+        cases = self.evaluate(adapter, requests, progress=progress)
+        if not getattr(self.eval_cfg, "wild", False):
+            return cases
+        from blue_cli.evaluation.wild import evaluate_wild
+
+        reference = None if pre_edit else (self.wild_reference or {})
+        wild = evaluate_wild(adapter, requests, reference, self.eval_cfg.wild_max_tokens)
+        for case, extra in zip(cases, wild):
+            case.update({k: v for k, v in extra.items() if k != "case_id"})
+        if pre_edit:
+            self.remember_pre_edit(cases)
+        return cases
+
+    def remember_pre_edit(self, cases: Sequence[dict]) -> None:
+        """Keep the unedited model's neighbourhood answers (from its evaluation, or from
+        ``cases_pre.jsonl`` when a resumed run reuses it)."""
+        self.wild_reference = {
+            c["case_id"]: c["wild_neighborhood_answers"] for c in cases if "wild_neighborhood_answers" in c
+        }

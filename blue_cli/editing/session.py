@@ -20,9 +20,11 @@ from omegaconf import DictConfig
 from blue_cli.config.registry import method_class, strategy_class
 from blue_cli.config.schema import StatsConfig, TargetConfig, typed
 from blue_cli.datasets.records import EditRequest
+from blue_cli.editing.anchoring import NormAnchor
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.diagnostics import batch_diagnostics, change_fingerprint, observe_before, swapped_weights
 from blue_cli.editing.methods.base import EditMethod
+from blue_cli.editing.norms import matrix_norms
 from blue_cli.editing.statistics.store import CovarianceStore
 from blue_cli.editing.strategies.base import EditContext, PhaseTimer, Strategy, no_timer
 from blue_cli.errors import DataError, NumericalError
@@ -113,8 +115,40 @@ class EditSession:
     def _record(self, writes: list[tuple[int, torch.Tensor]]) -> None:
         self.log.append(BatchLog(writes, change_fingerprint(self.adapter, self.originals)))
 
+    @property
+    def norm_reference(self) -> dict[int, float]:
+        """Norm-Anchor Scaling's reference norm per target layer ({} without anchoring, or before batch 0)."""
+        return dict(self.ctx.norm_anchor.reference) if self.ctx.norm_anchor is not None else {}
+
+    def restore_norm_reference(self, reference: dict[int, float]) -> None:
+        """A resumed run's reference norms, computed on the original model by the run itself."""
+        if self.ctx.norm_anchor is not None:
+            self.ctx.norm_anchor.reference = {int(l): float(v) for l, v in reference.items()}
+
+    def monitor(self, trace) -> dict:
+        """Collapse monitoring after a batch (docs/long-horizon.md): per written layer ||W||_F,
+        ||W - W0||_F and sigma_max(W - W0) (power-iteration estimate); per target layer the mean
+        and largest norm of the value vectors v* the batch wrote; edits Norm-Anchor Scaling dropped."""
+        norms = {l: matrix_norms(self.adapter.rewrite_weight(l), W0) for l, W0 in self.originals.items()}
+        row = {
+            "weight_norm": {str(l): n["weight"] for l, n in norms.items()},
+            "change_norm": {str(l): n["change"] for l, n in norms.items()},
+            "change_spectral_norm": {str(l): n["change_spectral"] for l, n in norms.items()},
+            "value_norm_mean": {str(t.layer): sum(t.value_norms) / len(t.value_norms) for t in trace.targets},
+            "value_norm_max": {str(t.layer): max(t.value_norms) for t in trace.targets},
+        }
+        if self.ctx.norm_anchor is not None:
+            row["anchor_skipped"] = sum(t.anchor_skipped for t in trace.targets)
+        return row
+
     def _edit(self, requests: Sequence[EditRequest], index: int) -> dict:
         adapter, method = self.adapter, self.method
+        anchor = self.ctx.norm_anchor
+        if anchor is not None and self.log and not anchor.ready(self.strategy.target_layers(self.critical)):
+            raise DataError(
+                "method.norm_anchor is on but this stream's reference norms are unknown after "
+                f"{len(self.log)} batches (they are measured on the original model before the first one)"
+            )
         start = time.perf_counter()
         before = observe_before(adapter, method, requests, self.written, self.critical[-1])
         cuda = adapter.device.type == "cuda"
@@ -144,6 +178,7 @@ class EditSession:
             "edit_seconds": edit_seconds,
             **peak,
             **diag,
+            **self.monitor(trace),
         }
 
     def final_weights(self) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
@@ -206,6 +241,7 @@ def build_session(
     stats: CovarianceStore | None = None,
     previous: EditSession | None = None,
     timer: PhaseTimer | None = None,
+    pool: Sequence[EditRequest] | None = None,
 ) -> EditSession:
     """The one way to build an edit stream from a composed config and a loaded model.
 
@@ -214,7 +250,9 @@ def build_session(
     than the config's cache (a benchmark's measured C). ``previous``: continue from that
     session's state (its statistics, context templates and the keys of its batches, C_prev),
     as an analysis of a replayed run does. ``timer``: a phase timer the strategy reports
-    its phases to (keys, targets, solves, writes); benchmarks pass one.
+    its phases to (keys, targets, solves, writes); benchmarks pass one. ``pool``: the stream's
+    requests, from which Norm-Anchor Scaling samples its reference (``method.norm_anchor``;
+    default: the first batch's requests).
     """
     strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
     written = list(layers) if layers is not None else strategy.written_layers(list(cfg.model.layers))
@@ -232,6 +270,7 @@ def build_session(
         c = cfg.context
         groups = context_templates(adapter, n_prefixes=c.n_prefixes, n_tokens=c.n_tokens, top_k=c.top_k, seed=cfg.seed)
     t = cfg.method.target
+    anchor = cfg.method.get("norm_anchor")
     ctx = EditContext(
         adapter,
         groups,
@@ -240,5 +279,6 @@ def build_session(
         chunk=t.chunk,
         memory_budget_gb=t.memory_budget_gb,
         timer=timer or no_timer,
+        norm_anchor=NormAnchor(anchor, cfg.seed, pool) if anchor is not None and anchor.enabled else None,
     )
     return EditSession(cfg, adapter, strategy, method, stats, ctx, written, cov_seconds)

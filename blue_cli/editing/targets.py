@@ -51,6 +51,8 @@ class TargetResult:
     steps: list[int] = field(default_factory=list)
     loss_init: list[float] = field(default_factory=list)
     loss_final: list[float] = field(default_factory=list)
+    value_norms: list[float] = field(default_factory=list)  # ||v*|| written (set by the strategy)
+    anchor_skipped: int = 0  # edits Norm-Anchor Scaling dropped (editing/anchoring.py)
 
     def z(self, point: str) -> torch.Tensor:
         return self.h_init[point] + self.delta[point]

@@ -32,6 +32,10 @@ FIXED = (
     ("batch", "batch_size", "batch_size"),
 )
 EXTRA = ("target_logprob_gain", "fluency")
+# The evaluation in the wild (evaluation/wild.py) beside the teacher-forced rates, and the
+# collapse monitor's held-out perplexity: shown, but not in the paper's relative change.
+WILD = tuple(f"wild_{rate}_{score}" for rate in HEADLINE for score in ("em", "f1"))
+MONITOR = ("perplexity",)
 # Metrics that get a relative-change column against a baseline (the paper's table
 # columns, plus the target log-prob gain that separates runs on tiny models).
 CHANGED = (*HEADLINE, *EXTRA)
@@ -185,10 +189,11 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
 
 
 def metric_keys(runs: Sequence[Run]) -> list[str]:
-    """Headline rates, then target log-prob gain, fluency and general scores present in any run."""
+    """Headline rates, then target log-prob gain, fluency, the wild scores, perplexity and
+    general scores present in any run."""
     present = {k for r in runs for k, v in r.summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     general = sorted(k for k in present if k.startswith("general."))
-    return [k for k in (*HEADLINE, *EXTRA) if k in present] + general
+    return [k for k in (*HEADLINE, *EXTRA, *WILD, *MONITOR) if k in present] + general
 
 
 def relative_change(value: Any, base: Any) -> float | None:

@@ -84,6 +84,11 @@ def summary_table(summary: dict, title: str = "summary") -> Table:
         label = f"{key} ({without} cases without)" if without else key
         table.add_row(label, _fmt(summary.get(f"pre_{key}")), _fmt(summary.get(key)))
         table.add_row(f"  {key}_gap", _fmt(summary.get(f"pre_{key}_gap")), _fmt(summary.get(f"{key}_gap")))
+        for wild in (f"wild_{key}_em", f"wild_{key}_f1"):  # the same rate in the wild (free generation)
+            if wild in summary:
+                table.add_row(f"  {wild}", _fmt(summary.get(f"pre_{wild}")), _fmt(summary.get(wild)))
+    if "perplexity" in summary:
+        table.add_row("perplexity (held-out)", _fmt(summary.get("pre_perplexity")), _fmt(summary.get("perplexity")))
     if "fluency" in summary:
         table.add_row("fluency", _fmt(summary.get("pre_fluency")), _fmt(summary.get("fluency")))
     if "consistency_unavailable" in summary:
@@ -136,6 +141,8 @@ def show_run(run_dir: Path, summary: dict, batches: list[dict]) -> None:
         console.print(bar_plot(batches, "write_error"))
         console.print(bar_plot(batches, "edit_logprob_gain"))
     console.print(summary_table(summary, title=f"{Path(run_dir).name}"))
+    if summary.get("stopped"):
+        console.print(f"[yellow]stopped early: {summary['stopped']}[/]")
 
 
 def _fmt(value) -> str:

@@ -46,6 +46,11 @@ EDIT_METRICS = (
     ("rewrite_mean_logprob_new", "log P(new target)\n(nats per token)", None, 1.0),
     ("fluency", "fluency: n-gram\nentropy (bits)", None, 1.0),
     ("consistency", "consistency: TF-IDF\nsimilarity (0-1)", (-0.02, 1.02), 1.0),
+    # evaluation in the wild (greedy generation, no target given): exact match, beside the rates above
+    ("wild_efficacy_em", "efficacy in the wild:\nexact match (%)", (-2.0, 102.0), 100.0),
+    ("wild_generalization_em", "generalization in the\nwild: exact match (%)", (-2.0, 102.0), 100.0),
+    ("wild_specificity_em", "specificity in the wild:\nexact match (%)", (-2.0, 102.0), 100.0),
+    ("perplexity", "held-out perplexity", None, 1.0),
 )
 GENERAL_RANGES = {"mcc": (-1.02, 1.02)}  # other scores (accuracy, f1) lie in 0-1
 GENERAL_SCORES = ("accuracy", "f1", "mcc")

@@ -182,6 +182,8 @@ class Checkpoint:
             "writes": json.dumps([[layer for layer, _ in entry.writes] for entry in session.log]),
             "fingerprints": json.dumps([{str(l): v for l, v in entry.fingerprint.items()} for entry in session.log]),
             "pre_cases_sha256": self.pre_cases_digest or "",
+            # Norm-Anchor Scaling's reference norms, measured on the original model (editing/anchoring.py)
+            "norm_anchor": json.dumps({str(l): v for l, v in getattr(session, "norm_reference", {}).items()}),
         }
         metadata["sha256"] = checkpoint_checksum(tensors, metadata)
         with atomic_path(self.path, size=tensor_bytes(tensors)) as tmp:
@@ -236,6 +238,7 @@ class Checkpoint:
             on_batch(0)
         if done > len(batches):
             raise ConfigError(f"'{self.path}' holds {done} batches but the run has only {len(batches)}")
+        session.restore_norm_reference(json.loads(meta.get("norm_anchor") or "{}"))
         log.info("replaying %d finished batches", done)
         inexact = 0.0
         track = (

@@ -5,7 +5,10 @@ batch's records on their own, to show forgetting); every ``eval.general_every``
 batches, and before the first and after the last, the general-capability tasks.
 Each point is one row of ``evals.jsonl``: ``batches``, ``edits``, the rates,
 ``first_batch.<rate>``, ``fluency`` where generated, ``general.<task>.<metric>``
-(null, with ``general.<task>.unparsed`` beside it, where no answer parsed).
+(null, with ``general.<task>.unparsed`` beside it, where no answer parsed);
+``perplexity`` on held-out text (evaluation/perplexity.py) before the first batch,
+every ``eval.perplexity_every`` batches and after the last, which the optional stop
+rule (``eval.stop_perplexity_factor``) compares with the pre-edit value.
 """
 
 from __future__ import annotations
@@ -15,9 +18,19 @@ from pathlib import Path
 
 from blue_cli.datasets.records import EditRequest
 from blue_cli.evaluation.general import SCORES, evaluate_general, load_task
+from blue_cli.evaluation.perplexity import heldout_text, perplexity
 from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
 from blue_cli.runs import files as results
+
+
+def evaluated_positions(n: int, max_cases: int | None) -> list[int]:
+    """Positions in the stream of the records that are evaluated: all of them, or with
+    ``eval.max_cases`` at most that many, evenly spread (floor(i * n / max_cases)), so an
+    evaluation point of a long stream costs the same after 1,000 edits as after 100,000."""
+    if max_cases is None or n <= max_cases:
+        return list(range(n))
+    return [i * n // max_cases for i in range(max_cases)]
 
 
 def check_general_tasks(eval_cfg) -> None:
@@ -38,6 +51,9 @@ class EvaluationPoints:
         self.progress = progress
         self.rows = results.read_jsonl(self.run_dir / results.EVALS)
         self.tracker = tracker  # an experiment tracker (reporting.tracking), or None
+        total = sum(len(b) for b in batches)
+        self.evaluated = set(evaluated_positions(total, getattr(self.eval_cfg, "max_cases", None)))
+        self._heldout: str | None = None
 
     def reset(self) -> None:
         """A fresh run: forget the rows of an earlier run in this folder."""
@@ -52,9 +68,39 @@ class EvaluationPoints:
         last = len(self.batches)
         return bool(self.eval_cfg.general) and (done in (0, last) or (every is not None and done % every == 0))
 
+    def _perplexity_due(self, done: int) -> bool:
+        ev = self.eval_cfg
+        every = getattr(ev, "perplexity_every", None)
+        if not getattr(ev, "perplexity_tokens", 0):
+            return False
+        return done in (0, len(self.batches)) or bool(every and done % every == 0)
+
     def due(self, done: int) -> bool:
         """Whether batch count ``done`` (not the last) is an evaluation point."""
-        return bool(self.every and done % self.every == 0) or self._general_due(done)
+        return bool(self.every and done % self.every == 0) or self._general_due(done) or self._perplexity_due(done)
+
+    def perplexity(self, adapter) -> float:
+        """The model's perplexity on the held-out text (read once)."""
+        ev = self.eval_cfg
+        if self._heldout is None:
+            self._heldout = heldout_text(ev.perplexity_text)
+        return perplexity(adapter, self._heldout, tokens=ev.perplexity_tokens, window=ev.perplexity_window)
+
+    def stop_reason(self, done: int) -> str | None:
+        """One line when the row at ``done`` batches breaks the stop rule (perplexity above
+        ``eval.stop_perplexity_factor`` x its pre-edit value), else None."""
+        factor = getattr(self.eval_cfg, "stop_perplexity_factor", None)
+        row = next((r for r in self.rows if r.get("batches") == done), None)
+        pre = next((r for r in self.rows if r.get("batches") == 0), None)
+        if factor is None or done == 0 or row is None or pre is None:
+            return None
+        now, before = row.get("perplexity"), pre.get("perplexity")
+        if now is None or before is None or now <= factor * before:
+            return None
+        return (
+            f"perplexity {now:.4g} > {factor:g} x pre-edit {before:.4g} after {done} batches "
+            f"({row['edits']} edits): eval.stop_perplexity_factor"
+        )
 
     def record(self, adapter, done: int, post_cases: list[dict] | None = None) -> dict:
         """Evaluate at ``done`` finished batches (``post_cases``: the post-edit evaluation,
@@ -62,15 +108,19 @@ class EvaluationPoints:
         row: dict = {"batches": done, "edits": sum(len(b) for b in self.batches[:done])}
         is_last = done == len(self.batches)
         if done and (is_last and self.every or (self.every and done % self.every == 0)):
-            edited = [r for batch in self.batches[:done] for r in batch]
+            flat = [r for batch in self.batches[:done] for r in batch]
+            edited = [r for i, r in enumerate(flat) if i in self.evaluated]
             if post_cases is None:
                 with self.progress.track("evaluation", 1) as update:
-                    post_cases = self.dataset.evaluate(adapter, edited, progress=update)
+                    post_cases = self.dataset.evaluate_run(adapter, edited, progress=update)
             cases = post_cases[: len(edited)]
+            first = sum(i in self.evaluated for i in range(len(self.batches[0])))
             row.update(summarise(cases))
-            row.update(summarise(cases[: len(self.batches[0])], prefix="first_batch."))
+            row.update(summarise(cases[:first], prefix="first_batch."))
         if self._general_due(done):
             row.update(self._general_row(adapter))
+        if self._perplexity_due(done):
+            row["perplexity"] = self.perplexity(adapter)
         fault_point("eval")
         if len(row) > 2:
             self.rows = [r for r in self.rows if r["batches"] != done] + [row]
@@ -109,8 +159,9 @@ class EvaluationPoints:
         return row
 
     def general_summary(self, final_row: dict) -> dict:
-        """``general.<task>.<metric>`` after the last batch and ``pre_general...`` before the first."""
-        out = {k: v for k, v in final_row.items() if k.startswith("general.")}
+        """``general.<task>.<metric>`` and ``perplexity`` after the last batch, ``pre_...`` before the first."""
+        keep = lambda k: k.startswith("general.") or k == "perplexity"  # noqa: E731
+        out = {k: v for k, v in final_row.items() if keep(k)}
         first = next((r for r in self.rows if r["batches"] == 0), {})
-        out.update({f"pre_{k}": v for k, v in first.items() if k.startswith("general.")})
+        out.update({f"pre_{k}": v for k, v in first.items() if keep(k)})
         return out

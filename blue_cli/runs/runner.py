@@ -35,7 +35,7 @@ from blue_cli.models.loading import load_model
 from blue_cli.runs import files as results
 from blue_cli.runs.checkpoint import Checkpoint
 from blue_cli.runs.folder import set_aside_previous_run
-from blue_cli.runs.points import EvaluationPoints, check_general_tasks
+from blue_cli.runs.points import EvaluationPoints, check_general_tasks, evaluated_positions
 from blue_cli.runs.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -139,12 +139,13 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     adapter = load_adapter(cfg)
     dataset.check_fits(adapter, requests, cfg.context.n_tokens)
     progress.started()
-    session = build_session(cfg, adapter, progress=progress)
+    session = build_session(cfg, adapter, progress=progress, pool=requests)
     results.write_json(run_dir, "context_templates.json", session.groups)
 
     batches = batches_of(requests, cfg.batch_size)
     points = EvaluationPoints(cfg, dataset, batches, run_dir, progress, tracker)
-    pre = PreEdit(run_dir, dataset, adapter, requests, progress, checkpoint)
+    evaluated = evaluated_positions(len(requests), cfg.eval.get("max_cases"))
+    pre = PreEdit(run_dir, dataset, adapter, [requests[i] for i in evaluated], progress, checkpoint)
 
     def base_model_and_points(done: int) -> None:
         """At 0 finished batches (the base model): the pre-edit evaluation and evaluation
@@ -166,9 +167,12 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
         points.reset()
         base_model_and_points(0)
     pre_cases, eval_seconds = pre.cases, pre.seconds
+    stopped = checkpoint.finish_info.get("stopped") if finished else (points.stop_reason(done) if done else None)
     with progress.track("editing batches", len(batches)) as update:
         update(done)
         for b in range(done, len(batches)):
+            if stopped:
+                break
             rows.append(session.edit_batch(batches[b], b))
             tracker.log_batch(rows[-1], step=b + 1)
             checkpoint.save(session, rows, total=len(batches))
@@ -176,15 +180,28 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
             if b + 1 < len(batches) and points.due(b + 1):
                 with session.final_view():
                     points.record(adapter, b + 1)
+                stopped = points.stop_reason(b + 1)
             update(b + 1)
+    if stopped:
+        # The stop rule ended the stream: what follows sees only the batches edited.
+        log.warning("stopped early: %s", stopped)
+        batches = batches[: len(rows)]
+        requests = [r for batch in batches for r in batch]
+        pre.cases = pre.cases[: sum(i < len(requests) for i in evaluated)]
+        pre_cases = pre.cases
+        points.batches = batches
     if finished:
         finish_info = checkpoint.finish_info
     else:
         finish_info = session.apply_final_weights()
+        if stopped:
+            finish_info = {**finish_info, "stopped": stopped}
         checkpoint.save(session, rows, finished=True, info=finish_info, total=len(batches))
 
     t_eval = time.perf_counter()
-    post_cases = _evaluate(dataset, adapter, requests, progress, "post-edit evaluation")
+    post_cases = _evaluate(
+        dataset, adapter, [requests[i] for i in evaluated if i < len(requests)], progress, "post-edit evaluation"
+    )
     eval_seconds += time.perf_counter() - t_eval
     results.write_jsonl(
         run_dir,
@@ -204,12 +221,14 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     if "consistency_unavailable" in notes:
         summary["consistency"] = None  # unavailable, never 0
     summary["stats_counts"] = session.stats.summary()
+    summary["stopped"] = finish_info.get("stopped")  # the stop rule's one line, or null: ran to the end
     summary.update(
         model=cfg.model.name,
         method=cfg.method.name,
         strategy=cfg.strategy.name,
         dataset=cfg.dataset.name,
         num_edits=len(requests),
+        evaluated_cases=len(post_cases),
         batch_size=cfg.batch_size,
         written_layers=session.written,
     )
@@ -233,9 +252,12 @@ class PreEdit:
         saved = self._saved()
         if saved is not None:
             self.cases = saved
+            self.dataset.remember_pre_edit(saved)
         else:
             start = time.perf_counter()
-            self.cases = _evaluate(self.dataset, self.adapter, self.requests, self.progress, "pre-edit evaluation")
+            self.cases = _evaluate(
+                self.dataset, self.adapter, self.requests, self.progress, "pre-edit evaluation", pre_edit=True
+            )
             results.write_jsonl(self.path.parent, self.path.name, self.cases)
             self.seconds = time.perf_counter() - start
         self.checkpoint.pre_cases_digest = results.file_digest(self.path)
@@ -253,9 +275,9 @@ class PreEdit:
         return cases
 
 
-def _evaluate(dataset, adapter, requests, progress, label) -> list[dict]:
+def _evaluate(dataset, adapter, requests, progress, label, pre_edit: bool = False) -> list[dict]:
     with progress.track(label, 1) as update:
-        return dataset.evaluate(adapter, requests, progress=update)
+        return dataset.evaluate_run(adapter, requests, progress=update, pre_edit=pre_edit)
 
 
 def build_summary(pre_cases, post_cases, all_rows, cov_seconds, finish_info) -> dict:

@@ -384,10 +384,22 @@ def disk_items(shape: Shape, facts: RunFacts) -> list[Item]:
     ckpt = batches * writes * shape.hidden_size * facts.batch_size * 4 + batches * (
         ROW_BYTES + writes * FINGERPRINT_BYTES
     )
-    note = f"{writes} residuals of d x {facts.batch_size} float32 per batch"
+    per_batch = writes * shape.hidden_size * facts.batch_size * 4 + ROW_BYTES + writes * FINGERPRINT_BYTES
+    note = (
+        f"{writes} residuals of d x {facts.batch_size} float32 per batch: grows {per_batch / 2**20:.2f} MiB "
+        f"a batch, {per_batch * (1000 / facts.batch_size) / 2**20:.1f} MiB per 1000 edits"
+    )
     return [
         Item("checkpoint (one file, rewritten each batch)", "disk", ckpt, note),
         Item("per-case JSONL", "disk", facts.num_edits * CASE_BYTES, f"{facts.num_edits} edits"),
+        # The same residuals stay in host memory (EditSession.log) to be saved after each batch;
+        # device memory does not grow with the number of batches.
+        Item(
+            "residuals kept for the checkpoint",
+            "host",
+            batches * writes * shape.hidden_size * facts.batch_size * 4,
+            "as the checkpoint: grows with the batches, in RAM (not on the device)",
+        ),
     ]
 
 

@@ -154,6 +154,8 @@ def test_eval_every_writes_intermediate_evaluations(tmp_path):
     proc = run_blue(["edit", *SMALL, "eval_every=1", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    base, rows = rows[0], rows[1:]
+    assert base["batches"] == 0 and "perplexity" in base  # the unedited model's held-out perplexity
     assert [r["batches"] for r in rows] == [1, 2, 3]
     assert [r["edits"] for r in rows] == [2, 4, 6]
     assert all("first_batch.efficacy" in r for r in rows)

@@ -62,9 +62,12 @@ def test_the_sweep_leaves_its_report_and_plots(sweep):
             summary_of(folder / row["run"])["target_logprob_gain"]
         )
     assert "average relative change vs strategy=spread" in md and jobs["blue"].name in md
-    evals = [json.loads(line) for line in (jobs["blue"] / "evals.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (jobs["blue"] / "evals.jsonl").read_text().splitlines()]
+    assert rows[0]["edits"] == 0 and set(rows[0]) == {"batches", "edits", "perplexity"}  # the base model's
+    evals = rows[1:]
     assert [e["edits"] for e in evals] == [2, 4]
     _assert_figures(folder, ["editing"])
+    assert {"wild_efficacy_em", "wild_specificity_f1", "perplexity"} <= set(evals[-1])
 
 
 def test_csv_report_with_baseline_holds_the_relative_change(sweep, tmp_path):

@@ -13,6 +13,7 @@ import torch
 
 from blue_cli.config.schema import TargetConfig
 from blue_cli.datasets.records import EditRequest
+from blue_cli.editing.anchoring import NormAnchor, value_norms
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.editing.targets import TargetResult, merge_results, optimise_targets, requests_per_chunk
@@ -52,6 +53,7 @@ class EditContext:
     chunk: int | None = None
     memory_budget_gb: float | None = None
     timer: PhaseTimer = no_timer
+    norm_anchor: NormAnchor | None = None  # Norm-Anchor Scaling of every target (editing/anchoring.py)
 
     @property
     def templates(self) -> list[str]:
@@ -152,6 +154,17 @@ class Strategy:
         if before is None:
             before = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
         if replay is None:
+            if ctx.norm_anchor is not None:  # reference norms before the stream's first write
+                layers = self.target_layers(critical)
+                ctx.norm_anchor.ensure(
+                    adapter,
+                    requests,
+                    layers,
+                    method.points,
+                    method.write_point,
+                    ctx.targets,
+                    ctx.chunk_size(requests, layers[0]),
+                )
             trace = self.write_batch(method, ctx, requests, critical)
         else:
             trace = BatchTrace(
@@ -188,6 +201,12 @@ class Strategy:
                 for i in range(0, len(requests), size)
             ]
         result = parts[0] if len(parts) == 1 else merge_results(parts)
+        # A layer without a reference norm is one the stream never optimises at (e.g. the
+        # residual analysis of a replayed run probes every critical layer): left as optimised.
+        if ctx.norm_anchor is not None and layer in ctx.norm_anchor.reference:
+            ctx.norm_anchor.apply(ctx.adapter, requests, result, method.write_point)
+        else:
+            result.value_norms = value_norms(ctx.adapter, requests, result, method.write_point)
         for point in method.points:
             require_finite(f"target at {point}.{layer}", result.z(point))
         return result
