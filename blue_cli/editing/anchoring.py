@@ -31,10 +31,11 @@ from collections.abc import Sequence
 
 import torch
 
+from blue_cli.config.schema import TargetConfig
 from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.keys import values_at_subject
 from blue_cli.editing.norms import anchor_values, trimmed_mean
-from blue_cli.editing.targets import TargetResult, TargetSettings, optimise_targets
+from blue_cli.editing.targets import TargetResult, optimise_targets
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class NormAnchor:
         layers: Sequence[int],
         points: Sequence[str],
         write_point: str,
-        settings: TargetSettings,
+        settings: TargetConfig,
         chunk: int,
     ) -> None:
         """Compute the missing reference norms on the model as it is now (the caller makes

@@ -12,7 +12,7 @@ import torch
 from blue_cli.config.overrides import compose_config
 from blue_cli.config.schema import group_choices
 from blue_cli.editing.keys import values_at_subject
-from blue_cli.editing.session import EditSession, target_settings
+from blue_cli.editing.session import build_session, target_settings
 from blue_cli.editing.targets import optimise_targets
 from blue_cli.evaluation.perplexity import heldout_text, perplexity
 from blue_cli.evaluation.wild import evaluate_wild, greedy_answers
@@ -54,7 +54,7 @@ def test_norm_anchor_writes_every_value_vector_at_the_reference_norm(method, str
             "method.norm_anchor.skip_factor=inf",
         ]
     )
-    session = EditSession(cfg, fresh_tiny("tiny-gpt2"), pool=requests10[:6])
+    session = build_session(cfg, fresh_tiny("tiny-gpt2"), pool=requests10[:6])
     row = session.edit_batch(requests10[:2], 0)
     reference = session.norm_reference
     assert set(reference) == set(session.strategy.target_layers(session.critical))
@@ -70,7 +70,7 @@ def test_the_reference_norm_is_measured_on_the_original_model_with_bare_prompts(
     overrides = [*SMALL, "strategy=blue", "method.norm_anchor.enabled=true", "method.norm_anchor.samples=3"]
     cfg = compose_config([*overrides, "method.norm_anchor.keep_quantile=0.6"])
     pool = requests10[:6]
-    session = EditSession(cfg, fresh_tiny("tiny-gpt2"), pool=pool)
+    session = build_session(cfg, fresh_tiny("tiny-gpt2"), pool=pool)
     session.edit_batch(requests10[6:8], 0)
     session.edit_batch(requests10[8:10], 1)  # a second batch leaves the reference as it was
     original = fresh_tiny("tiny-gpt2")
@@ -85,7 +85,7 @@ def test_the_reference_norm_is_measured_on_the_original_model_with_bare_prompts(
 def test_monitor_rows_hold_the_written_matrices_norms(fresh_tiny, requests10):
     adapter = fresh_tiny("tiny-gpt2")
     cfg = compose_config([*SMALL, "strategy=blue"])
-    session = EditSession(cfg, adapter, pool=requests10)
+    session = build_session(cfg, adapter, pool=requests10)
     original = {l: adapter.rewrite_weight(l).detach().clone() for l in session.written}
     row = session.edit_batch(requests10[:2], 0)
     for l in session.written:
