@@ -123,6 +123,8 @@ class MethodConfig:
     sequential: Optional[bool] = None  # deprecated: keep_previous_keys
     state_dtype: str = "auto"  # C, C_prev, P on the device: float32 on CUDA, float64 on CPU (auto)
     offload_state: bool = False  # keep C, C_prev, P in CPU memory, move one layer's in for its solve
+    solver: str = "auto"  # direct: factorise every batch; updated: factorise once, rank-n updates (docs/solver.md)
+    solver_tolerance: float = 1e-6  # updated solver: refactorise when ||U - A Q|| / ||U|| exceeds this
     target: TargetConfig = field(default_factory=TargetConfig)
 
 
@@ -267,6 +269,10 @@ def check_run_config(cfg, announce: bool = True) -> None:
         raise ConfigError(f"dataset.offset must be >= 0, got {cfg.dataset.offset}")
     if cfg.method.state_dtype not in ("auto", "float32", "float64"):
         raise ConfigError(f"unknown method.state_dtype '{cfg.method.state_dtype}' (choose: auto, float32, float64)")
+    if cfg.method.get("solver", "auto") not in ("auto", "direct", "updated"):
+        raise ConfigError(f"unknown method.solver '{cfg.method.solver}' (choose: auto, direct, updated)")
+    if not 0 < cfg.method.get("solver_tolerance", 1e-6) < 1:
+        raise ConfigError(f"method.solver_tolerance must be in (0, 1), got {cfg.method.solver_tolerance}")
     if cfg.stats.precision not in ("auto", "float32", "float64"):
         raise ConfigError(f"unknown stats.precision '{cfg.stats.precision}' (choose: auto, float32, float64)")
     if cfg.method.target.chunk is not None and cfg.method.target.chunk < 1:

@@ -240,7 +240,7 @@ def run_analysis(cfg: DictConfig, records: int, run_dir: Path | None = None, pro
     method.prepare(stats, adapter.device)
     groups = None
     if replayed:
-        method.C_prev.update(replayed[2].method.C_prev)  # the run's C_prev, by replay
+        method.adopt_state(replayed[2].method)  # the run's C_prev (or recorded keys), by replay
         groups = [list(g) for g in replayed[2].groups]
     if groups is None:
         seed_everything(cfg.seed)

@@ -112,7 +112,8 @@ def test_a_killed_run_resumes_by_replay_bit_identically(tmp_path, monkeypatch, f
 
 def test_replay_rebuilds_the_weights_and_c_prev_exactly(full_run):
     """The replayed session holds the live run's weights and C_prev = sum of K K^T over
-    the keys collected after each batch, recomputed here from the replayed model."""
+    the keys collected after each batch (as the updated solver's recorded keys), recomputed
+    here from the replayed model."""
     cfg = compose_config(SMALL)
     live = runner.load_adapter(cfg)
     _, adapter, session = replay_run(full_run[0])
@@ -134,16 +135,22 @@ def test_replay_rebuilds_the_weights_and_c_prev_exactly(full_run):
     from blue_cli.editing.session import EditSession as Session
 
     fresh = Session(cfg, live)
-    expected = {l: torch.zeros_like(session.method.C_prev[l], dtype=torch.float64) for l in session.written}
+    size = session.method.key_sizes
+    expected = {l: torch.zeros(size[l], size[l], dtype=torch.float64) for l in session.written}
     for b, entry in enumerate(session.log):
         batch = requests[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         fresh.replay_batch(batch, entry.writes)
         for layer, K in collect_keys(live, batch, fresh.groups, session.written).items():
             expected[layer] += K.double() @ K.double().T
+    method = session.method
+    assert method.solver == "updated"  # auto, on CPU; C_prev is the system's recorded keys
     for layer in session.written:
         assert torch.equal(adapter.rewrite_weight(layer), live.rewrite_weight(layer))
-        assert torch.allclose(session.method.C_prev[layer].double(), expected[layer], rtol=1e-10, atol=1e-9)
-        assert session.method.C_prev[layer].abs().sum() > 0
+        system = method.systems[layer]
+        assert method.refactorisations[layer] == 0 and system.recorded == 6  # 6 keys < d_k / 8
+        C_prev = system.V @ system.V.T
+        assert torch.allclose(C_prev, expected[layer], rtol=1e-10, atol=1e-9)
+        assert C_prev.abs().sum() > 0
 
 
 def test_targets_in_chunks_equal_one_chunk(fresh_tiny, requests10):
