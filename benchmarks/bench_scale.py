@@ -2,12 +2,19 @@
 
 Builds llama3-8b, gpt-j-6b or gpt2-xl from the shape facts in conf/model/<name>.yaml with
 ``AutoModelForCausalLM.from_config`` (bf16 on CUDA, float32 on CPU), or a ``--layers N``
-slice of one, with the tiny model's tokenizer of the same family. Times one batch of
-CounterFact edits (bundled sample) through the project's own Strategy/Method/EditContext:
-target optimisation, key collection, solves, writes and diagnostics, under blue's schedule
-(all requests together, blocks before the target layer run once) and the reference's
-(one request at a time, full forward every step), as ratios from the same run; covariance
-throughput on a few corpus windows; peak memory. Writes benchmarks/results/scale-<device>-<time>.json.
+slice of one, with the tiny model's tokenizer of the same family. For every batch size of
+``--batch-sizes`` (the last, 1, is the papers' efficiency protocol of sequential single
+edits) it edits ``--batches`` sequential batches of CounterFact (bundled sample) through the
+project's own Strategy/Method/EditContext, three ways: blue's schedule (all requests together,
+blocks before the target layer run once) with the direct solver and with the updated solver
+(docs/solver.md), and the reference's schedule (one request at a time, full forward every
+step) with the direct solver; per way: target optimisation, key collection, solves (with
+recording the keys after a batch), writes, diagnostics, seconds per edit. Then the updated
+solver's accuracy on the slice's statistics (``--accuracy``: sequences of batches of keys,
+Delta against the direct float64 solve). Covariance throughput on a few corpus windows; peak
+memory. Writes benchmarks/results/solver-<device>-<time>.json (all of it; scripts/solver_docs.py
+renders docs/solver.md's block from it) and scale-<device>-<time>.json (the first batch size's
+blue-schedule/updated and reference runs, the README's phase table).
 
 On CPU a slice takes the tiny tokenizer's vocabulary (4096) instead of the real one: the
 unembedding of 128k words would dominate a 2-layer slice. The statistics come from a few
@@ -35,6 +42,8 @@ MODELS = {
     "gpt2-xl": ("gpt2-xl", "tiny-gpt2"),
 }
 SCHEDULES = {"blue": [], "reference": ["method.target.batched=false", "method.target.reuse_prefix=false"]}
+# the ways each batch size is edited: (schedule, solver)
+WAYS = {"direct": ("blue", "direct"), "updated": ("blue", "updated"), "reference": ("reference", "direct")}
 
 
 def hf_config(shape, n_layers: int, vocab: int):
@@ -108,16 +117,26 @@ def peak_bytes() -> int:
 
 
 class FixedStats:
-    """Stands in for CovarianceStore: the C measured here, derived tensors computed on demand."""
+    """Stands in for CovarianceStore: the C measured here; derived tensors (lambda C's factor,
+    AlphaEdit's P) computed once and kept, as the store caches them beside the statistics, with
+    the seconds their computation took."""
 
     def __init__(self, moments: dict[int, torch.Tensor]):
         self.moments = moments
+        self.derived: dict[tuple[int, str], torch.Tensor] = {}
+        self.seconds: dict[str, float] = {}
 
     def get(self, layer: int) -> torch.Tensor:
         return self.moments[layer]
 
     def cached_tensor(self, layer, name, compute):
-        return compute(self.moments[layer])
+        if (layer, name) not in self.derived:
+            sync()
+            start = time.perf_counter()
+            self.derived[layer, name] = compute(self.moments[layer])
+            sync()
+            self.seconds[f"{name}.{layer}"] = round(time.perf_counter() - start, 3)
+        return self.derived[layer, name]
 
 
 def build(args):
@@ -180,10 +199,11 @@ def covariance(adapter, layers, windows: int, length: int, timer: Timer):
     return moments, tokens
 
 
-def edit_once(
-    cfg, adapter, critical, requests, moments, schedule: list[str], strategy_name: str, steps: int | None
+def edit_sequence(
+    cfg, adapter, critical, requests, stats, way: str, strategy_name: str, batch_size: int, batches: int, steps
 ) -> dict:
-    """One batch under one schedule, from the unedited weights; seconds per phase."""
+    """``batches`` sequential batches of ``batch_size`` edits one ``way`` (WAYS), from the unedited
+    weights (restored after); seconds per phase summed over the batches, and per edit."""
     from omegaconf import OmegaConf
 
     import blue_cli.editing.strategies.base as strategy_base
@@ -192,42 +212,126 @@ def edit_once(
     from blue_cli.editing.context import context_templates
     from blue_cli.editing.diagnostics import batch_diagnostics, observe_before
     from blue_cli.editing.session import target_settings
+    from blue_cli.editing.strategies.base import EditContext
 
-    over = [f"method={cfg.method.name}", f"strategy={strategy_name}", *schedule]
+    schedule, solver = WAYS[way]
+    over = [f"method={cfg.method.name}", f"strategy={strategy_name}", f"method.solver={solver}", *SCHEDULES[schedule]]
     scfg = compose_config([f"model={cfg.model.name}", *over])
     if steps:
         OmegaConf.update(scfg, "method.target.steps", steps)
     strategy = strategy_class(strategy_name)(scfg.strategy)
     written = strategy.written_layers(critical)
     method = method_class(scfg.method.name)(scfg.method, written)
-    method.prepare(FixedStats(moments), adapter.device)
+    method.prepare(stats, adapter.device)
+    assert method.solver == solver, (method.solver, solver)
+    timer = Timer()
+    if solver == "updated":  # the one-time factorisation per written layer (cached beside the statistics)
+        with timer("factorisation"):
+            for layer in written:
+                method.system(layer)
     groups = context_templates(adapter, n_prefixes=scfg.context.n_prefixes, n_tokens=scfg.context.n_tokens, seed=0)
-    from blue_cli.editing.strategies.base import EditContext
-
     ctx = EditContext(adapter, groups, target_settings(scfg.method.target), batched=scfg.method.target.batched)
     originals = {l: adapter.rewrite_weight(l).detach().clone() for l in written}
-    timer = Timer()
-    saved = (strategy_base.optimise_targets, strategy_base.collect_keys, method.solve, adapter.add_to_rewrite)
+    saved = (strategy_base.optimise_targets, strategy_base.collect_keys, adapter.add_to_rewrite)
     strategy_base.optimise_targets = timer.wrap("targets", saved[0])
     strategy_base.collect_keys = timer.wrap("keys", saved[1])
-    method.solve = timer.wrap("solves", saved[2])
-    adapter.add_to_rewrite = timer.wrap("writes", saved[3])
+    method.solve = timer.wrap("solves", method.solve)
+    method.record_keys = timer.wrap("record", method.record_keys)
+    adapter.add_to_rewrite = timer.wrap("writes", saved[2])
+    steps_taken = []
     try:
-        with timer("diagnostics"):
-            before = observe_before(adapter, method, requests, written, critical[-1])
-        with timer("batch"):
-            trace = strategy.edit_batch(method, ctx, requests, critical)
-        with timer("diagnostics"):
-            batch_diagnostics(adapter, method, requests, trace, before)
+        for b in range(batches):
+            batch = requests[b * batch_size : (b + 1) * batch_size]
+            with timer("diagnostics"):
+                before = observe_before(adapter, method, batch, written, critical[-1])
+            with timer("batch"):
+                trace = strategy.edit_batch(method, ctx, batch, critical)
+            with timer("diagnostics"):
+                batch_diagnostics(adapter, method, batch, trace, before)
+            steps_taken += [s for t in trace.targets for s in t.steps]
     finally:
         strategy_base.optimise_targets, strategy_base.collect_keys = saved[0], saved[1]
-        del method.solve, adapter.add_to_rewrite
+        del method.solve, method.record_keys, adapter.add_to_rewrite
         for l, w in originals.items():
             adapter.set_rewrite(l, w)
     s = timer.seconds
     s["edit"] = s.pop("batch")
     s["total"] = s["edit"] + s.get("diagnostics", 0.0)
-    return {k: round(v, 3) for k, v in s.items()}
+    # solve_seconds: the closed form and keeping its state (C_prev or the recorded keys) after a batch
+    s["solve_seconds"] = s.get("solves", 0.0) + s.get("record", 0.0)
+    s["edit_seconds"] = s["edit"]
+    edits = batch_size * batches
+    s["seconds_per_edit"] = s["edit"] / edits
+    out = {k: round(v, 4) for k, v in s.items()}
+    out.update(
+        edits=edits,
+        batches=batches,
+        solve_share=round(s["solve_seconds"] / s["edit"], 4),
+        mean_target_steps=round(sum(steps_taken) / max(1, len(steps_taken)), 2),
+        refactorisations=sum(getattr(method, "refactorisations", {}).values()),
+        max_residual=max(method.residuals.values(), default=None) if solver == "updated" else None,
+    )
+    return out
+
+
+def solver_accuracy(cfg, stats, layer: int, d: int, protocol: tuple[int, int], checkpoints: int, seed: int = 0) -> dict:
+    """The updated solver against the direct float64 solve over ``protocol`` = (batches, batch
+    size) sequential batches of ``cfg.method``'s keep-previous-keys form: every batch, Delta from
+    the updated system is solved, then the batch's later keys are recorded (C_prev, recorded
+    keys); at ``checkpoints`` evenly spaced batches (the last included) the direct solver solves
+    the same batch and the relative Frobenius difference of the two Deltas is kept. Keys are
+    drawn from N(0, C) (C = this slice's statistics), R ~ N(0, 1)."""
+    from blue_cli.cli.overrides import compose_config
+    from blue_cli.config.registry import method_class
+
+    batches, size = protocol
+    made = {}
+    for solver in ("direct", "updated"):
+        over = [f"model={cfg.model.name}", f"method={cfg.method.name}", f"method.solver={solver}"]
+        mcfg = compose_config(over).method
+        mcfg.keep_previous_keys = True
+        made[solver] = method_class(mcfg.name)(mcfg, [layer])
+        made[solver].prepare(stats, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    direct, updated = made["direct"], made["updated"]
+    device = updated.device
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    # keys ~ N(0, C): C = L L^T / lambda with L lambda C's Cholesky factor (the updated solver's first)
+    factor = updated.system(layer).factor
+    assert factor.kind == "cholesky", factor.kind
+    L, scale = factor.value, float(updated.cfg.cov_weight) ** -0.5
+    check_at = sorted({max(0, round((i + 1) * batches / checkpoints) - 1) for i in range(checkpoints)})
+    rows, timer = [], Timer()
+    for b in range(batches):
+        K = scale * (L @ torch.randn(L.shape[0], size, generator=g, dtype=torch.float64).to(device))
+        R = torch.randn(d, size, generator=g, dtype=torch.float64).to(device)
+        with timer("updated"):
+            delta = updated.solve(layer, K, R)
+        if b in check_at:
+            with timer("direct"):
+                reference = direct.solve(layer, K, R)
+            rows.append(
+                {
+                    "batch": b + 1,
+                    "relative_difference": float((delta - reference).norm() / reference.norm()),
+                    "residual": updated.residuals[layer],
+                    "recorded_keys": updated.systems[layer].recorded,
+                }
+            )
+        K_after = scale * (L @ torch.randn(L.shape[0], size, generator=g, dtype=torch.float64).to(device))
+        with timer("updated"):
+            updated.record_keys(layer, K_after)
+        direct.record_keys(layer, K_after)
+    return {
+        "batches": batches,
+        "batch_size": size,
+        "layer": layer,
+        "cov_weight": float(updated.cfg.cov_weight),
+        "checks": rows,
+        "max_relative_difference": max(r["relative_difference"] for r in rows),
+        "refactorisations": updated.refactorisations[layer],
+        "updated_seconds": round(timer.seconds.get("updated", 0.0), 2),
+        "direct_seconds_per_solve": round(timer.seconds.get("direct", 0.0) / len(rows), 2),
+    }
 
 
 def main() -> None:
@@ -236,7 +340,14 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, default=None, help="build only the first N blocks (default: all on CUDA, 2 on CPU)"
     )
-    parser.add_argument("--batch-size", type=int, default=None, help="edits per batch (default: 100 on CUDA, 4 on CPU)")
+    parser.add_argument(
+        "--batch-sizes", default=None, help="edits per batch, comma-separated (default: 100,1 on CUDA, 4,1 on CPU)"
+    )
+    parser.add_argument(
+        "--batches",
+        default=None,
+        help="sequential batches per batch size, comma-separated (default: 2,10 on CUDA, 1,3 on CPU)",
+    )
     parser.add_argument("--method", default="memit")
     parser.add_argument(
         "--strategies",
@@ -249,12 +360,23 @@ def main() -> None:
         default=None,
         help="target optimisation steps (default: the model's hparams on CUDA, 5 on CPU)",
     )
+    parser.add_argument(
+        "--accuracy",
+        default="300x1,20x100",
+        help="updated-vs-direct protocols, BATCHESxSIZE comma-separated ('' for none), on --accuracy-method",
+    )
+    parser.add_argument("--accuracy-method", default="memit_seq")
+    parser.add_argument("--checkpoints", type=int, default=3, help="direct solves per accuracy protocol")
     parser.add_argument("--windows", type=int, default=4, help="corpus windows for the covariance throughput")
     parser.add_argument("--window-length", type=int, default=256)
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     args.layers = args.layers if args.layers is not None else (None if cuda else 2)
-    args.batch_size = args.batch_size or (100 if cuda else 4)
+    sizes = [int(x) for x in (args.batch_sizes or ("100,1" if cuda else "4,1")).split(",")]
+    counts = [int(x) for x in (args.batches or ("2,10" if cuda else "1,3")).split(",")]
+    if len(counts) != len(sizes):
+        raise SystemExit(f"--batches gives {len(counts)} counts for {len(sizes)} batch sizes")
+    args.batch_size = max(sizes)
     args.strategies = args.strategies or ("spread,blue" if cuda else "blue")
     args.steps = args.steps or (None if cuda else 5)
 
@@ -263,7 +385,7 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg, adapter, critical, info = build(args)
     info["build_seconds"] = round(time.perf_counter() - t0, 2)
-    requests = load_counterfact("bundled", limit=args.batch_size)
+    requests = load_counterfact("bundled", limit=max(s * c for s, c in zip(sizes, counts, strict=True)))
     timer = Timer()
     layers = sorted(set(critical))
     moments, tokens = covariance(adapter, layers, args.windows, args.window_length, timer)
@@ -274,44 +396,102 @@ def main() -> None:
         "tokens_per_second": round(tokens / timer.seconds["covariance"], 1),
     }
     print(json.dumps({"model": info, "covariance": cov}), flush=True)
-    runs = {}
-    for strategy in args.strategies.split(","):
-        for name, schedule in SCHEDULES.items():
-            runs[f"{strategy}/{name}"] = edit_once(
-                cfg, adapter, critical, requests, moments, schedule, strategy, args.steps
-            )
-            print(json.dumps({f"{strategy}/{name}": runs[f"{strategy}/{name}"]}), flush=True)
+    stats = FixedStats(moments)
+    runs: dict[str, dict] = {}
+    for size, count in zip(sizes, counts, strict=True):
+        for strategy in args.strategies.split(","):
+            for way in WAYS:
+                key = f"batch{size}/{strategy}/{way}"
+                runs[key] = edit_sequence(
+                    cfg, adapter, critical, requests, stats, way, strategy, size, count, args.steps
+                )
+                print(json.dumps({key: runs[key]}), flush=True)
     ratios = {
-        s: {
-            k: round(runs[f"{s}/reference"][k] / max(runs[f"{s}/blue"][k], 1e-9), 2)
-            for k in ("targets", "edit", "total")
+        f"batch{size}/{strategy}": {
+            "direct_over_updated_seconds_per_edit": round(
+                runs[f"batch{size}/{strategy}/direct"]["seconds_per_edit"]
+                / runs[f"batch{size}/{strategy}/updated"]["seconds_per_edit"],
+                2,
+            ),
+            "reference_over_updated_seconds_per_edit": round(
+                runs[f"batch{size}/{strategy}/reference"]["seconds_per_edit"]
+                / runs[f"batch{size}/{strategy}/updated"]["seconds_per_edit"],
+                2,
+            ),
+            "direct_over_updated_solve_seconds": round(
+                runs[f"batch{size}/{strategy}/direct"]["solve_seconds"]
+                / max(runs[f"batch{size}/{strategy}/updated"]["solve_seconds"], 1e-9),
+                1,
+            ),
+            "solve_share_direct": runs[f"batch{size}/{strategy}/direct"]["solve_share"],
+            "solve_share_updated": runs[f"batch{size}/{strategy}/updated"]["solve_share"],
         }
-        for s in args.strategies.split(",")
+        for size in sizes
+        for strategy in args.strategies.split(",")
     }
+    print(json.dumps({"ratios": ratios}), flush=True)
+    accuracy = []
+    accuracy_cfg = cfg.copy()
+    accuracy_cfg.method.name = args.accuracy_method
+    for spec in filter(None, args.accuracy.split(",")):
+        batches, size = (int(x) for x in spec.split("x"))
+        d = info["hidden_size"]
+        result = solver_accuracy(accuracy_cfg, stats, critical[0], d, (batches, size), args.checkpoints)
+        result["method"] = args.accuracy_method
+        accuracy.append(result)
+        print(json.dumps({"accuracy": result}), flush=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    result = {
+    common = {
         "device": device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
         "method": args.method,
         "target_steps": args.steps or int(cfg.method.target.steps),
         "model": info,
         "covariance": cov,
-        "seconds": runs,
-        "reference_over_blue": ratios,
+    }
+    first = sizes[0]
+    legacy = {
+        **common,
+        "batch_size": first,
+        "seconds": {
+            f"{s}/{schedule}": runs[f"batch{first}/{s}/{'updated' if schedule == 'blue' else 'reference'}"]
+            for s in args.strategies.split(",")
+            for schedule in SCHEDULES
+        },
+        "reference_over_blue": {
+            s: {
+                k: round(runs[f"batch{first}/{s}/reference"][k] / max(runs[f"batch{first}/{s}/updated"][k], 1e-9), 2)
+                for k in ("targets", "edit", "total")
+            }
+            for s in args.strategies.split(",")
+        },
+    }
+    solver_result = {
+        **common,
+        "batch_sizes": sizes,
+        "batches": counts,
+        "ways": {k: {"schedule": v[0], "solver": v[1]} for k, v in WAYS.items()},
+        "runs": runs,
+        "ratios": ratios,
+        "derived_seconds": stats.seconds,
+        "accuracy": accuracy,
+    }
+    peak = {
         "peak_memory_bytes": peak_bytes(),
         "peak_memory_kind": "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "max RSS",
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in device.lower()).strip("-")
-    out = RESULTS / f"scale-{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
-    print(json.dumps({"ratios": ratios, "peak_memory_gb": round(result["peak_memory_bytes"] / 1e9, 2)}), flush=True)
-    print(f"written {out}", file=sys.stderr)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for prefix, result in (("scale", legacy), ("solver", solver_result)):
+        out = RESULTS / f"{prefix}-{slug}-{stamp}.json"
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({**result, **peak}, indent=2))
+        os.replace(tmp, out)
+        print(f"written {out}", file=sys.stderr)
+    print(json.dumps({"ratios": ratios, "peak_memory_gb": round(peak["peak_memory_bytes"] / 1e9, 2)}), flush=True)
 
 
 if __name__ == "__main__":

