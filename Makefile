@@ -44,8 +44,9 @@ demo: ## the main job on the embedded default: tiny model, bundled CounterFact s
 bench: ## speed and quality benchmark on the tiny models (minutes)
 	$(PYTHON) benchmarks/bench_methods.py
 
-bench-scale: ## real-shape benchmark on random weights: full llama3-8b at batch 100 on a GPU, a 2-layer slice on CPU
+bench-scale: ## real-shape benchmark on random weights (batch 100 and 1 on a GPU, 4 and 1 on a CPU slice), both solvers; rewrites docs/solver.md's block
 	$(PYTHON) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
+	$(PYTHON) scripts/solver_docs.py
 
 README_RUNS := outputs/readme
 readme-results: ## rerun the tiny-model sweeps behind the README's tables and rewrite them (minutes)

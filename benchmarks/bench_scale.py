@@ -295,18 +295,24 @@ def solver_accuracy(cfg, stats, layer: int, d: int, protocol: tuple[int, int], c
     direct, updated = made["direct"], made["updated"]
     device = updated.device
     g = torch.Generator(device="cpu").manual_seed(seed)
-    # keys ~ N(0, C): C = L L^T / lambda with L lambda C's Cholesky factor (the updated solver's first)
+    # keys ~ N(0, C): C = L L^T / lambda with L lambda C's Cholesky factor (the updated solver's first);
+    # every batch's keys and later keys drawn at once (one product with L, not one per batch)
     factor = updated.system(layer).factor
     assert factor.kind == "cholesky", factor.kind
-    L, scale = factor.value, float(updated.cfg.cov_weight) ** -0.5
+    scale = float(updated.cfg.cov_weight) ** -0.5
+    z = torch.randn(factor.value.shape[0], 2 * batches * size, generator=g, dtype=torch.float64)
+    keys = (scale * (factor.value @ z.to(device))).split(size, dim=1)
+    residuals = torch.randn(d, batches * size, generator=g, dtype=torch.float64).to(device).split(size, dim=1)
     check_at = sorted({max(0, round((i + 1) * batches / checkpoints) - 1) for i in range(checkpoints)})
-    rows, timer = [], Timer()
+    rows, timer, pending = [], Timer(), []
     for b in range(batches):
-        K = scale * (L @ torch.randn(L.shape[0], size, generator=g, dtype=torch.float64).to(device))
-        R = torch.randn(d, size, generator=g, dtype=torch.float64).to(device)
+        K, R, K_after = keys[2 * b], residuals[b], keys[2 * b + 1]
         with timer("updated"):
             delta = updated.solve(layer, K, R)
         if b in check_at:
+            if pending:  # the direct solver's C_prev: the same keys, added in one product
+                direct.record_keys(layer, torch.cat(pending, dim=1))
+                pending = []
             with timer("direct"):
                 reference = direct.solve(layer, K, R)
             rows.append(
@@ -317,10 +323,9 @@ def solver_accuracy(cfg, stats, layer: int, d: int, protocol: tuple[int, int], c
                     "recorded_keys": updated.systems[layer].recorded,
                 }
             )
-        K_after = scale * (L @ torch.randn(L.shape[0], size, generator=g, dtype=torch.float64).to(device))
         with timer("updated"):
             updated.record_keys(layer, K_after)
-        direct.record_keys(layer, K_after)
+        pending.append(K_after)
     return {
         "batches": batches,
         "batch_size": size,

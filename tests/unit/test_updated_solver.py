@@ -14,10 +14,10 @@ from blue_cli.editing.linalg import (
     LowRankSystem,
     alphaedit_update,
     factorise,
+    lower_gram,
     memit_update,
     nullspace_projector,
     relative_residual,
-    lower_gram,
     scaled_identity,
     solve_checked,
 )
