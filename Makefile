@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-all lint format mutate demo bench bench-scale readme-results tiny-models clean
+.PHONY: help install install-cpu test test-all lint format mutate demo bench bench-scale gpu-check readme-results tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ bench: ## speed and quality benchmark on the tiny models (minutes)
 
 bench-scale: ## real-shape benchmark on random weights (batch 100 and 1 on a GPU, 4 and 1 on a CPU slice), both solvers; rewrites docs/solver.md's block
 	$(PYTHON) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
+	$(PYTHON) scripts/solver_docs.py
+
+gpu-check: ## on one CUDA GPU (sized for 8 min on an H200, not yet run): llama3-8b at batch 100 and 1, both solvers, offload, stats precision, peak vs plan
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 	$(PYTHON) scripts/solver_docs.py
 
 README_RUNS := outputs/readme

@@ -200,10 +200,21 @@ def covariance(adapter, layers, windows: int, length: int, timer: Timer):
 
 
 def edit_sequence(
-    cfg, adapter, critical, requests, stats, way: str, strategy_name: str, batch_size: int, batches: int, steps
+    cfg,
+    adapter,
+    critical,
+    requests,
+    stats,
+    way: str,
+    strategy_name: str,
+    batch_size: int,
+    batches: int,
+    steps,
+    overrides: tuple[str, ...] = (),
 ) -> dict:
     """``batches`` sequential batches of ``batch_size`` edits one ``way`` (WAYS), from the unedited
-    weights (restored after); seconds per phase summed over the batches, and per edit."""
+    weights (restored after); seconds per phase summed over the batches, and per edit.
+    ``overrides``: more config overrides (e.g. method.offload_state=true)."""
     from omegaconf import OmegaConf
 
     import blue_cli.editing.strategies.base as strategy_base
@@ -216,6 +227,7 @@ def edit_sequence(
 
     schedule, solver = WAYS[way]
     over = [f"method={cfg.method.name}", f"strategy={strategy_name}", f"method.solver={solver}", *SCHEDULES[schedule]]
+    over += list(overrides)
     scfg = compose_config([f"model={cfg.model.name}", *over])
     if steps:
         OmegaConf.update(scfg, "method.target.steps", steps)

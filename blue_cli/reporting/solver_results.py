@@ -78,3 +78,47 @@ def render_solver(result: dict, name: str) -> str:
         f"the whole benchmark {result['wall_seconds'] / 60:.0f} min.",
     ]
     return "\n".join(lines)
+
+
+GPU_BEGIN = "<!-- gpu-check:begin (make gpu-check writes this block from the newest gpu-check file) -->"
+GPU_END = "<!-- gpu-check:end -->"
+GPU_NOT_RUN = (
+    "Not yet run on a GPU: `make gpu-check` (benchmarks/gpu_check.py) is prepared but has never run, "
+    "so nothing here is measured on CUDA."
+)
+
+
+def render_gpu_check(result: dict | None, name: str | None) -> str:
+    """The gpu-check block: one line until a gpu-check file exists, then its measurements."""
+    if result is None:
+        return GPU_NOT_RUN
+    lines = [
+        f"_From `benchmarks/results/{name}`: {result['device']}, {result['model']['model']} "
+        f"(all {result['model']['n_layers']} layers), `{result['method']}`, spread, "
+        f"{result['target_steps']} target steps at most._",
+        "",
+        "| batch size | way | solve s | edit s | s per edit | peak GB |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for key, run in result["runs"].items():
+        batch, _, way = key.split("/")
+        lines.append(
+            f"| {batch.removeprefix('batch')} | {WAY_LABELS[way]} | {_seconds(run['solve_seconds'])} | "
+            f"{_seconds(run['edit_seconds'])} | {_seconds(run['seconds_per_edit'])} | "
+            f"{run['peak_memory_bytes'] / 1e9:.1f} |"
+        )
+    off, prec, plan = result["offload_state"], result["statistics_precision"], result["plan"]
+    worst = max(a["max_relative_difference"] for a in result["accuracy"])
+    lines += [
+        "",
+        f"- `method.offload_state=true`, batch 100, updated solver: edit {_seconds(off['edit_seconds'])} s, "
+        f"peak {off['peak_memory_bytes'] / 1e9:.1f} GB.",
+        f"- updated against direct: largest relative Frobenius difference {worst:.1e} over "
+        + ", ".join(f"{a['batches']} batches of {a['batch_size']}" for a in result["accuracy"])
+        + ".",
+        f"- statistics, float32 against float64 key products: C differs by {prec['C_relative_difference']:.1e}, "
+        f"a MEMIT Delta by {prec['delta_relative_difference']:.1e} (relative Frobenius).",
+        f"- peak memory of the batch-100 updated run {plan['measured_peak_bytes'] / 1e9:.1f} GB against "
+        f"`blue plan`'s {plan['edit_peak_bytes'] / 1e9:.1f} GB ({plan['measured_over_planned']:.2f}×).",
+    ]
+    return "\n".join(lines)

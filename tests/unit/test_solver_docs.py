@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 
 from blue_cli.reporting.readme_results import current_block, newest_bench
-from blue_cli.reporting.solver_results import SOLVER_BEGIN, SOLVER_END, render_solver
+from blue_cli.reporting.solver_results import (
+    GPU_BEGIN,
+    GPU_END,
+    GPU_NOT_RUN,
+    SOLVER_BEGIN,
+    SOLVER_END,
+    render_gpu_check,
+    render_solver,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,3 +91,13 @@ def test_docs_solver_block_is_the_rendering_of_the_newest_solver_file():
     newest = newest_bench(REPO / "benchmarks" / "results", "solver")
     block = current_block((REPO / "docs" / "solver.md").read_text(encoding="utf-8"), SOLVER_BEGIN, SOLVER_END)
     assert block == render_solver(json.loads(newest.read_text()), newest.name)
+
+
+def test_docs_gpu_block_says_in_one_line_that_it_has_not_run_until_a_gpu_check_file_exists():
+    results = REPO / "benchmarks" / "results"
+    block = current_block((REPO / "docs" / "solver.md").read_text(encoding="utf-8"), GPU_BEGIN, GPU_END)
+    if any(results.glob("gpu-check-*.json")):
+        newest = newest_bench(results, "gpu-check")
+        assert block == render_gpu_check(json.loads(newest.read_text()), newest.name)
+    else:
+        assert block == GPU_NOT_RUN and "\n" not in block
