@@ -93,7 +93,7 @@ class EditSession:
                     self.stats.ensure(self.written, progress=update)
         self.cov_seconds = time.perf_counter() - t0
         adapter.keep_rewrite_float32(self.written)
-        self.method = method_class(cfg.method.name)(cfg.method, self.written)
+        self.method = method_class(cfg.method.name)(cfg.method, self.written, num_edits=cfg.num_edits)
         self.method.prepare(self.stats, adapter.device)
         seed_everything(cfg.seed)
         c = cfg.context

@@ -255,12 +255,12 @@ class _Stats:
         return compute(self.moments[layer])
 
 
-def _method(name, solver, keep=True, **extra):
+def _method(name, solver, keep=True, num_edits=None, **extra):
     from blue_cli.config.registry import method_class, method_schemas
 
     schema = method_schemas()[name]
     cfg = OmegaConf.structured(schema(keep_previous_keys=keep, solver=solver, **extra))
-    return method_class(name)(cfg, [0, 1])
+    return method_class(name)(cfg, [0, 1], num_edits=num_edits)
 
 
 def _run(method, dk=40, d=9, batches=(1, 1, 1, 2, 3, 1, 4), seed=0):
@@ -343,6 +343,13 @@ def test_auto_picks_updated_when_its_extra_state_fits_and_direct_when_not(monkey
     monkeypatch.setattr(base, "free_bytes", lambda device: 2 * extra)
     alpha.prepare(stats, torch.device("cpu"))
     assert alpha.solver == "updated"
+    # a run of 3 edits never refactorises l2 I (d_k / 4 = 4 keys): only P and 3 recorded keys
+    short = _method("alphaedit", "auto", num_edits=3)
+    monkeypatch.setattr(base, "free_bytes", lambda device: 0)
+    short.prepare(stats, torch.device("cpu"))
+    keys = 2 * 8 * (3 * dk * 3 + 9)
+    assert short.state_bytes("updated") == 2 * dk * dk * 8 + keys
+    assert short.state_bytes("updated") < short.state_bytes("direct") and short.solver == "updated"
 
 
 def test_an_unknown_solver_is_one_clear_error():

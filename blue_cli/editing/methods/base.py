@@ -68,9 +68,12 @@ class EditMethod:
     low_rank_symmetric = True  # U = V = K
     updated_solve_matrices = 2  # a refactorisation: B and its factor (float64)
 
-    def __init__(self, cfg, layers: Sequence[int]):
+    def __init__(self, cfg, layers: Sequence[int], num_edits: int | None = None):
+        """``num_edits``: how many edits the stream will make, when known (the run's
+        ``num_edits``); ``solver: auto`` sizes the updated solver's state by it, as ``blue plan``."""
         self.cfg = cfg
         self.layers = list(layers)
+        self.num_edits = num_edits
         self.keep_previous_keys = bool(cfg.keep_previous_keys)
         self.C_prev: dict[int, torch.Tensor] = {}
 
@@ -147,14 +150,14 @@ class EditMethod:
         return items
 
     def state_bytes(self, solver: str) -> int:
-        """The d_k x d_k state this method keeps under ``solver``, at most."""
+        """The d_k x d_k state this method keeps under ``solver``, at most over ``num_edits`` edits."""
         state = self.state_dtype.itemsize
         total = 0
         for k in self.key_sizes.values():
             if solver == "direct":
                 total += k * k * state * (len(self.state_matrices) + self.keep_previous_keys)
             else:
-                total += sum(b for _, b, _ in self.updated_state(k, state, self.keep_previous_keys))
+                total += sum(b for _, b, _ in self.updated_state(k, state, self.keep_previous_keys, self.num_edits))
         return int(total)
 
     def choose_solver(self, choice: str) -> str:
