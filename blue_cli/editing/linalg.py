@@ -159,7 +159,7 @@ class Factor:
         """B^{-1} X for X (d_k x n), float64."""
         X = _f64(X)
         if self.kind == "scale":
-            return X / self.value.to(X.device)
+            return X / self.value
         if self.kind == "cholesky":  # two triangular solves: torch.cholesky_solve copies L (3-8x slower here)
             Y = torch.linalg.solve_triangular(self.value, X, upper=False)
             return torch.linalg.solve_triangular(self.value.mT, Y, upper=True)
@@ -169,18 +169,21 @@ class Factor:
         """B X for X (d_k x n), float64."""
         X = _f64(X)
         if self.kind == "scale":
-            return X * self.value.to(X.device)
+            return X * self.value
         if self.kind == "cholesky":
             return self.value @ (self.value.T @ X)
         return self.matrix @ X
 
-    def dense(self, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """B itself (``size`` x ``size``), formed for a refactorisation."""
+    def dense(self, like: torch.Tensor) -> torch.Tensor:
+        """B itself (d_k x d_k, with ``like``'s first dimension, dtype and device), formed for a
+        refactorisation."""
         if self.kind == "cholesky":
             return lower_gram(self.value)
         if self.kind == "lu":
             return self.matrix  # not a copy: LowRankSystem.refactorised consumes its system
-        return float(self.value) * torch.eye(size, dtype=torch.float64, device=device)
+        B = like.new_zeros(like.shape[0], like.shape[0])
+        B.diagonal().fill_(float(self.value))
+        return B
 
 
 def lower_gram(L: torch.Tensor, block: int = 1024) -> torch.Tensor:
@@ -225,11 +228,12 @@ class LowRankSystem:
     U_h is V_h itself when every recorded U was its V), G_h = B^{-1} U_h and
     S_inv = (I + V_h^T G_h)^{-1} (m x m)."""
 
-    def __init__(self, factor: Factor, size: int, device: torch.device | str = "cpu"):
+    def __init__(self, factor: Factor, size: int):
+        """No keys recorded yet; tensors on the factor's device (``to_`` moves them all)."""
         self.factor = factor
-        empty = torch.zeros(size, 0, dtype=torch.float64, device=device)
+        empty = factor.value.new_zeros(size, 0)
         self.G, self.V, self.U = empty, empty.clone(), None
-        self.S_inv = torch.zeros(0, 0, dtype=torch.float64, device=device)
+        self.S_inv = factor.value.new_zeros(0, 0)
 
     def to_(self, device: torch.device | str) -> None:
         """Move the factorisation and the recorded keys to ``device`` in place."""
@@ -268,7 +272,8 @@ class LowRankSystem:
         """Q = (A_h + U V^T)^{-1} U for U, V (d_k x n): Z = A_h^{-1} U, then Q = Z (I + V^T Z)^{-1}."""
         U64, V64 = _f64(U), _f64(V)
         Z = self.apply_inverse(U64)
-        T = torch.eye(U64.shape[1], dtype=torch.float64, device=Z.device) + V64.T @ Z
+        T = V64.T @ Z
+        T.diagonal().add_(1.0)  # I + V^T Z
         return torch.linalg.solve(T, Z, left=False)
 
     def record(self, U: torch.Tensor, V: torch.Tensor) -> None:
@@ -279,14 +284,15 @@ class LowRankSystem:
         g = self.factor.solve(U64)
         b = self.V.T @ g  # m x n
         c = V64.T @ self.G  # n x m
-        d = torch.eye(U64.shape[1], dtype=torch.float64, device=g.device) + V64.T @ g
+        d = V64.T @ g
+        d.diagonal().add_(1.0)  # I + V^T B^{-1} U
         Sb, cS = self.S_inv @ b, c @ self.S_inv
         s_inv = torch.linalg.inv(d - c @ Sb)
         top = torch.cat([self.S_inv + Sb @ s_inv @ cS, -Sb @ s_inv], dim=1)
         bottom = torch.cat([-s_inv @ cS, s_inv], dim=1)
         if not same or self.U is not None:
             self.U = torch.cat([self.U_h, U64], dim=1)
-        self.S_inv = torch.cat([top, bottom], dim=0)
+        self.S_inv = torch.cat([top, bottom])
         self.G = torch.cat([self.G, g], dim=1)
         self.V = torch.cat([self.V, V64], dim=1)
 
@@ -300,12 +306,11 @@ class LowRankSystem:
     def refactorised(self, symmetric: bool) -> LowRankSystem:
         """A new system whose B is this A_h, factorised (O(d_k^3)), with no recorded keys.
         This system is consumed (its factorisation is freed, and reused as B's memory)."""
-        B = self.factor.dense(self.size, self.V.device)
+        B = self.factor.dense(self.V)
         if self.recorded:
             B = B.addmm_(self.U_h, self.V.T)
-        device = self.V.device
-        self.factor = None  # the old factor is not needed any more: free it before factorising
-        return LowRankSystem(factorise(B, symmetric), self.size, device)
+        del self.factor  # not needed any more: freed before factorising
+        return LowRankSystem(factorise(B, symmetric), self.size)
 
 
 def relative_residual(AQ: torch.Tensor, Y: torch.Tensor) -> float:

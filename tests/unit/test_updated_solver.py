@@ -86,10 +86,24 @@ def test_scaled_identity_rejects_a_non_positive_scale(scale):
         scaled_identity(scale)
 
 
-def test_factor_moves_in_place():
+def test_factor_and_system_move_in_place():
     f = factorise(torch.eye(3, dtype=torch.float64) * 2, symmetric=False)
-    f.to_("cpu")
-    assert f.value.device.type == "cpu" and f.pivots.device.type == "cpu"
+    f.to_("meta")
+    assert (f.value.device.type, f.pivots.device.type, f.matrix.device.type) == ("meta", "meta", "meta")
+    system = LowRankSystem(scaled_identity(2.0), 4)
+    assert (system.G.shape, system.V.shape, system.S_inv.shape) == ((4, 0), (4, 0), (0, 0))
+    assert system.G.dtype == system.V.dtype == system.S_inv.dtype == torch.float64
+    system.record(_keys(4, 1, 0), _keys(4, 1, 1))
+    system.to_("meta")
+    moved = (system.factor.value, system.G, system.V, system.U, system.S_inv)
+    assert all(t.device.type == "meta" for t in moved)
+    on_meta = LowRankSystem(Factor("scale", torch.tensor(2.0, dtype=torch.float64, device="meta")), 3)
+    assert on_meta.G.device.type == on_meta.S_inv.device.type == "meta"
+
+
+def test_a_scaled_identity_keeps_its_scale_in_float64():
+    f = scaled_identity(0.1)
+    assert f.value.dtype == torch.float64 and float(f.value) == 0.1
 
 
 # --- LowRankSystem -------------------------------------------------------------------------------
@@ -151,7 +165,7 @@ def test_memit_sequence_matches_the_direct_solve():
         if system.needs_refactorisation():
             system = system.refactorised(symmetric=True)
             assert system.recorded == 0 and system.factor.kind == "cholesky"
-            assert _rel(system.factor.dense(dk), lam * C + C_prev) < 1e-12
+            assert _rel(system.factor.dense(system.V), lam * C + C_prev) < 1e-12
     assert worst < 1e-9
 
 
@@ -175,7 +189,7 @@ def test_alphaedit_sequence_matches_the_direct_solve():
             system = system.refactorised(symmetric=False)
             assert system.factor.kind == "lu"
             B = l2 * torch.eye(dk, dtype=torch.float64) + P @ C_prev
-            assert _rel(system.factor.dense(dk), B) < 1e-12
+            assert _rel(system.factor.dense(system.V), B) < 1e-12
     assert worst < 1e-9
     assert refactorisations == 3  # at 6 >= d_k / 4 keys beside l2 I, then every 4 >= d_k / 8 beside the LU
 
@@ -203,12 +217,16 @@ def test_the_product_with_the_system_uses_the_recorded_keys():
         system.record(U, V)
         assert system.U is not None  # U is not V: kept
         assert _rel(system.apply(X), (B + U @ V.T) @ X) < 1e-12
+    one = LowRankSystem(scaled_identity(3.0), dk)
+    k = _keys(dk, 1, 35)
+    one.record(k, k)
+    assert _rel(one.apply(X), (3.0 * torch.eye(dk, dtype=torch.float64) + k @ k.T) @ X) < 1e-12
     same = LowRankSystem(scaled_identity(3.0), dk)
     K = _keys(dk, 2, 34)
     same.record(K, K)
     assert same.U is None and same.U_h is same.V  # U is V: one copy
     assert _rel(same.apply(X), (3.0 * torch.eye(dk, dtype=torch.float64) + K @ K.T) @ X) < 1e-12
-    assert torch.equal(same.factor.dense(dk), 3.0 * torch.eye(dk, dtype=torch.float64))
+    assert torch.equal(same.factor.dense(same.V), 3.0 * torch.eye(dk, dtype=torch.float64))
 
 
 def test_solve_checked_refactorises_only_when_the_residual_is_too_large():
@@ -221,10 +239,12 @@ def test_solve_checked_refactorises_only_when_the_residual_is_too_large():
     kept, Q, residual = solve_checked(system, U, U, 1e-8, symmetric=True)
     A = B + Kh @ Kh.T + U @ U.T
     assert kept is system and _rel(Q, torch.linalg.solve(A, U)) < 1e-10
+    assert solve_checked(system, U, U, residual, symmetric=True)[0] is system  # at the tolerance: kept
     assert residual == relative_residual(A @ Q, U) or abs(residual - relative_residual(A @ Q, U)) < 1e-14
     system.S_inv = system.S_inv * 1.5  # a drifted update: the check sees it
     kept, Q, residual = solve_checked(system, U, U, 1e-8, symmetric=True)
     assert kept is not system and kept.recorded == 0 and residual < 1e-12
+    assert kept.factor.kind == "cholesky"  # refactorised as the symmetric system it is
     assert _rel(Q, torch.linalg.solve(A, U)) < 1e-10
 
 
@@ -233,6 +253,7 @@ def test_relative_residual_is_the_normwise_ratio():
     AQ = torch.tensor([[3.0], [3.0]], dtype=torch.float64)
     assert relative_residual(AQ, Y) == pytest.approx(1.0 / 5.0, rel=1e-15)
     assert relative_residual(Y.float(), Y) == 0.0
+    assert relative_residual(AQ / 10, Y / 10) == pytest.approx(1.0 / 5.0, rel=1e-15)  # ||Y|| < 1 too
     zero = torch.zeros(2, 1, dtype=torch.float64)
     assert math.isinf(relative_residual(AQ, zero))
     assert relative_residual(zero, zero) == 0.0

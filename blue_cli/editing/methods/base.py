@@ -223,7 +223,7 @@ class EditMethod:
         from blue_cli.editing.linalg import LowRankSystem
 
         if layer not in self.systems:
-            self.systems[layer] = LowRankSystem(self.initial_factor(layer), self.key_sizes[layer], self.device)
+            self.systems[layer] = LowRankSystem(self.initial_factor(layer), self.key_sizes[layer])
         system = self.systems[layer]
         system.to_(self.device)
         return system
