@@ -414,50 +414,8 @@ def main() -> None:
     }
     print(json.dumps({"model": info, "covariance": cov}), flush=True)
     stats = FixedStats(moments)
-    runs: dict[str, dict] = {}
-    for size, count in zip(sizes, counts, strict=True):
-        for strategy in args.strategies.split(","):
-            for way in WAYS:
-                key = f"batch{size}/{strategy}/{way}"
-                runs[key] = edit_sequence(
-                    cfg, adapter, critical, requests, stats, way, strategy, size, count, args.steps
-                )
-                print(json.dumps({key: runs[key]}), flush=True)
-    ratios = {
-        f"batch{size}/{strategy}": {
-            "direct_over_updated_seconds_per_edit": round(
-                runs[f"batch{size}/{strategy}/direct"]["seconds_per_edit"]
-                / runs[f"batch{size}/{strategy}/updated"]["seconds_per_edit"],
-                2,
-            ),
-            "reference_over_updated_seconds_per_edit": round(
-                runs[f"batch{size}/{strategy}/reference"]["seconds_per_edit"]
-                / runs[f"batch{size}/{strategy}/updated"]["seconds_per_edit"],
-                2,
-            ),
-            "direct_over_updated_solve_seconds": round(
-                runs[f"batch{size}/{strategy}/direct"]["solve_seconds"]
-                / max(runs[f"batch{size}/{strategy}/updated"]["solve_seconds"], 1e-9),
-                1,
-            ),
-            "solve_share_direct": runs[f"batch{size}/{strategy}/direct"]["solve_share"],
-            "solve_share_updated": runs[f"batch{size}/{strategy}/updated"]["solve_share"],
-        }
-        for size in sizes
-        for strategy in args.strategies.split(",")
-    }
-    print(json.dumps({"ratios": ratios}), flush=True)
-    accuracy = []
-    accuracy_cfg = cfg.copy()
-    accuracy_cfg.method.name = args.accuracy_method
-    for spec in filter(None, args.accuracy.split(",")):
-        batches, size = (int(x) for x in spec.split("x"))
-        d = info["hidden_size"]
-        result = solver_accuracy(accuracy_cfg, stats, critical[0], d, (batches, size), args.checkpoints)
-        result["method"] = args.accuracy_method
-        accuracy.append(result)
-        print(json.dumps({"accuracy": result}), flush=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    strategies = args.strategies.split(",")
     common = {
         "device": device,
         "torch": torch.__version__,
@@ -467,48 +425,109 @@ def main() -> None:
         "model": info,
         "covariance": cov,
     }
-    first = sizes[0]
-    legacy = {
-        **common,
-        "batch_size": first,
-        "seconds": {
-            f"{s}/{schedule}": runs[f"batch{first}/{s}/{'updated' if schedule == 'blue' else 'reference'}"]
-            for s in args.strategies.split(",")
-            for schedule in SCHEDULES
-        },
-        "reference_over_blue": {
-            s: {
-                k: round(runs[f"batch{first}/{s}/reference"][k] / max(runs[f"batch{first}/{s}/updated"][k], 1e-9), 2)
-                for k in ("targets", "edit", "total")
-            }
-            for s in args.strategies.split(",")
-        },
-    }
-    solver_result = {
-        **common,
-        "batch_sizes": sizes,
-        "batches": counts,
-        "ways": {k: {"schedule": v[0], "solver": v[1]} for k, v in WAYS.items()},
-        "runs": runs,
-        "ratios": ratios,
-        "derived_seconds": stats.seconds,
-        "accuracy": accuracy,
-    }
-    peak = {
-        "peak_memory_bytes": peak_bytes(),
-        "peak_memory_kind": "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "max RSS",
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in device.lower()).strip("-")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for prefix, result in (("scale", legacy), ("solver", solver_result)):
+    runs: dict[str, dict] = {}
+    accuracy: list[dict] = []
+
+    def write(prefix: str, result: dict) -> None:
+        """Atomically (re)write this run's file: after every measurement, so an interrupted
+        benchmark leaves what it measured (``complete`` says whether it finished)."""
         out = RESULTS / f"{prefix}-{slug}-{stamp}.json"
+        peak = {
+            "peak_memory_bytes": peak_bytes(),
+            "peak_memory_kind": "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "max RSS",
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        }
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({**result, **peak}, indent=2))
         os.replace(tmp, out)
-        print(f"written {out}", file=sys.stderr)
-    print(json.dumps({"ratios": ratios, "peak_memory_gb": round(peak["peak_memory_bytes"] / 1e9, 2)}), flush=True)
+
+    def solver_file(complete: bool) -> None:
+        write(
+            "solver",
+            {
+                **common,
+                "complete": complete,
+                "batch_sizes": sizes,
+                "batches": counts,
+                "ways": {k: {"schedule": v[0], "solver": v[1]} for k, v in WAYS.items()},
+                "runs": runs,
+                "ratios": solver_ratios(runs),
+                "derived_seconds": stats.seconds,
+                "accuracy": accuracy,
+            },
+        )
+
+    for size, count in zip(sizes, counts, strict=True):
+        for strategy in strategies:
+            for way in WAYS:
+                key = f"batch{size}/{strategy}/{way}"
+                runs[key] = edit_sequence(
+                    cfg, adapter, critical, requests, stats, way, strategy, size, count, args.steps
+                )
+                print(json.dumps({key: runs[key]}), flush=True)
+                solver_file(False)
+    print(json.dumps({"ratios": solver_ratios(runs)}), flush=True)
+    accuracy_cfg = cfg.copy()
+    accuracy_cfg.method.name = args.accuracy_method
+    for spec in filter(None, args.accuracy.split(",")):
+        batches, size = (int(x) for x in spec.split("x"))
+        d = info["hidden_size"]
+        result = solver_accuracy(accuracy_cfg, stats, critical[0], d, (batches, size), args.checkpoints)
+        result["method"] = args.accuracy_method
+        accuracy.append(result)
+        print(json.dumps({"accuracy": result}), flush=True)
+        solver_file(False)
+    solver_file(True)
+    first = sizes[0]
+    write(
+        "scale",
+        {
+            **common,
+            "batch_size": first,
+            "seconds": {
+                f"{s}/{schedule}": runs[f"batch{first}/{s}/{'updated' if schedule == 'blue' else 'reference'}"]
+                for s in strategies
+                for schedule in SCHEDULES
+            },
+            "reference_over_blue": {
+                s: {
+                    k: round(
+                        runs[f"batch{first}/{s}/reference"][k] / max(runs[f"batch{first}/{s}/updated"][k], 1e-9), 2
+                    )
+                    for k in ("targets", "edit", "total")
+                }
+                for s in strategies
+            },
+        },
+    )
+    print(f"written {RESULTS}/solver-{slug}-{stamp}.json and scale-{slug}-{stamp}.json", file=sys.stderr)
+
+
+def solver_ratios(runs: dict[str, dict]) -> dict[str, dict]:
+    """Per batch size and strategy with all three ways measured: the ratios the docs show."""
+    ratios = {}
+    for key in runs:
+        batch, strategy, _ = key.split("/")
+        way = {w: runs.get(f"{batch}/{strategy}/{w}") for w in WAYS}
+        if f"{batch}/{strategy}" in ratios or any(r is None for r in way.values()):
+            continue
+        ratios[f"{batch}/{strategy}"] = {
+            "direct_over_updated_seconds_per_edit": round(
+                way["direct"]["seconds_per_edit"] / way["updated"]["seconds_per_edit"], 2
+            ),
+            "reference_over_updated_seconds_per_edit": round(
+                way["reference"]["seconds_per_edit"] / way["updated"]["seconds_per_edit"], 2
+            ),
+            "direct_over_updated_solve_seconds": round(
+                way["direct"]["solve_seconds"] / max(way["updated"]["solve_seconds"], 1e-9), 1
+            ),
+            "solve_share_direct": way["direct"]["solve_share"],
+            "solve_share_updated": way["updated"]["solve_share"],
+        }
+    return ratios
 
 
 if __name__ == "__main__":

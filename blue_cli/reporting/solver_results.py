@@ -30,6 +30,10 @@ def render_solver(result: dict, name: str) -> str:
         f"(d={m['hidden_size']}, d_k={m['d_k']}, {m['dtype']}), `{result['method']}`, "
         f"{result['target_steps']} target steps at most, written layers {m['critical_layers']}._",
         "",
+    ]
+    if not result.get("complete", True):
+        lines += ["_The run was stopped before it finished: what it measured until then._", ""]
+    lines += [
         "| batch size | way | batches | solve s | edit s | s per edit | solve share |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
