@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale readme-results long-horizon-curves tiny-models clean
+.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale gpu-check readme-results long-horizon-curves tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,8 +54,13 @@ demo: ## the main job on the embedded default: tiny model, bundled CounterFact s
 bench: ## speed and quality benchmark on the tiny models (minutes)
 	$(PYTHON) benchmarks/bench_methods.py
 
-bench-scale: ## real-shape benchmark on random weights: full llama3-8b at batch 100 on a GPU, a 2-layer slice on CPU
+bench-scale: ## real-shape benchmark on random weights (batch 100 and 1 on a GPU, 4 and 1 on a CPU slice), both solvers; rewrites docs/solver.md's block
 	$(PYTHON) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
+	$(PYTHON) scripts/solver_docs.py
+
+gpu-check: ## on one CUDA GPU (sized for 8 min on an H200, not yet run): llama3-8b at batch 100 and 1, both solvers, offload, stats precision, peak vs plan
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+	$(PYTHON) scripts/solver_docs.py
 
 README_RUNS := outputs/readme
 readme-results: ## rerun the tiny-model sweeps behind the README's tables and rewrite them (minutes)

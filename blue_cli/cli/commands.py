@@ -441,7 +441,8 @@ def plan(
         return
     title = (
         f"{cfg.model.name} {facts.method}+{facts.strategy}: batch {facts.batch_size}, {facts.num_edits} edits, "
-        f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, target chunk {facts.chunk}, "
+        f"{facts.device} {facts.model_dtype}, state {facts.state_dtype}, {facts.solver} solver, "
+        f"target chunk {facts.chunk}, "
         f"written layers {list(facts.written)}"
     )
     defaults = _defaults_used(list(ctx.args), ("num_edits", "batch_size"))

@@ -36,6 +36,7 @@ class TargetConfig:
     batched: bool = True  # optimise all requests of a batch together (false: one at a time)
     reuse_prefix: bool = True  # run the blocks before the target layer once, not every step
     adaptive_nll: bool = False  # PMET's rule (on for pmet, pmet_seq): NLL x0.1 while the target is the argmax
+    drop_stopped: bool = True  # stopped requests leave the batch's forwards (false: kept, to measure it)
     chunk: Optional[int] = None  # requests optimised together; null: as many as the memory budget allows
     memory_budget_gb: Optional[float] = None  # for chunk=null on CUDA: default 60% of the free device memory
 
@@ -156,6 +157,8 @@ class MethodConfig:
     sequential: Optional[bool] = None  # deprecated: keep_previous_keys
     state_dtype: str = "auto"  # C, C_prev, P on the device: float32 on CUDA, float64 on CPU (auto)
     offload_state: bool = False  # keep C, C_prev, P in CPU memory, move one layer's in for its solve
+    solver: str = "auto"  # direct: factorise every batch; updated: factorise once, rank-n updates (docs/solver.md)
+    solver_tolerance: float = 1e-6  # updated solver: refactorise when ||U - A Q|| / ||U|| exceeds this
     target: TargetConfig = field(default_factory=TargetConfig)
     norm_anchor: NormAnchorConfig = field(default_factory=NormAnchorConfig)
 
@@ -165,6 +168,10 @@ class MethodConfig:
         extends this with its own keys' checks (beside the method)."""
         if node.state_dtype not in ("auto", "float32", "float64"):
             raise ConfigError(f"unknown method.state_dtype '{node.state_dtype}' (choose: auto, float32, float64)")
+        if node.get("solver", "auto") not in ("auto", "direct", "updated"):
+            raise ConfigError(f"unknown method.solver '{node.solver}' (choose: auto, direct, updated)")
+        if not 0 < node.get("solver_tolerance", 1e-6) < 1:
+            raise ConfigError(f"method.solver_tolerance must be in (0, 1), got {node.solver_tolerance}")
         if node.target.chunk is not None and node.target.chunk < 1:
             raise ConfigError(f"method.target.chunk must be >= 1 or null, got {node.target.chunk}")
         check_target(node.target)

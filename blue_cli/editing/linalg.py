@@ -137,3 +137,217 @@ def compress_singular_values(delta: torch.Tensor, bound: float, log_base: float 
     F = bound + torch.log(S.clamp_min(bound) / bound) / math.log(log_base)
     S = torch.where(S > bound, torch.minimum(S, F), S)
     return (U * S) @ Vh
+
+
+# --- Updated solves: one factorisation per layer, rank-n updates per batch ------------------
+#
+# Every method's system has the form A = B + U_h V_h^T + U V^T: B factorised once (lambda C for
+# MEMIT and its kin, l2 I for AlphaEdit), U_h V_h^T the keys recorded since (C_prev's growth,
+# P C_prev's for AlphaEdit), and U V^T this batch's keys (U = K, or P K for AlphaEdit; V = K).
+# The right-hand side is always U. Woodbury's identity gives A^{-1} U in
+# O(d_k^2 n + d_k m n + m^2 n) for n new and m recorded keys; see docs/solver.md.
+
+HISTORY_FRACTION = 8  # a factorised B is refactorised with the recorded keys once m >= d_k / 8
+IDENTITY_HISTORY_FRACTION = 4  # B = s I (nothing factorised yet): once m >= d_k / 4
+
+
+class Factor:
+    """B held factorised, float64: a scaled identity (``kind`` "scale", B = value I), a
+    Cholesky factor ("cholesky", B = L L^T, L = value) or an LU factorisation ("lu",
+    ``value`` and ``pivots`` from torch.linalg.lu_factor, B itself kept as ``matrix``)."""
+
+    def __init__(
+        self, kind: str, value: torch.Tensor, pivots: torch.Tensor | None = None, matrix: torch.Tensor | None = None
+    ):
+        self.kind = kind
+        self.value = value
+        self.pivots = pivots
+        self.matrix = matrix
+
+    def to_(self, device: torch.device | str) -> None:
+        """Move the factorisation to ``device`` in place (offloaded state)."""
+        self.value = self.value.to(device)
+        self.pivots = None if self.pivots is None else self.pivots.to(device)
+        self.matrix = None if self.matrix is None else self.matrix.to(device)
+
+    def solve(self, X: torch.Tensor) -> torch.Tensor:
+        """B^{-1} X for X (d_k x n), float64."""
+        X = _f64(X)
+        if self.kind == "scale":
+            return X / self.value
+        if self.kind == "cholesky":  # two triangular solves: torch.cholesky_solve copies L (3-8x slower here)
+            Y = torch.linalg.solve_triangular(self.value, X, upper=False)
+            return torch.linalg.solve_triangular(self.value.mT, Y, upper=True)
+        return torch.linalg.lu_solve(self.value, self.pivots, X)
+
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        """B X for X (d_k x n), float64."""
+        X = _f64(X)
+        if self.kind == "scale":
+            return X * self.value
+        if self.kind == "cholesky":
+            return self.value @ (self.value.T @ X)
+        return self.matrix @ X
+
+    def dense(self, like: torch.Tensor) -> torch.Tensor:
+        """B itself (d_k x d_k, with ``like``'s first dimension, dtype and device), formed for a
+        refactorisation."""
+        if self.kind == "cholesky":
+            return lower_gram(self.value)
+        if self.kind == "lu":
+            return self.matrix  # not a copy: LowRankSystem.refactorised consumes its system
+        B = like.new_zeros(like.shape[0], like.shape[0])
+        B.diagonal().fill_(float(self.value))
+        return B
+
+
+def lower_gram(L: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """L L^T for a lower-triangular L (d_k x d_k), block by block: block (i, j) of the result
+    needs only the first j + 1 block columns of L, which makes d_k^3 / 3 flops instead of a
+    full product's 2 d_k^3 (LAPACK's lauum; torch has none). Exactly symmetric."""
+    size = L.shape[0]
+    B = torch.empty_like(L)
+    for i in range(0, size, block):
+        i1 = min(i + block, size)
+        for j in range(0, i + 1, block):
+            j1 = min(j + block, size)
+            product = L[i:i1, :j1] @ L[j:j1, :j1].T
+            if j == i:  # a product X X^T need not come out exactly symmetric; its mean with its transpose is
+                product = (product + product.T) / 2
+            B[i:i1, j:j1] = product
+            B[j:j1, i:i1] = product.T
+    return B
+
+
+def scaled_identity(scale: float) -> Factor:
+    """B = scale I (AlphaEdit before its first refactorisation): nothing to factorise."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return Factor("scale", torch.tensor(float(scale), dtype=torch.float64))
+
+
+def factorise(B: torch.Tensor, symmetric: bool) -> Factor:
+    """One O(d_k^3) factorisation of B (d_k x d_k): Cholesky when ``symmetric`` and B is
+    positive definite (MEMIT's lambda C + C_prev), else LU (AlphaEdit's l2 I + P C_prev)."""
+    B = _f64(B)
+    if symmetric:
+        L, info = torch.linalg.cholesky_ex(B)
+        if int(info) == 0:
+            return Factor("cholesky", L)
+    LU, pivots = torch.linalg.lu_factor(B)
+    return Factor("lu", LU, pivots, matrix=B)
+
+
+class LowRankSystem:
+    """A_h = B + U_h V_h^T, with B factorised and the recorded keys kept as U_h, V_h (d_k x m;
+    U_h is V_h itself when every recorded U was its V), G_h = B^{-1} U_h and
+    S_inv = (I + V_h^T G_h)^{-1} (m x m)."""
+
+    def __init__(self, factor: Factor, size: int):
+        """No keys recorded yet; tensors on the factor's device (``to_`` moves them all)."""
+        self.factor = factor
+        empty = factor.value.new_zeros(size, 0)
+        self.G, self.V, self.U = empty, empty.clone(), None
+        self.S_inv = factor.value.new_zeros(0, 0)
+
+    def to_(self, device: torch.device | str) -> None:
+        """Move the factorisation and the recorded keys to ``device`` in place."""
+        self.factor.to_(device)
+        self.G, self.V, self.S_inv = self.G.to(device), self.V.to(device), self.S_inv.to(device)
+        self.U = None if self.U is None else self.U.to(device)
+
+    @property
+    def recorded(self) -> int:
+        """m, the keys recorded since B was factorised."""
+        return self.V.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.V.shape[0]
+
+    @property
+    def U_h(self) -> torch.Tensor:
+        return self.V if self.U is None else self.U
+
+    def apply_inverse(self, X: torch.Tensor) -> torch.Tensor:
+        """A_h^{-1} X = B^{-1} X - G_h S_inv V_h^T B^{-1} X (Woodbury)."""
+        Y = self.factor.solve(X)
+        if self.recorded == 0:
+            return Y
+        return Y - self.G @ (self.S_inv @ (self.V.T @ Y))
+
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        """A_h X = B X + U_h (V_h^T X), from the factorisation and the recorded keys."""
+        BX = self.factor.apply(X)
+        if self.recorded == 0:
+            return BX
+        return BX + self.U_h @ (self.V.T @ _f64(X))
+
+    def solve(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """Q = (A_h + U V^T)^{-1} U for U, V (d_k x n): Z = A_h^{-1} U, then Q = Z (I + V^T Z)^{-1}."""
+        U64, V64 = _f64(U), _f64(V)
+        Z = self.apply_inverse(U64)
+        T = V64.T @ Z
+        T.diagonal().add_(1.0)  # I + V^T Z
+        return torch.linalg.solve(T, Z, left=False)
+
+    def record(self, U: torch.Tensor, V: torch.Tensor) -> None:
+        """A_h += U V^T: append U, V and B^{-1} U, and extend S_inv by the block inverse
+        (Schur complement s = I + V^T B^{-1} U - V^T G_h S_inv V_h^T B^{-1} U)."""
+        same = U is V
+        U64, V64 = _f64(U), _f64(V)
+        g = self.factor.solve(U64)
+        b = self.V.T @ g  # m x n
+        c = V64.T @ self.G  # n x m
+        d = V64.T @ g
+        d.diagonal().add_(1.0)  # I + V^T B^{-1} U
+        Sb, cS = self.S_inv @ b, c @ self.S_inv
+        s_inv = torch.linalg.inv(d - c @ Sb)
+        top = torch.cat([self.S_inv + Sb @ s_inv @ cS, -Sb @ s_inv], dim=1)
+        bottom = torch.cat([-s_inv @ cS, s_inv], dim=1)
+        if not same or self.U is not None:
+            self.U = torch.cat([self.U_h, U64], dim=1)
+        self.S_inv = torch.cat([top, bottom])
+        self.G = torch.cat([self.G, g], dim=1)
+        self.V = torch.cat([self.V, V64], dim=1)
+
+    def needs_refactorisation(self) -> bool:
+        """Whether to fold the recorded keys into a new factorisation of B: once
+        m >= d_k / HISTORY_FRACTION (d_k / IDENTITY_HISTORY_FRACTION while B is a scaled
+        identity), past which keeping them costs more time (memory) than refactorising."""
+        fraction = IDENTITY_HISTORY_FRACTION if self.factor.kind == "scale" else HISTORY_FRACTION
+        return self.recorded * fraction >= self.size
+
+    def refactorised(self, symmetric: bool) -> LowRankSystem:
+        """A new system whose B is this A_h, factorised (O(d_k^3)), with no recorded keys.
+        This system is consumed (its factorisation is freed, and reused as B's memory)."""
+        B = self.factor.dense(self.V)
+        if self.recorded:
+            B = B.addmm_(self.U_h, self.V.T)
+        del self.factor  # not needed any more: freed before factorising
+        return LowRankSystem(factorise(B, symmetric), self.size)
+
+
+def relative_residual(AQ: torch.Tensor, Y: torch.Tensor) -> float:
+    """||Y - A Q||_F / ||Y||_F: the check that an updated solve still solves A Q = Y
+    (0 when A Q = Y exactly, Y = 0 included; inf when only Y is 0)."""
+    miss = float((_f64(Y) - _f64(AQ)).norm())
+    if miss == 0.0:
+        return 0.0
+    scale = float(_f64(Y).norm())
+    return miss / scale if scale > 0.0 else math.inf
+
+
+def solve_checked(
+    system: LowRankSystem, U: torch.Tensor, V: torch.Tensor, tolerance: float, symmetric: bool
+) -> tuple[LowRankSystem, torch.Tensor, float]:
+    """Q = (A_h + U V^T)^{-1} U with the residual check: when ||U - A Q|| / ||U|| (A Q from the
+    factorisation and the keys, O(d_k^2 n)) exceeds ``tolerance`` (or is NaN), refactorise
+    and solve again. Returns the system to keep, Q and the residual of the Q returned."""
+    Q = system.solve(U, V)
+    residual = relative_residual(system.apply(Q) + _f64(U) @ (_f64(V).T @ Q), U)
+    if not residual <= tolerance:
+        system = system.refactorised(symmetric)
+        Q = system.solve(U, V)
+        residual = relative_residual(system.apply(Q) + _f64(U) @ (_f64(V).T @ Q), U)
+    return system, Q, residual

@@ -260,10 +260,10 @@ def build_session(
         stats = previous.stats if previous is not None else open_statistics(cfg, adapter)
     cov_seconds = ensure_statistics(stats, written, progress, compute_stats)
     adapter.keep_rewrite_float32(written)
-    method = method_class(cfg.method.name)(cfg.method, written)
+    method = method_class(cfg.method.name)(cfg.method, written, num_edits=cfg.num_edits)
     method.prepare(stats, adapter.device)
     if previous is not None:
-        method.C_prev.update(previous.method.C_prev)
+        method.adopt_state(previous.method)  # the run's C_prev (or recorded keys), by replay
         groups = [list(g) for g in previous.groups]
     else:
         seed_everything(cfg.seed)

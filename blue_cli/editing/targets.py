@@ -13,7 +13,9 @@ argmax at every scored position, the next step weighs the NLL by 0.1, and the re
 stops once KL(p_now || p_init) < 0.01.
 All requests of a batch are optimised together, each with its own vector and its own
 early stop; since Adam is element-wise and the sequences are independent this gives
-the same vectors as one-request-at-a-time optimisation (tested to 1e-4).
+the same vectors as one-request-at-a-time optimisation (tested to 1e-4). A request that
+stops early leaves the batch: later steps run forward and backward on the others only,
+as the reference's per-request loop stops each request on its own.
 Differs from reference: prompt and target are concatenated as token ids rather
 than re-tokenised as one string, and only the positions the loss reads are unembedded.
 """
@@ -149,11 +151,16 @@ def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Se
 
 
 def _losses(
-    adapter: ModelAdapter, batch: _Batch, n: int, init_kl: torch.Tensor | None
+    adapter: ModelAdapter,
+    batch: _Batch,
+    n: int,
+    init_kl: torch.Tensor | None,
+    members: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per request: NLL (mean per-token over prompts), KL log-probs, KL(p_now || p_init)
-    (not yet weighted by kl_factor), and whether the target is the argmax at every
-    scored position of every prompt (PMET's adaptive rule reads it)."""
+    """Per request, (n,) with zeros for requests not in ``batch``: NLL (mean per-token over
+    prompts), KL(p_now || p_init) (not yet weighted by kl_factor), and whether the target is
+    the argmax at every scored position of every prompt (PMET's adaptive rule reads it); and
+    the KL log-probs of the requests in ``batch`` (``members``, in order; None: all n)."""
     hidden = adapter.base_forward(batch.inputs["input_ids"], batch.inputs["attention_mask"])
     logits = adapter.logits_at(hidden[batch.nll_row, batch.nll_pos]).float()
     logprobs = torch.log_softmax(logits, dim=-1)
@@ -164,11 +171,34 @@ def _losses(
     at_argmax = torch.zeros(n, device=logits.device).index_add(0, batch.rows[batch.nll_row], below_max) == 0
     kl_logits = adapter.logits_at(hidden[batch.kl_rows, batch.lookup[batch.kl_rows]]).float()
     kl_logprobs = torch.log_softmax(kl_logits, dim=-1)
-    if init_kl is None:
-        kl = torch.zeros(n, device=logits.device)
-    else:
-        kl = F.kl_div(init_kl, kl_logprobs, log_target=True, reduction="none").sum(-1)
+    kl = torch.zeros(n, device=logits.device)
+    if init_kl is not None:
+        init = init_kl if members is None else init_kl[members]
+        part = F.kl_div(init, kl_logprobs, log_target=True, reduction="none").sum(-1)
+        kl = part if members is None else kl.index_put((members,), part)
     return nll, kl_logprobs, kl, at_argmax
+
+
+def _select(batch: _Batch, active: torch.Tensor) -> tuple[_Batch, torch.Tensor]:
+    """The sub-batch of the ``active`` requests' sequences (request indices kept), and the
+    indices of those sequences in ``batch``."""
+    keep = active[batch.rows]
+    seq = keep.nonzero().squeeze(1)
+    renumber = torch.full_like(batch.rows, -1)
+    renumber[seq] = torch.arange(len(seq), device=seq.device)
+    tokens = keep[batch.nll_row]
+    sub = _Batch(
+        inputs={k: v[seq] for k, v in batch.inputs.items()},
+        rows=batch.rows[seq],
+        lookup=batch.lookup[seq],
+        nll_row=renumber[batch.nll_row[tokens]],
+        nll_pos=batch.nll_pos[tokens],
+        nll_tok=batch.nll_tok[tokens],
+        nll_weight=batch.nll_weight[tokens],
+        kl_rows=renumber[batch.kl_rows[active]],
+        plain_rows=renumber[batch.plain_rows[active]],
+    )
+    return sub, seq
 
 
 def optimise_targets(
@@ -192,8 +222,8 @@ def optimise_targets(
     h_init = _initial_states(adapter, batch, layer, points)
     deltas = {p: torch.zeros_like(h_init[p], requires_grad=True) for p in points}
     frozen_upto = (layer if points == ("block",) else layer - 1) if settings.reuse_prefix else -1
-    with frozen_prefix(adapter, batch.inputs, frozen_upto):
-        steps, init_kl, loss_init, nll = _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n)
+    with frozen_prefix(adapter, batch.inputs, frozen_upto) as prefix:
+        steps, loss_init, nll = _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n, prefix)
     return TargetResult(
         layer=layer,
         points=tuple(points),
@@ -205,26 +235,33 @@ def optimise_targets(
     )
 
 
-def _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n):
-    """The optimisation loop proper; returns (steps, init KL log-probs, initial NLL, last NLL)."""
+def _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n, prefix):
+    """The optimisation loop proper; returns (steps, initial NLL, NLL when each request stopped).
+
+    A request whose loss falls below ``early_stop_loss`` keeps its vector from then on and,
+    with ``drop_stopped``, leaves the forwards: the next steps run on the sub-batch of the
+    others' sequences (the frozen prefix replays only their rows)."""
     opt = torch.optim.Adam(list(deltas.values()), lr=settings.lr)
     max_norm = {p: settings.clamp * h_init[p].norm(dim=1) for p in points}
     active = torch.ones(n, dtype=torch.bool, device=adapter.device)
     steps = torch.zeros(n, dtype=torch.long)
     nll_factor = torch.ones(n, device=adapter.device)
-    init_kl, loss_init, nll = None, None, None
+    part, members = batch, None  # the sequences run this step, and their requests (None: all)
+    init_kl, loss_init = None, None
+    final = torch.zeros(n, device=adapter.device)
     for it in range(settings.steps):
         fault_point("target")
         with ExitStack() as stack:
             for p in points:
-                stack.enter_context(adapter.inject(f"{p}.{layer}", deltas[p], batch.rows, batch.lookup))
-            nll, kl_logprobs, kl, at_argmax = _losses(adapter, batch, n, init_kl)
+                stack.enter_context(adapter.inject(f"{p}.{layer}", deltas[p], part.rows, part.lookup))
+            nll, kl_logprobs, kl, at_argmax = _losses(adapter, part, n, init_kl, members)
         if init_kl is None:
             init_kl = kl_logprobs.detach()
         decay = sum(settings.weight_decay * deltas[p].norm(dim=1) / h_init[p].norm(dim=1) ** 2 for p in points)
         loss = nll_factor * nll + settings.kl_factor * kl + decay
         if loss_init is None:
             loss_init = nll.detach().clone()
+        final = torch.where(active, nll.detach(), final)
         active &= loss.detach() >= settings.early_stop_loss
         if settings.adaptive_nll:
             # PMET, in the reference's order: the loss above keeps this step's factor; the
@@ -246,4 +283,8 @@ def _adam_loop(adapter, batch, layer, points, settings, h_init, deltas, n):
                 norms = deltas[p].norm(dim=1)
                 scale = torch.where(norms > max_norm[p], max_norm[p] / norms.clamp_min(1e-12), torch.ones_like(norms))
                 deltas[p].mul_(scale[:, None])
-    return steps, init_kl, loss_init, nll
+        if settings.drop_stopped and int(active.sum()) < (n if members is None else len(members)):
+            part, sequences = _select(batch, active)
+            members = active.nonzero().squeeze(1)
+            prefix.select(sequences)
+    return steps, loss_init, final

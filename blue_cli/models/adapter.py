@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from blue_cli.models.families import FamilySpec, family_for
-from blue_cli.models.hooks import StopForward, add_at_positions, capture, run_until_stopped
+from blue_cli.models.hooks import StopForward, add_at_positions, capture, hidden_of, run_until_stopped
 
 
 class ModelAdapter:
@@ -196,14 +196,36 @@ class _Skip(nn.Module):
 
 
 class _Replay(nn.Module):
-    """Stands in for the last frozen block: returns its recorded output (hooks still fire)."""
+    """Stands in for the last frozen block: returns its recorded output (hooks still fire),
+    or the rows of it that :meth:`select` chose."""
 
     def __init__(self, output):
         super().__init__()
-        self.output = output
+        self.recorded = self.output = output
+
+    def select(self, rows: torch.Tensor | None) -> None:
+        """Hand on only the recorded sequences ``rows`` (None: all of them)."""
+        if rows is None:
+            self.output = self.recorded
+            return
+        size = hidden_of(self.recorded).shape[0]
+        take = lambda t: t[rows] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == size else t  # noqa: E731
+        self.output = tuple(take(t) for t in self.recorded) if isinstance(self.recorded, tuple) else take(self.recorded)
 
     def forward(self, *args, **kwargs):
         return self.output
+
+
+class PrefixRows:
+    """What :func:`frozen_prefix` yields: ``select(rows)`` makes the replayed prefix hand on
+    only those sequences of the batch it recorded, for forwards on that sub-batch."""
+
+    def __init__(self, replay: _Replay | None = None):
+        self.replay = replay
+
+    def select(self, rows: torch.Tensor | None) -> None:
+        if self.replay is not None:
+            self.replay.select(rows)
 
 
 @contextmanager
@@ -213,10 +235,11 @@ def frozen_prefix(adapter: ModelAdapter, batch: dict[str, torch.Tensor], upto: i
     Inside the block, forwards on the same batch skip the work of blocks that cannot
     change (their inputs do not depend on what is optimised after them); embeddings,
     masks and rotary tables are still built by the model as usual. Hooks registered on
-    ``adapter.block(upto)`` inside the block attach to the replaying stand-in.
+    ``adapter.block(upto)`` inside the block attach to the replaying stand-in. Yields a
+    :class:`PrefixRows`: forwards on a subset of the batch's sequences select those rows first.
     """
     if upto < 0:
-        yield
+        yield PrefixRows()
         return
     blocks = adapter._blocks
     recorded: dict = {}
@@ -237,8 +260,9 @@ def frozen_prefix(adapter: ModelAdapter, batch: dict[str, torch.Tensor], upto: i
     try:
         for i in range(upto):
             blocks[i] = _Skip(as_tuple)
-        blocks[upto] = _Replay(output)
-        yield
+        replay = _Replay(output)
+        blocks[upto] = replay
+        yield PrefixRows(replay)
     finally:
         for i, module in enumerate(originals):
             blocks[i] = module

@@ -126,8 +126,9 @@ def key_flops(shape: Shape, facts: RunFacts, layer: int, seq_len: int | None = N
 
 
 def solve_flops(shape: Shape, facts: RunFacts) -> float:
-    """One layer's closed-form write (the method's declared ``solve_flops``): n = batch_size keys."""
-    return facts.solve_flops(shape.hidden_size, shape.intermediate_size, facts.batch_size)
+    """One layer's closed-form write (the method's declared ``solve_flops``, or ``updated_solve_flops``
+    under the updated solver): n = batch_size keys."""
+    return facts.declared_solve_flops(shape.hidden_size, shape.intermediate_size, facts.batch_size)
 
 
 def phases(shape: Shape, facts: RunFacts) -> list[Phase]:
@@ -171,7 +172,7 @@ def phases(shape: Shape, facts: RunFacts) -> list[Phase]:
             "solves",
             writes * solve_flops(shape, facts),
             "float64",
-            note=f"{writes} x d_k={shape.intermediate_size} systems",
+            note=f"{writes} x d_k={shape.intermediate_size} systems, {facts.solver} solver",
         ),
         Phase("diagnostics", diagnostics, dtype, note=f"{DIAGNOSTIC_FORWARDS} forwards of the batch"),
         Phase(

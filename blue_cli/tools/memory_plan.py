@@ -224,6 +224,16 @@ class RunFacts:
     state_matrices: tuple[str, ...] = ("statistics C",)  # EditMethod.state_matrices
     solve_matrices: int = 3  # EditMethod.solve_matrices (+1 if it upcasts a float32 state matrix)
     solve_flops: Callable[[int, int, int], float] = EditMethod.solve_flops  # its declared FLOPs
+    solver: str = "direct"  # method.solver, resolved: "auto" becomes whichever fits (planned_facts)
+    solver_choice: str = "direct"  # method.solver as configured
+    updated_solve_matrices: int = 2  # EditMethod.updated_solve_matrices
+    updated_solve_flops: Callable[[int, int, int], float] = EditMethod.updated_solve_flops
+    updated_state: Callable[..., list] = EditMethod.updated_state  # its declared state per layer
+
+    @property
+    def declared_solve_flops(self) -> Callable[[int, int, int], float]:
+        """The FLOPs of one layer's write under the solver this run uses."""
+        return self.updated_solve_flops if self.solver == "updated" else self.solve_flops
 
 
 def run_facts(cfg: DictConfig) -> RunFacts:
@@ -243,6 +253,9 @@ def run_facts(cfg: DictConfig) -> RunFacts:
         state = "float32" if device == "cuda" else "float64"
     if state not in ("float32", "float64"):
         raise ConfigError(f"unknown method.state_dtype '{state}' (choose: auto, float32, float64)")
+    solver = cfg.method.get("solver", None) or "auto"
+    if solver not in ("auto", "direct", "updated"):
+        raise ConfigError(f"unknown method.solver '{solver}' (choose: auto, direct, updated)")
     t = cfg.method.target
     chunk = 1 if not t.batched else (t.get("chunk", None) or cfg.batch_size)
     if chunk < 1:
@@ -272,6 +285,11 @@ def run_facts(cfg: DictConfig) -> RunFacts:
         state_matrices=tuple(method.state_matrices),
         solve_matrices=method.solve_matrices + (1 if method.solve_upcasts_state and state != "float64" else 0),
         solve_flops=method.solve_flops,
+        solver="direct" if solver == "direct" else "updated",
+        solver_choice=solver,
+        updated_solve_matrices=method.updated_solve_matrices,
+        updated_solve_flops=method.updated_solve_flops,
+        updated_state=method.updated_state,
     )
 
 
@@ -282,9 +300,14 @@ def weight_bytes(shape: Shape, dtype: str, n_written: int) -> int:
 
 
 def state_items(shape: Shape, facts: RunFacts) -> list[Item]:
-    """C or P per written layer, and C_prev per written layer for sequential methods."""
-    dk2 = shape.intermediate_size**2 * DTYPE_BYTES[facts.state_dtype]
+    """C or P per written layer, and C_prev per written layer for sequential methods; under
+    the updated solver, what the method declares instead (EditMethod.updated_state)."""
+    dk = shape.intermediate_size
+    dk2 = dk**2 * DTYPE_BYTES[facts.state_dtype]
     n = len(facts.written)
+    if facts.solver == "updated":
+        declared = facts.updated_state(dk, DTYPE_BYTES[facts.state_dtype], facts.keep_previous_keys, facts.num_edits)
+        return [Item(f"{name} (updated solver)", "resident", n * b, f"{n} x {note}") for name, b, note in declared]
     items = [Item(name, "resident", n * dk2, f"{n} x d_k^2 {facts.state_dtype}") for name in facts.state_matrices]
     if facts.keep_previous_keys:
         items.append(Item("C_prev", "resident", n * dk2, f"{n} x d_k^2 {facts.state_dtype}"))
@@ -292,8 +315,10 @@ def state_items(shape: Shape, facts: RunFacts) -> list[Item]:
 
 
 def solve_bytes(shape: Shape, facts: RunFacts) -> int:
-    """The largest solve's float64 temporaries (one layer at a time)."""
-    return facts.solve_matrices * shape.intermediate_size**2 * 8
+    """The largest solve's float64 temporaries (one layer at a time); under the updated
+    solver, a refactorisation's (a solve itself keeps only d_k x n matrices)."""
+    matrices = facts.updated_solve_matrices if facts.solver == "updated" else facts.solve_matrices
+    return matrices * shape.intermediate_size**2 * 8
 
 
 def sequence_length(
@@ -447,6 +472,7 @@ def make_plan(shape: Shape, facts: RunFacts, budget: int | None = None) -> Plan:
         "chunk": facts.chunk,
         "model_dtype": facts.model_dtype,
         "state_dtype": facts.state_dtype,
+        "solver": facts.solver,
         "device": facts.device,
         "d": d,
         "d_k": dk,
@@ -468,8 +494,13 @@ def largest_chunk(shape: Shape, facts: RunFacts, budget: int) -> int:
 def planned_facts(cfg: DictConfig, budget: int | None = None) -> tuple[Shape, RunFacts]:
     """The shape and run facts of ``cfg``. With ``method.target.chunk`` null on CUDA the
     run sizes its target chunks from the free memory (EditContext.chunk_size); the plan
-    does the same against ``budget``."""
+    does the same against ``budget``. ``method.solver: auto`` plans the updated solver
+    unless no target chunk fits ``budget`` with its extra state and one does without (then direct)."""
     shape, facts = model_shape(cfg.model), run_facts(cfg)
+    if facts.solver_choice == "auto" and budget and not largest_chunk(shape, facts, budget):
+        direct = replace(facts, solver="direct")
+        if largest_chunk(shape, direct, budget):  # the updated solver's state is what does not fit
+            facts = direct
     auto = cfg.method.target.get("chunk", None) is None and cfg.method.target.batched
     if auto and facts.device == "cuda" and budget:
         fitting = largest_chunk(shape, facts, budget)

@@ -19,6 +19,7 @@ from blue_cli.runs.replay import edited_weights
 SMALL = [
     "model=tiny-gpt2",
     "method=memit_seq",
+    "method.solver=direct",  # NanFromSecondBatch puts its NaN into C, which the direct solver reads
     "num_edits=4",
     "batch_size=2",
     "method.target.steps=3",

@@ -63,6 +63,7 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
         [
             "model=tiny-llama",
             "method=alphaedit",
+            "method.solver=direct",
             "strategy=spread",
             "batch_size=10",
             "num_edits=10",
@@ -126,3 +127,41 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
         f"batch peak {edit_peak / measured_peak:.3f}, "
         f"checkpoint {items['checkpoint (one file, rewritten each batch)'] / size:.3f}"
     )
+
+
+def test_updated_solver_state_and_refactorisation_as_planned(fresh_tiny):
+    """The updated solver's resident state after 10 recorded keys is exactly the plan's items,
+    and a refactorisation's temporaries (B and its LU, float64) are what the plan counts."""
+    cfg = compose_config(
+        [
+            "model=tiny-llama",
+            "method=alphaedit",
+            "method.solver=updated",
+            "strategy=blue",
+            "batch_size=10",
+            "num_edits=10",
+            "device=cpu",
+            "stats.samples=64",
+        ]
+    )
+    adapter = fresh_tiny("tiny-llama")
+    shape, facts = model_shape(cfg.model), run_facts(cfg)
+    items = {i.name: i.bytes for i in make_plan(shape, facts).items}
+    session = build_session(cfg, adapter)
+    method, written, groups = session.method, session.written, session.groups
+    requests = load_counterfact("bundled", limit=10)
+    keys = collect_keys(adapter, requests, groups, written)
+    for layer, K in keys.items():
+        method.solve(layer, K, torch.randn(shape.hidden_size, K.shape[1]))
+        method.record_keys(layer, K)
+    systems = [method.systems[l] for l in written]
+    recorded = sum(t.nbytes for s in systems for t in (s.U, s.G, s.V, s.S_inv))
+    assert recorded == items["recorded keys (updated solver)"]
+    assert sum(t.nbytes for t in method.P.values()) == items["projector P (updated solver)"]
+    assert "solver factorisation (updated solver)" not in items  # 10 keys < d_k / 4: still l2 I
+    system = method.systems[written[0]]
+    with LiveStorages() as tracked:
+        refactorised = system.refactorised(symmetric=False)
+    planned = items["solve temporaries"]
+    assert close(planned, tracked.peak), (planned, tracked.peak)
+    assert refactorised.factor.kind == "lu"

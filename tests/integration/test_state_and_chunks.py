@@ -113,7 +113,8 @@ def test_a_killed_run_resumes_by_replay_bit_identically(tmp_path, monkeypatch, f
 
 def test_replay_rebuilds_the_weights_and_c_prev_exactly(full_run):
     """The replayed session holds the live run's weights and C_prev = sum of K K^T over
-    the keys collected after each batch, recomputed here from the replayed model."""
+    the keys collected after each batch (as the updated solver's recorded keys), recomputed
+    here from the replayed model."""
     cfg = compose_config(SMALL)
     live = runner.load_adapter(cfg)
     _, adapter, session = replay_run(full_run[0])
@@ -135,16 +136,22 @@ def test_replay_rebuilds_the_weights_and_c_prev_exactly(full_run):
     from blue_cli.editing.session import build_session
 
     fresh = build_session(cfg, live)
-    expected = {l: torch.zeros_like(session.method.C_prev[l], dtype=torch.float64) for l in session.written}
+    size = session.method.key_sizes
+    expected = {l: torch.zeros(size[l], size[l], dtype=torch.float64) for l in session.written}
     for b, entry in enumerate(session.log):
         batch = requests[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         fresh.replay_batch(batch, entry.writes)
         for layer, K in collect_keys(live, batch, fresh.groups, session.written).items():
             expected[layer] += K.double() @ K.double().T
+    method = session.method
+    assert method.solver == "updated"  # auto, on CPU; C_prev is the system's recorded keys
     for layer in session.written:
         assert torch.equal(adapter.rewrite_weight(layer), live.rewrite_weight(layer))
-        assert torch.allclose(session.method.C_prev[layer].double(), expected[layer], rtol=1e-10, atol=1e-9)
-        assert session.method.C_prev[layer].abs().sum() > 0
+        system = method.systems[layer]
+        assert method.refactorisations[layer] == 0 and system.recorded == 6  # 6 keys < d_k / 8
+        C_prev = system.V @ system.V.T
+        assert torch.allclose(C_prev, expected[layer], rtol=1e-10, atol=1e-9)
+        assert C_prev.abs().sum() > 0
 
 
 def test_targets_in_chunks_equal_one_chunk(fresh_tiny, requests10):
@@ -245,3 +252,47 @@ def test_a_checkpoint_of_whole_matrices_is_refused_in_one_line(tmp_path, killed_
     )
     with pytest.raises(ConfigError, match=r"written by an older blue .* resume=false"):
         runner.run_experiment(compose_config(SMALL), tmp_path / "run")
+
+
+def test_stopped_requests_leave_the_batch_with_the_same_targets(fresh_tiny, requests10, monkeypatch):
+    """A loose early stop (loss 3.0) stops requests at different steps. Batched with stopped
+    requests dropped, the targets are those of one-request-at-a-time optimisation (float64, as
+    above) and of keeping them in; the sequences forwarded are counted, not assumed: each
+    request's sequences run once per step it was evaluated (steps + 1), plus the two full passes
+    (initial states, frozen prefix)."""
+    from dataclasses import replace
+
+    from blue_cli.editing.targets import optimise_targets
+
+    adapter = fresh_tiny("tiny-gpt2")
+    adapter.model.double()
+    templates = [t for g in context_templates(adapter, n_prefixes=1, seed=0) for t in g]
+    requests = requests10[:6]
+    settings = TargetConfig(lr=0.5, steps=10, clamp=4.0, early_stop_loss=3.0)
+    rows = {"n": 0}
+    real = type(adapter).base_forward
+
+    def counted(self, input_ids, attention_mask):
+        rows["n"] += input_ids.shape[0]
+        return real(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(type(adapter), "base_forward", counted)
+    results, forwarded = {}, {}
+    for drop in (True, False):
+        rows["n"] = 0
+        results[drop] = optimise_targets(adapter, requests, templates, 3, replace(settings, drop_stopped=drop))
+        forwarded[drop] = rows["n"]
+    alone = [optimise_targets(adapter, [r], templates, 3, settings) for r in requests]
+    dropped, kept = results[True], results[False]
+    steps = dropped.steps
+    assert len(set(steps)) >= 3 and min(steps) < settings.steps - 1  # stops at different steps happened
+    assert steps == kept.steps == [a.steps[0] for a in alone]
+    one_by_one = torch.cat([a.delta["block"] for a in alone])
+    assert torch.allclose(dropped.delta["block"], one_by_one, rtol=0, atol=1e-9)
+    assert torch.allclose(dropped.delta["block"], kept.delta["block"], rtol=0, atol=1e-9)
+    assert dropped.loss_final == pytest.approx(kept.loss_final, rel=1e-9)
+    per_request = len(templates) + 1  # its prompts and its KL prompt
+    total = per_request * len(requests)
+    assert forwarded[True] == 2 * total + per_request * sum(s + 1 for s in steps)
+    assert forwarded[False] == 2 * total + total * (max(steps) + 1)
+    assert forwarded[True] < forwarded[False]

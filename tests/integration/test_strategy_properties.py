@@ -27,10 +27,13 @@ def _cfg(name: str, sequential: bool) -> OmegaConf:
     return OmegaConf.create({"name": name, "cov_weight": 100.0, "keep_previous_keys": sequential, "target": {}})
 
 
-def _setup(fresh_tiny, name="memit", sequential=False, layers=CRITICAL):
+def _setup(fresh_tiny, name="memit", sequential=False, layers=CRITICAL, solver=None):
     adapter = fresh_tiny("tiny-gpt2")
     stats = CovarianceStore(adapter, StatsConfig(samples=40, max_length=64))
-    method = method_class(name)(_cfg(name, sequential), layers)
+    cfg = _cfg(name, sequential)
+    if solver is not None:
+        cfg.solver = solver
+    method = method_class(name)(cfg, layers)
     method.prepare(stats, adapter.device)
     ctx = EditContext(adapter, context_templates(adapter, n_prefixes=1, seed=0), SETTINGS)
     return adapter, method, ctx
@@ -105,8 +108,20 @@ def test_blue_optimises_each_boundary_target_on_the_model_as_it_is_then(fresh_ti
         assert torch.allclose(call["R"], target.z("block").T - call["H"], atol=1e-5)
 
 
-def test_c_prev_is_the_sum_of_earlier_batches_keys_on_the_edited_model(fresh_tiny, requests10):
-    adapter, method, ctx = _setup(fresh_tiny, name="memit_seq", sequential=True, layers=[1, 3])
+def _c_prev(method, layer):
+    """C_prev as the method holds it: a matrix (direct solver) or the updated solver's recorded
+    keys V_h (U_h = V_h = K for MEMIT; 6 keys, fewer than d_k / 8: none refactorised yet)."""
+    if method.solver == "direct":
+        return method.previous_keys(layer)
+    system = method.systems[layer]
+    assert method.refactorisations[layer] == 0 and system.U is None
+    return system.V @ system.V.T
+
+
+@pytest.mark.parametrize("solver", ["direct", "updated"])
+def test_c_prev_is_the_sum_of_earlier_batches_keys_on_the_edited_model(fresh_tiny, requests10, solver):
+    adapter, method, ctx = _setup(fresh_tiny, name="memit_seq", sequential=True, layers=[1, 3], solver=solver)
+    assert method.solver == solver
     strategy = strategy_class("blue")()
     expected = {l: torch.zeros(adapter.key_size(l), adapter.key_size(l), dtype=torch.float64) for l in (1, 3)}
     rec = Recorder(method, adapter, requests10[:2])
@@ -114,14 +129,14 @@ def test_c_prev_is_the_sum_of_earlier_batches_keys_on_the_edited_model(fresh_tin
         if b == 2:
             # the third batch's solves see exactly the first two batches' keys
             for layer in (1, 3):
-                assert torch.allclose(method.previous_keys(layer), expected[layer], rtol=1e-6, atol=1e-6)
+                assert torch.allclose(_c_prev(method, layer), expected[layer], rtol=1e-6, atol=1e-6)
         rec.requests = batch
         strategy.edit_batch(method, ctx, batch, CRITICAL)
         for layer, K in collect_keys(adapter, batch, ctx.groups, [1, 3]).items():
             K64 = K.double()
             expected[layer] += K64 @ K64.T
     for layer in (1, 3):
-        assert torch.allclose(method.previous_keys(layer), expected[layer], rtol=1e-6, atol=1e-6)
+        assert torch.allclose(_c_prev(method, layer), expected[layer], rtol=1e-6, atol=1e-6)
         assert float(expected[layer].norm()) > 0
 
 

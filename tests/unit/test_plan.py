@@ -167,6 +167,15 @@ def test_llama3_alphaedit_spread_fits_48gb_with_float32_state_and_target_chunks(
     """The issue's numbers: 5 written layers x (P + C_prev) at 1.64 GB each in float64, ~80 GB
     of activations at batch 100 in one chunk; float32 state (the CUDA default) and chunks fit."""
     base = ["model=llama3", "method=alphaedit", "strategy=spread", "batch_size=100", "num_edits=2000"]
+    updated = plan_for_config(compose_config(base), budget=48_000_000_000)
+    b = by_name(updated)
+    assert updated.facts["solver"] == "updated" and updated.fits is True
+    # the updated solver keeps P and the 2000 recorded keys (U = P K, V = K, G = B^{-1} U and the
+    # 2000 x 2000 capacitance inverse), no C_prev; 2000 < d_k / 4 keys: l2 I needs no factorisation
+    assert b["projector P (updated solver)"] == 5 * 14336**2 * 4
+    assert b["recorded keys (updated solver)"] == 5 * 8 * (3 * 14336 * 2000 + 2000**2)
+    assert "C_prev" not in b and "solver factorisation (updated solver)" not in b
+    base.append("method.solver=direct")
     whole = plan_for_config(
         compose_config([*base, "method.state_dtype=float64", "method.target.chunk=100"]), budget=48_000_000_000
     )
@@ -241,10 +250,17 @@ def test_the_plan_follows_a_new_methods_and_strategys_declarations(monkeypatch):
         solve_matrices = 7
         solve_upcasts_state = True
         points = ("attn", "mlp", "block")
+        updated_state_matrices = ("A",)
+        symmetric_system = False
+        updated_solve_matrices = 5
 
         @staticmethod
         def solve_flops(d, dk, n):
             return 123.0 * d + dk + n
+
+        @staticmethod
+        def updated_solve_flops(d, dk, n):
+            return 7.0 * d + dk + n
 
     class Middle(Strategy):
         def written_layers(self, critical):
@@ -257,6 +273,7 @@ def test_the_plan_follows_a_new_methods_and_strategys_declarations(monkeypatch):
     monkeypatch.setitem(registry.STRATEGIES, "middle", Middle)
     cfg = compose_config(["model=llama3", "method=memit", "strategy=blue"])
     cfg.method.name, cfg.strategy.name = "throwaway", "middle"
+    cfg.method.solver = "direct"
     facts = run_facts(cfg)
     assert facts.written == (6,) and facts.target_layers == (4,) and facts.points == 3
     assert facts.solve_matrices == 7 + 1  # float32 state on CUDA, upcast by the solve
@@ -266,3 +283,11 @@ def test_the_plan_follows_a_new_methods_and_strategys_declarations(monkeypatch):
     assert plan["solve temporaries"] == 8 * 20 * 20 * 8
     assert solve_flops(SHAPE, facts) == 123.0 * 10 + 20 + facts.batch_size
     assert OmegaConf.is_config(cfg)
+    cfg.method.solver = "updated"
+    updated = run_facts(cfg)
+    plan = by_name(make_plan(SHAPE, replace(updated, critical=(1, 2, 3), written=(2,), target_layers=(1,))))
+    assert plan["A (updated solver)"] == 20 * 20 * 4 and "B" not in plan and "C_prev" not in plan
+    assert plan["solver factorisation (updated solver)"] == 2 * 20 * 20 * 8  # not symmetric: B and its LU
+    assert "recorded keys (updated solver)" not in plan  # memit's keep_previous_keys: false
+    assert plan["solve temporaries"] == 5 * 20 * 20 * 8
+    assert solve_flops(SHAPE, updated) == 7.0 * 10 + 20 + updated.batch_size

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 
 from blue_cli.config.registry import register_method
 from blue_cli.config.schema import MethodConfig
-from blue_cli.editing.methods.base import EditMethod
+from blue_cli.editing.methods.base import EditMethod, times
 
 if TYPE_CHECKING:
     import torch
 
+    from blue_cli.editing.linalg import Factor
     from blue_cli.editing.statistics.store import CovarianceStore
 
 
@@ -40,11 +41,28 @@ class AlphaEdit(EditMethod):
     state_matrices = ("projector P",)
     solve_matrices = 4  # K K^T, P M, the l2 identity and A (linalg.alphaedit_update)
     solve_upcasts_state = True  # P (float32 on CUDA) is copied to float64 for the solve
+    updated_state_matrices = ("projector P",)  # U = P K needs it
+    factor_from_start = False  # B = l2 I until the first refactorisation
+    symmetric_system = False  # B = l2 I + P C_prev: LU when refactorised (B kept beside it)
+    low_rank_symmetric = False  # U = P K, V = K
+    updated_solve_matrices = 2  # a refactorisation: B and its LU factor
 
     @staticmethod
     def solve_flops(d: int, dk: int, n: int) -> float:
         """K K^T, P M, an LU factorisation, the solve for P K and P K itself, and Delta."""
         return 2 * dk * dk * n + 2 * d * n * dk + 2 * dk**3 + 2 * dk**3 / 3 + 4 * dk * dk * n
+
+    @staticmethod
+    def updated_solve_flops(d: int, dk: int, n: int) -> float:
+        """As EditMethod.updated_solve_flops once B has its LU (after d_k / 4 keys): P K for the
+        batch's and the recorded keys, LU solves, B Q in the check, and a refactorisation
+        (B plus the keys, an LU) every d_k / 8 keys, shared per key."""
+        m = dk / 8
+        solve = 2 * dk * dk * n + 2 * dk * dk * n + 4 * dk * m * n + 2 * m * m * n
+        check = 2 * dk * dk * n + 4 * dk * m * n
+        record = 2 * dk * dk * n + 2 * dk * dk * n + 4 * dk * m * n + 6 * m * m * n
+        refactorise = (2 * dk * dk * m + 2 * dk**3 / 3) * n / m
+        return solve + check + 2 * d * n * dk + record + refactorise
 
     def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
         from blue_cli.editing.linalg import nullspace_projector
@@ -58,8 +76,21 @@ class AlphaEdit(EditMethod):
             for l in self.layers
         }
 
-    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    def solve_direct(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         from blue_cli.editing.linalg import alphaedit_update
 
         P, C_prev = self.resident(self.P[layer]), self.resident(self.previous_keys(layer))
         return alphaedit_update(K, R, P, self.cfg.l2, C_prev)
+
+    def low_rank_terms(self, layer: int, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """U = P K, V = K: A = l2 I + P C_prev + (P K) K^T."""
+        import torch
+
+        K64 = K.to(device=self.device, dtype=torch.float64)
+        return times(self.P[layer], K64), K64
+
+    def initial_factor(self, layer: int) -> Factor:
+        """B = l2 I: nothing to factorise until the recorded keys are refactorised (LU)."""
+        from blue_cli.editing.linalg import scaled_identity
+
+        return scaled_identity(float(self.cfg.l2))

@@ -14,6 +14,7 @@ from blue_cli.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from blue_cli.editing.linalg import Factor
     from blue_cli.editing.statistics.store import CovarianceStore
 
 
@@ -53,10 +54,36 @@ class Memit(EditMethod):
 
     def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
         super().prepare(stats, device)
-        self.C = {l: self.stored(stats.get(l)) for l in self.layers}
+        # the updated solver keeps lambda C's factor instead of C (initial_factor)
+        self.C = {l: self.stored(stats.get(l)) for l in self.layers} if self.solver == "direct" else {}
 
-    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    def solve_direct(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         from blue_cli.editing.linalg import memit_update
 
         C, C_prev = self.resident(self.C[layer]), self.resident(self.previous_keys(layer))
         return memit_update(K, R, C, self.cfg.cov_weight, C_prev)
+
+    def low_rank_terms(self, layer: int, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """U = V = K: A = lambda C + C_prev + K K^T."""
+        import torch
+
+        K64 = K.to(device=self.device, dtype=torch.float64)
+        return K64, K64
+
+    def initial_factor(self, layer: int) -> Factor:
+        """The Cholesky factor of lambda C, cached beside the statistics (as AlphaEdit's P);
+        LU when lambda C is not positive definite (not cached)."""
+        import torch
+
+        from blue_cli.editing.linalg import Factor, factorise
+
+        weight = float(self.cfg.cov_weight)
+
+        def cholesky(C: torch.Tensor) -> torch.Tensor:
+            L, info = torch.linalg.cholesky_ex(weight * C.to(torch.float64))
+            return L if int(info) == 0 else L[:0, :0]
+
+        L = self.stats.cached_tensor(layer, f"cholesky_{weight!r}", cholesky)
+        if L.numel() == 0:
+            return factorise(weight * self.stats.get(layer).to(torch.float64), symmetric=False)
+        return Factor("cholesky", L.to(self.home))

@@ -27,7 +27,7 @@ def require_finite(what: str, tensor: torch.Tensor) -> None:
         raise NumericalError(f"non-finite {what} (NaN or inf)")
 
 
-# A phase timer: called with a phase name ("keys", "targets", "solves", "writes"), it
+# A phase timer: called with a phase name ("keys", "targets", "solves", "writes", "record"), it
 # returns a context manager around that phase's work (benchmarks time phases with one).
 PhaseTimer = Callable[[str], AbstractContextManager]
 
@@ -185,8 +185,9 @@ class Strategy:
                 keys = collect_keys(adapter, requests, ctx.groups, written)
             for layer, K in keys.items():
                 require_finite(f"keys of layer {layer} on the edited model", K)
-            for layer, K in keys.items():
-                method.record_keys(layer, K)
+            with ctx.timer("record"):
+                for layer, K in keys.items():
+                    method.record_keys(layer, K)
         return trace
 
     @staticmethod
