@@ -32,7 +32,8 @@ ALLOWED = {
     "download": {"__init__", "errors", "cache"},
     "config": BASE,
     "models": BASE | {"config"},
-    "evaluation": BASE | {"config", "models"},
+    # the edit record type (datasets/records.py, a plain dataclass) is the one datasets name allowed
+    "evaluation": BASE | {"config", "models", "datasets.records"},
     "datasets": BASE | {"config", "models", "evaluation"},
     "editing": BASE | {"config", "models", "evaluation", "datasets"},
     # rendering only; it reads run files through runs/files.py (names and readers, no run logic)
