@@ -63,6 +63,7 @@ def sweep(root: Path, *overrides: str) -> dict[tuple[str, str], Path]:
             "-m",
             *overrides,
             "eval.generation=false",
+            "eval.wild=false",  # the floors are teacher-forced; the wild evaluation has tests of its own
             "~hydra.callbacks.sweep_report",
             f"hydra.sweep.dir={folder}",
         ],
