@@ -277,6 +277,11 @@ GROUPS = ("model", "dataset", "method", "strategy")
 LOGGERS = ("none", "tensorboard", "wandb", "mlflow")
 
 
+def missing_extra(backend: str) -> ConfigError:
+    """The one-line error for a logger backend whose library is not installed."""
+    return ConfigError(f"logger={backend} needs the {backend} extra: {install_hint(backend)}")
+
+
 def check_logger(name: str | None) -> None:
     """One-line error for a ``logger`` value that is not a known backend, or whose library
     is not installed (checked with the overrides, before a run folder exists)."""
@@ -286,7 +291,7 @@ def check_logger(name: str | None) -> None:
         raise ConfigError(f"unknown logger '{name}' (choose: {', '.join(LOGGERS)})")
     backend = "none" if name is None else str(name).lower()
     if backend != "none" and importlib.util.find_spec(backend) is None:
-        raise ConfigError(f"logger={backend} needs the {backend} extra: {install_hint(backend)}")
+        raise missing_extra(backend)
 
 
 MAX_TARGET_LR = 1e3

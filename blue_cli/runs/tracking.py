@@ -17,9 +17,7 @@ from numbers import Number
 from pathlib import Path
 from typing import Any
 
-from blue_cli import install_hint
-from blue_cli.config.schema import check_logger
-from blue_cli.errors import ConfigError
+from blue_cli.config.schema import check_logger, missing_extra
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +77,7 @@ class TensorBoardTracker(Tracker):
             from tensorboard.compat.proto.summary_pb2 import Summary
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
         except ImportError as exc:
-            raise ConfigError(f"logger=tensorboard needs the tensorboard extra: {install_hint('tensorboard')}") from exc
+            raise missing_extra("tensorboard") from exc
         self._event, self._summary = Event, Summary
         self.log_dir = Path(run_dir) / "tensorboard"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +115,7 @@ class WandbTracker(Tracker):
         try:
             import wandb
         except ImportError as exc:
-            raise ConfigError(f"logger=wandb needs the wandb extra: {install_hint('wandb')}") from exc
+            raise missing_extra("wandb") from exc
         self._wandb = wandb
         run_dir = Path(run_dir)
         self.run = wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=config or {})
@@ -149,7 +147,7 @@ class MlflowTracker(Tracker):
         try:
             import mlflow
         except ImportError as exc:
-            raise ConfigError(f"logger=mlflow needs the mlflow extra: {install_hint('mlflow')}") from exc
+            raise missing_extra("mlflow") from exc
         self._mlflow = mlflow
         run_dir = Path(run_dir)
         if not os.environ.get("MLFLOW_TRACKING_URI"):
