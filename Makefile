@@ -70,12 +70,12 @@ readme-results: ## rerun the tiny-model sweeps behind the README's tables and re
 	$(PYTHON) scripts/readme_results.py $(README_RUNS)/tiny-gpt2 $(README_RUNS)/tiny-llama
 
 LONG_HORIZON_DATA ?= ../shared/data/counterfact/mcf_random_subsets_1000
-LONG_HORIZON_RUNS ?= memit:blue,memit:blue:nas
+LONG_HORIZON_RUNS ?= memit:blue,memit:blue:nas,memit:spread,memit:spread:nas,alphaedit:blue,alphaedit:blue:nas,alphaedit:spread,alphaedit:spread:nas
 LONG_HORIZON_EDITS ?= 1000
-# Shorter target optimisation than the tiny preset's (25 steps, 5 prefixes) so that two 1,000-edit
+# Shorter target optimisation than the tiny preset's (25 steps, 5 prefixes) so that eight 1,000-edit
 # runs fit in the CPU time of a 2-core machine; empty it to measure the preset itself.
 LONG_HORIZON_EXTRA ?= method.target.steps=10 context.n_prefixes=2
-long-horizon-curves: ## long edit streams on tiny-gpt2 (norms, perplexity, efficacy teacher-forced and wild) into docs/long-horizon.md (CPU: ~10 min a run)
+long-horizon-curves: ## long edit streams on tiny-gpt2 (norms, perplexity, efficacy teacher-forced and wild) into docs/long-horizon.md (CPU: 1-4 min a run)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) scripts/long_horizon_curves.py --data $(LONG_HORIZON_DATA) \
 		--runs $(LONG_HORIZON_RUNS) --edits $(LONG_HORIZON_EDITS) --out outputs/long-horizon \
 		--extra "$(LONG_HORIZON_EXTRA)"

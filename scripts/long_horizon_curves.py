@@ -83,28 +83,33 @@ def read(folder: Path) -> dict:
 
 
 def figure(runs: dict[str, dict]) -> Figure:
+    """Four panels against edits; one colour per method:strategy, dashed with norm anchoring,
+    one legend for all. The norm panel draws the last written layer (every strategy writes
+    it) relative to its pre-edit norm; the table gives every layer's multiple."""
     w0 = original_norms()
-    fig = Figure(figsize=(12, 8.5), dpi=100)
+    fig = Figure(figsize=(12, 8.8), dpi=100)
     panels = [fig.add_subplot(2, 2, i + 1) for i in range(4)]
-    for i, (spec, data) in enumerate(runs.items()):
-        colour = f"C{i % 10}"
+    pairs = list(dict.fromkeys(spec.removesuffix(":nas") for spec in runs))
+    last_layers = set()
+    for spec, data in runs.items():
+        colour = f"C{pairs.index(spec.removesuffix(':nas')) % 10}"
+        style = "--" if spec.endswith(":nas") else "-"
         edits, total = [], 0
         for row in data["batches"]:
             total += row["edits"]
             edits.append(total)
-        layers = sorted(data["batches"][0]["weight_norm"], key=int)
-        for j, layer in enumerate(layers):
-            ys = [w0[int(layer)]] + [r["weight_norm"][layer] for r in data["batches"]]
-            style = ("-", "--", ":", "-.")[j % 4]
-            panels[0].plot([0, *edits], ys, style, color=colour, label=f"{spec} layer {layer}")
+        last = max(data["batches"][0]["weight_norm"], key=int)
+        last_layers.add(last)
+        ratio = [1.0] + [r["weight_norm"][last] / w0[int(last)] for r in data["batches"]]
+        panels[0].plot([0, *edits], ratio, style, color=colour, label=spec)
         evals = data["evals"]
         ppl = [(r["edits"], r["perplexity"]) for r in evals if r.get("perplexity") is not None]
-        panels[1].plot(*zip(*ppl), "-o", color=colour, ms=3, label=spec)
+        panels[1].plot(*zip(*ppl), style, marker="o", color=colour, ms=3)
         for panel, key in ((panels[2], "efficacy"), (panels[3], "wild_efficacy_em")):
             pts = [(0, data["summary"].get(f"pre_{key}"))] + [(r["edits"], r[key]) for r in evals if key in r]
-            panel.plot(*zip(*pts), "-o", color=colour, ms=3, label=spec)
+            panel.plot(*zip(*pts), style, marker="o", color=colour, ms=3)
     titles = (
-        "‖W‖_F of each written matrix",
+        f"‖W‖_F / pre-edit ‖W‖_F, last written layer ({', '.join(sorted(last_layers))})",
         "perplexity on held-out WikiText-2 (log scale)",
         "efficacy, teacher-forced (edited records so far)",
         "efficacy in the wild: exact match of the greedy answer",
@@ -113,9 +118,15 @@ def figure(runs: dict[str, dict]) -> Figure:
         panel.set_title(title, fontsize="medium")
         panel.set_xlabel("edits")
         panel.grid(alpha=0.3)
-        panel.legend(fontsize="x-small")
+    panels[0].set_ylabel("x pre-edit norm")
     panels[1].set_yscale("log")
-    fig.tight_layout()
+    panels[1].set_ylabel("perplexity")
+    for panel in panels[2:]:
+        panel.set_ylim(0, 1)
+        panel.set_ylabel("rate")
+    fig.legend(*panels[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize="small",
+               title="method:strategy (dashed: with norm anchoring, :nas)", title_fontsize="small")  # fmt: skip
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     return fig
 
 
@@ -133,6 +144,58 @@ def fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) >= 100 else f"{value:.{digits}f}"
     return str(value)
+
+
+def last_layer_growth(data: dict, w0: dict[int, float]) -> float:
+    """Final ||W||_F of the last written layer over its pre-edit value."""
+    last = max(data["batches"][-1]["weight_norm"], key=int)
+    return data["batches"][-1]["weight_norm"][last] / w0[int(last)]
+
+
+COMPARED = (  # (what, how to read it from a run)
+    ("the last written layer's final ‖W‖_F", last_layer_growth),
+    ("final perplexity", lambda d, w0: d["summary"]["perplexity"]),
+    ("wild specificity (EM)", lambda d, w0: d["summary"].get("wild_specificity_em")),
+    ("teacher-forced efficacy", lambda d, w0: d["summary"].get("efficacy")),
+)
+
+
+def pair_counts(runs: dict[str, dict], pairs: list[tuple[str, str]], w0: dict[int, float]) -> list[str]:
+    """For each compared quantity: in how many (a, b) pairs b is higher, lower, equal."""
+    lines = []
+    for what, read in COMPARED:
+        higher = lower = equal = 0
+        for a, b in pairs:
+            x, y = read(runs[a], w0), read(runs[b], w0)
+            if x is None or y is None:
+                continue
+            higher, lower, equal = higher + (y > x), lower + (y < x), equal + (y == x)
+        lines.append(f"{what}: higher in {higher}, lower in {lower}, equal in {equal}")
+    return lines
+
+
+def comparisons(runs: dict[str, dict], w0: dict[int, float]) -> str:
+    """Counted, not typed: norm anchoring against none, and blue against spread, pair by pair."""
+    nas = [(spec, f"{spec}:nas") for spec in runs if f"{spec}:nas" in runs]
+    strategies = [
+        (spec.replace(":blue", ":spread", 1), spec)
+        for spec in runs
+        if ":blue" in spec and spec.replace(":blue", ":spread", 1) in runs
+    ]
+    text = []
+    if nas:
+        text.append(
+            f"With norm anchoring against without it ({len(nas)} pairs of otherwise identical runs): "
+            + "; ".join(pair_counts(runs, nas, w0))
+            + "."
+        )
+    if strategies:
+        text.append(
+            f"`blue` against `spread` ({len(strategies)} pairs, same method and anchoring): "
+            + "; ".join(pair_counts(runs, strategies, w0))
+            + "."
+        )
+    return "\n\n".join(text)
 
 
 def table(runs: dict[str, dict], args) -> str:
@@ -193,7 +256,7 @@ def table(runs: dict[str, dict], args) -> str:
         + "\n".join(lines)
         + "\n\n"
         + "\n".join(facts)
-        + f"\n\n{verdict}\n\n![curves]({FIGURE.name})\n"
+        + f"\n\n{comparisons(runs, w0)}\n\n{verdict}\n\n![curves]({FIGURE.name})\n"
     )
 
 
