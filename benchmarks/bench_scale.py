@@ -233,7 +233,7 @@ def edit_sequence(
     if steps:
         OmegaConf.update(scfg, "method.target.steps", steps)
     timer = Timer()
-    session = build_session(scfg, adapter, stats=stats, timer=timer)
+    session = build_session(scfg, adapter, covariances=stats, timer=timer)
     method, written = session.method, session.written
     assert method.solver == solver, (method.solver, solver)
     if solver == "updated":  # the one-time factorisation per written layer (cached beside the statistics)

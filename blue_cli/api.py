@@ -81,7 +81,7 @@ def edit(
     items = as_requests(requests)
     size = batch_size or cfg.batch_size
     rows = [session.edit_batch(items[i : i + size], i // size) for i in range(0, len(items), size)]
-    info = session.apply_final_weights()
+    info = session.apply_evaluated_weights()
     return EditResult(model=model, batches=rows, info=info)
 
 

@@ -185,14 +185,14 @@ class ModelHparamsConfig:
     """Per-model hyper-parameters that several methods read (set by ``hparams/model/<model>``).
 
     ``cov_weight``: lambda, the weight of C in MEMIT-style solves (``mom2_update_weight``);
-    ``prune_log_base``: the base of PRUNE's log restraint; ``prune_final_update``: PRUNE's
+    ``prune_log_base``: the base of PRUNE's log restraint; ``prune_evaluated_weights``: PRUNE's
     evaluated weights, ``restrained`` (the PRUNE paper) or ``edited_plus_restrained`` (the
     reference's evaluation script, which the paper experiments set).
     """
 
     cov_weight: float = 15000.0
     prune_log_base: float = 2.718281828459045
-    prune_final_update: str = "restrained"
+    prune_evaluated_weights: str = "restrained"
 
 
 @dataclass

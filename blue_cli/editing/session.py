@@ -72,17 +72,17 @@ class EditSession:
         adapter: ModelAdapter,
         strategy: Strategy,
         method: EditMethod,
-        stats: CovarianceStore,
+        covariances: CovarianceStore,
         ctx: EditContext,
         written: Sequence[int],
         cov_seconds: float = 0.0,
     ):
-        self.cfg, self.adapter, self.strategy, self.method, self.stats, self.ctx = (
+        self.cfg, self.adapter, self.strategy, self.method, self.covariances, self.ctx = (
             cfg,
             adapter,
             strategy,
             method,
-            stats,
+            covariances,
             ctx,
         )
         self.critical = list(cfg.model.layers)
@@ -181,24 +181,24 @@ class EditSession:
             **self.monitor(trace),
         }
 
-    def final_weights(self) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
+    def evaluated_weights(self) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
         """The written matrices as the method leaves them (PRUNE's restraint), and its diagnostics."""
         current = {l: self.adapter.rewrite_weight(l).detach() for l in self.originals}
-        return self.method.final_weights(current, self.originals)
+        return self.method.evaluated_weights(current, self.originals)
 
     @contextmanager
-    def final_view(self) -> Iterator[None]:
-        """The method's final view in place for an evaluation point (PRUNE); a no-op,
-        no copy, for methods whose final view is the weights as edited."""
-        if not self.method.final_view:
+    def evaluated_view(self) -> Iterator[None]:
+        """The method's evaluated weights in place for an evaluation point (PRUNE); a no-op,
+        no copy, for methods whose evaluated weights are the weights as edited."""
+        if not self.method.evaluated_weights_differ:
             yield
             return
-        with swapped_weights(self.adapter, self.final_weights()[0]):
+        with swapped_weights(self.adapter, self.evaluated_weights()[0]):
             yield
 
-    def apply_final_weights(self) -> dict[str, float]:
-        """Put the method's final view in place (after the last batch); returns its diagnostics."""
-        final, info = self.final_weights()
+    def apply_evaluated_weights(self) -> dict[str, float]:
+        """Put the method's evaluated weights in place (after the last batch); returns its diagnostics."""
+        final, info = self.evaluated_weights()
         for layer, weight in final.items():
             self.adapter.set_rewrite(layer, weight)
         return info
@@ -209,25 +209,27 @@ def open_statistics(cfg: DictConfig, adapter: ModelAdapter, remake_args: Sequenc
     return CovarianceStore(adapter, stats_settings(cfg), remake_args=remake_args)
 
 
-def ensure_statistics(stats: CovarianceStore, layers: Sequence[int], progress=None, compute: bool = True) -> float:
+def ensure_statistics(
+    covariances: CovarianceStore, layers: Sequence[int], progress=None, compute: bool = True
+) -> float:
     """Compute the missing statistics of ``layers``; returns the seconds it took.
 
     ``compute=False`` refuses (replaying a finished run for export or analysis must use
     the run's own statistics, not hours of new ones).
     """
     t0 = time.perf_counter()
-    missing = stats.missing(layers)
+    missing = covariances.missing(layers)
     if missing and not compute:
         raise DataError(
-            f"no cached statistics for layers {missing} of '{stats.adapter.name}' under '{stats.root}' "
+            f"no cached statistics for layers {missing} of '{covariances.adapter.name}' under '{covariances.root}' "
             "(replaying a run needs the run's statistics: run blue stats with the run's config there)"
         )
     if missing:
         if progress is None:
-            stats.ensure(layers)
+            covariances.ensure(layers)
         else:
             with progress.track("covariance statistics", 1) as update:
-                stats.ensure(layers, progress=update)
+                covariances.ensure(layers, progress=update)
     return time.perf_counter() - t0
 
 
@@ -238,7 +240,7 @@ def build_session(
     progress=None,
     compute_stats: bool = True,
     layers: Sequence[int] | None = None,
-    stats: CovarianceStore | None = None,
+    covariances: CovarianceStore | None = None,
     previous: EditSession | None = None,
     timer: PhaseTimer | None = None,
     pool: Sequence[EditRequest] | None = None,
@@ -246,7 +248,7 @@ def build_session(
     """The one way to build an edit stream from a composed config and a loaded model.
 
     ``layers``: the layers the method writes (default: the strategy's written layers;
-    ``blue analyze`` asks for every critical layer). ``stats``: a statistics source other
+    ``blue analyze`` asks for every critical layer). ``covariances``: a statistics source other
     than the config's cache (a benchmark's measured C). ``previous``: continue from that
     session's state (its statistics, context templates and the keys of its batches, C_prev),
     as an analysis of a replayed run does. ``timer``: a phase timer the strategy reports
@@ -256,12 +258,12 @@ def build_session(
     """
     strategy = strategy_class(cfg.strategy.name)(cfg.strategy)
     written = list(layers) if layers is not None else strategy.written_layers(list(cfg.model.layers))
-    if stats is None:
-        stats = previous.stats if previous is not None else open_statistics(cfg, adapter)
-    cov_seconds = ensure_statistics(stats, written, progress, compute_stats)
+    if covariances is None:
+        covariances = previous.covariances if previous is not None else open_statistics(cfg, adapter)
+    cov_seconds = ensure_statistics(covariances, written, progress, compute_stats)
     adapter.keep_rewrite_float32(written)
     method = method_class(cfg.method.name)(cfg.method, written, num_edits=cfg.num_edits)
-    method.prepare(stats, adapter.device)
+    method.prepare(covariances, adapter.device)
     if previous is not None:
         method.adopt_state(previous.method)  # the run's C_prev (or recorded keys), by replay
         groups = [list(g) for g in previous.groups]
@@ -281,4 +283,4 @@ def build_session(
         timer=timer or no_timer,
         norm_anchor=NormAnchor(anchor, cfg.seed, pool) if anchor is not None and anchor.enabled else None,
     )
-    return EditSession(cfg, adapter, strategy, method, stats, ctx, written, cov_seconds)
+    return EditSession(cfg, adapter, strategy, method, covariances, ctx, written, cov_seconds)

@@ -222,7 +222,7 @@ class Checkpoint:
 
         ``on_batch(done)`` is called before the first replayed batch (0, the base model) and
         after each (the runner redoes there what a kill lost: evaluation points). A finished
-        run also gets the method's final view (PRUNE) applied again. ``write_rows``: rewrite
+        run also gets the method's evaluated weights (PRUNE) applied again. ``write_rows``: rewrite
         batches.jsonl from the checkpoint (a resume, which holds the run folder's lock; not
         export or analyze, which only read the folder).
         """
@@ -265,7 +265,7 @@ class Checkpoint:
                 inexact,
             )
         if finished:
-            session.apply_final_weights()
+            session.apply_evaluated_weights()
         if write_rows:
             results.write_jsonl(self.run_dir, results.BATCHES, rows)
         log.info("resuming after %d finished batches", done)

@@ -156,7 +156,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
             if not points.has(0):
                 points.record(adapter, 0)
         elif done < len(batches) and points.due(done) and not points.has(done):
-            with session.final_view():
+            with session.evaluated_view():
                 points.record(adapter, done)
 
     rows, finished = (
@@ -178,7 +178,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
             checkpoint.save(session, rows, total=len(batches))
             fault_point("batch")
             if b + 1 < len(batches) and points.due(b + 1):
-                with session.final_view():
+                with session.evaluated_view():
                     points.record(adapter, b + 1)
                 stopped = points.stop_reason(b + 1)
             update(b + 1)
@@ -193,7 +193,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     if finished:
         finish_info = checkpoint.finish_info
     else:
-        finish_info = session.apply_final_weights()
+        finish_info = session.apply_evaluated_weights()
         if stopped:
             finish_info = {**finish_info, "stopped": stopped}
         checkpoint.save(session, rows, finished=True, info=finish_info, total=len(batches))
@@ -220,7 +220,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
     summary.update(edit_cost(rows))
     if "consistency_unavailable" in notes:
         summary["consistency"] = None  # unavailable, never 0
-    summary["stats_counts"] = session.stats.summary()
+    summary["stats_counts"] = session.covariances.summary()
     summary["stopped"] = finish_info.get("stopped")  # the stop rule's one line, or null: ran to the end
     summary.update(
         model=cfg.model.name,

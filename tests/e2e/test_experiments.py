@@ -199,7 +199,7 @@ def test_every_paper_setting_runs_on_a_tiny_model(name, tmp_path):
     tasks = {k.split(".")[1] for k in summary if k.startswith("general.")}
     assert tasks == (set() if NO_GENERAL in extra else set(experiment.eval.general))
     if config.method.name == "prune":
-        assert config.method.final_update == "edited_plus_restrained"
+        assert config.method.evaluated_weights == "edited_plus_restrained"
     if config.method.name.startswith("pmet"):
         assert config.method.target.adaptive_nll is True
     # the run read as the paper model it stands for, beside the published numbers (where the

@@ -44,7 +44,7 @@ def test_api_edit_equals_a_session_run_on_the_same_config(fresh_tiny, requests10
     seed_everything(cfg.seed)
     session = build_session(cfg, b)
     session.edit_batch(requests10[:2], 0)
-    session.apply_final_weights()
+    session.apply_evaluated_weights()
     for layer in (1, 2, 3):
         assert torch.equal(a.rewrite_weight(layer), b.rewrite_weight(layer)), layer
 

@@ -111,7 +111,7 @@ def test_strategy_changes_exactly_its_layers(fresh_tiny, requests10, strategy, e
     ctx = EditContext(adapter, context_templates(adapter, n_prefixes=2, seed=0), target_settings(cfg.target))
     strat.edit_batch(method, ctx, requests10[:3], critical)
     current = {l: adapter.rewrite_weight(l).detach() for l in written}
-    for layer, weight in method.final_weights(current, originals)[0].items():
+    for layer, weight in method.evaluated_weights(current, originals)[0].items():
         adapter.set_rewrite(layer, weight)
     changed = {k for k, v in adapter.model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {adapter.rewrite_param_name(l) for l in expected}
@@ -166,7 +166,7 @@ def test_prune_bounds_the_accumulated_change(fresh_tiny, requests10):
     method, _, K, R = _one_batch(adapter, "prune", requests10[:4], log_base=1.2)
     W0 = adapter.rewrite_weight(2).detach().clone()
     adapter.add_to_rewrite(2, method.solve(2, K, R) * 50)  # a change far past sigma_max(W0)
-    weights, info = method.final_weights({2: adapter.rewrite_weight(2).detach()}, {2: W0})
+    weights, info = method.evaluated_weights({2: adapter.rewrite_weight(2).detach()}, {2: W0})
     adapter.set_rewrite(2, weights[2])
     bound, before, after = info["prune_bound.2"], info["prune_max_sv_before.2"], info["prune_max_sv_after.2"]
     assert before > bound

@@ -53,7 +53,7 @@ def test_experiment_pins_the_paper_settings_and_yields_to_the_command_line(name)
     assert _sweeper_params(name) == sweep
     assert cfg.model.name in sweep["model"] and cfg.method.name in sweep["method"]
     # PRUNE as the reference's evaluation script wrote it, which the paper's PRUNE rows ran
-    assert compose_config([f"+experiment={name}", "method=prune"]).method.final_update == "edited_plus_restrained"
+    assert compose_config([f"+experiment={name}", "method=prune"]).method.evaluated_weights == "edited_plus_restrained"
     tiny = compose_config([f"+experiment={name}", "model=tiny-gpt2", "num_edits=4", "batch_size=2"])
     assert (tiny.model.name, tiny.num_edits, tiny.batch_size) == ("tiny-gpt2", 4, 2)
     assert list(tiny.eval.general) == general

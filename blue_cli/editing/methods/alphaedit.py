@@ -64,14 +64,16 @@ class AlphaEdit(EditMethod):
         refactorise = (2 * dk * dk * m + 2 * dk**3 / 3) * n / m
         return solve + check + 2 * d * n * dk + record + refactorise
 
-    def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
+    def prepare(self, covariances: CovarianceStore, device: torch.device) -> None:
         from blue_cli.editing.linalg import nullspace_projector
 
-        super().prepare(stats, device)
+        super().prepare(covariances, device)
         threshold = float(self.cfg.nullspace_threshold)
         self.P = {
             l: self.stored(
-                stats.cached_tensor(l, f"nullspace_{threshold:g}", lambda C: nullspace_projector(C, threshold).float())
+                covariances.cached_tensor(
+                    l, f"nullspace_{threshold:g}", lambda C: nullspace_projector(C, threshold).float()
+                )
             )
             for l in self.layers
         }

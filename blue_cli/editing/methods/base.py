@@ -34,7 +34,7 @@ class EditMethod:
     ``points``: where target vectors are optimised (kinds of the adapter's hook points);
     ``write_point``: the point whose residual is written (the rewrite matrix adds into it);
     ``residual_split``: how ``spread`` shares a residual over layers ("linear" or "sqrt");
-    ``final_view``: whether :meth:`final_weights` differs from the weights as edited
+    ``evaluated_weights_differ``: whether :meth:`evaluated_weights` differs from the weights as edited
     (PRUNE), so evaluation points swap it in only when it does.
 
     Declared for the plans (tools/memory_plan.py, tools/compute_plan.py), which never
@@ -58,7 +58,7 @@ class EditMethod:
     points: tuple[str, ...] = ("block",)
     write_point = "block"
     residual_split = "linear"
-    final_view = False
+    evaluated_weights_differ = False
     state_matrices: tuple[str, ...] = ("statistics C",)
     solve_matrices = 3  # lambda C, K K^T and their sum (linalg.memit_update)
     solve_upcasts_state = False  # lambda C is formed in float64 from C, already counted
@@ -96,7 +96,7 @@ class EditMethod:
         refactorise = (2 * dk**3 + 2 * dk * dk * m + dk**3 / 3) * n / m
         return solve + check + 2 * d * n * dk + record + refactorise
 
-    def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
+    def prepare(self, covariances: CovarianceStore, device: torch.device) -> None:
         """One-off work before the first batch (load C, build projectors) on ``device``.
 
         d_k x d_k state (C, C_prev, P) is stored in ``state_dtype`` (auto: float32 on
@@ -111,8 +111,8 @@ class EditMethod:
             choice = "float32" if device.type == "cuda" else "float64"
         self.state_dtype = getattr(torch, choice)
         self.home = torch.device("cpu") if self.cfg.get("offload_state", False) else device
-        self.key_sizes = {l: stats.get(l).shape[0] for l in self.layers}
-        self.stats = stats
+        self.key_sizes = {l: covariances.get(l).shape[0] for l in self.layers}
+        self.covariances = covariances
         self.systems: dict[int, LowRankSystem] = {}
         self.refactorisations = {l: 0 for l in self.layers}
         self.residuals: dict[int, float] = {}
@@ -283,7 +283,7 @@ class EditMethod:
         """
         return changes
 
-    def final_weights(
+    def evaluated_weights(
         self, current: dict[int, torch.Tensor], originals: dict[int, torch.Tensor]
     ) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
         """The weights as the method leaves them after the stream, and diagnostics.

@@ -52,10 +52,10 @@ class Memit(EditMethod):
     lambda C + K K^T only; ``memit_seq`` adds C_prev, the keys of earlier batches.
     """
 
-    def prepare(self, stats: CovarianceStore, device: torch.device) -> None:
-        super().prepare(stats, device)
+    def prepare(self, covariances: CovarianceStore, device: torch.device) -> None:
+        super().prepare(covariances, device)
         # the updated solver keeps lambda C's factor instead of C (initial_factor)
-        self.C = {l: self.stored(stats.get(l)) for l in self.layers} if self.solver == "direct" else {}
+        self.C = {l: self.stored(covariances.get(l)) for l in self.layers} if self.solver == "direct" else {}
 
     def solve_direct(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         from blue_cli.editing.linalg import memit_update
@@ -83,7 +83,7 @@ class Memit(EditMethod):
             L, info = torch.linalg.cholesky_ex(weight * C.to(torch.float64))
             return L if int(info) == 0 else L[:0, :0]
 
-        L = self.stats.cached_tensor(layer, f"cholesky_{weight!r}", cholesky)
+        L = self.covariances.cached_tensor(layer, f"cholesky_{weight!r}", cholesky)
         if L.numel() == 0:
-            return factorise(weight * self.stats.get(layer).to(torch.float64), symmetric=False)
+            return factorise(weight * self.covariances.get(layer).to(torch.float64), symmetric=False)
         return Factor("cholesky", L.to(self.home))

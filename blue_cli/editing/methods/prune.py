@@ -16,24 +16,23 @@ if TYPE_CHECKING:
 @dataclass
 class PruneConfig(MemitConfig):
     """``log_base``: base of the log that restrains singular values (e in PRUNE's code;
-    per model from ``model_hparams.prune_log_base``). ``final_update``: the evaluated
+    per model from ``model_hparams.prune_log_base``). ``evaluated_weights``: the evaluated
     weights, ``restrained`` (W0 + F(Delta), the PRUNE paper) or ``edited_plus_restrained``
     (W0 + Delta + F(Delta), the reference's evaluation script, which the BLUE paper's
-    PRUNE rows ran; per run from ``model_hparams.prune_final_update``)."""
+    PRUNE rows ran; per run from ``model_hparams.prune_evaluated_weights``)."""
 
     name: str = "prune"
     log_base: float = 2.718281828459045
-    final_update: str = "restrained"
+    evaluated_weights: str = "restrained"
 
-    FINAL_UPDATES = ("restrained", "edited_plus_restrained")
+    EVALUATED_WEIGHTS = ("restrained", "edited_plus_restrained")
 
     @classmethod
     def check(cls, node) -> None:
-        """``final_update`` one of :attr:`FINAL_UPDATES`, besides MEMIT's checks."""
-        if node.get("final_update", "restrained") not in cls.FINAL_UPDATES:
-            raise ConfigError(
-                f"unknown method.final_update '{node.final_update}' (choose: {', '.join(cls.FINAL_UPDATES)})"
-            )
+        """``evaluated_weights`` one of :attr:`EVALUATED_WEIGHTS`, besides MEMIT's checks."""
+        if node.get("evaluated_weights", "restrained") not in cls.EVALUATED_WEIGHTS:
+            choices = ", ".join(cls.EVALUATED_WEIGHTS)
+            raise ConfigError(f"unknown method.evaluated_weights '{node.evaluated_weights}' (choose: {choices})")
         super().check(node)
 
 
@@ -45,20 +44,20 @@ class Prune(Memit):
     editing goes on from the unrestrained ones, and every evaluation point, the final
     checkpoint and exports see the restrained ones.
 
-    ``final_update=restrained`` gives W0 + F(Delta), as the PRUNE paper defines it.
-    Differs from the PRUNE paper, as the reference (``final_update=edited_plus_restrained``):
+    ``evaluated_weights=restrained`` gives W0 + F(Delta), as the PRUNE paper defines it.
+    Differs from the PRUNE paper, as the reference (``evaluated_weights=edited_plus_restrained``):
     its evaluation script adds the restrained change to the already edited weights,
     W0 + Delta + F(Delta); the BLUE paper's PRUNE and PRUNE+BLUE rows came from that code.
     """
 
-    final_view = True
+    evaluated_weights_differ = True
 
-    def final_weights(self, current, originals):
+    def evaluated_weights(self, current, originals):
         import torch
 
         from blue_cli.editing.linalg import compress_singular_values
 
-        keep_edit = self.cfg.get("final_update", "restrained") == "edited_plus_restrained"
+        keep_edit = self.cfg.get("evaluated_weights", "restrained") == "edited_plus_restrained"
         weights: dict[int, torch.Tensor] = {}
         info: dict[str, float] = {}
         for layer, W0 in originals.items():

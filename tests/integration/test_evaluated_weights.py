@@ -24,11 +24,11 @@ def _checkpoint(run_dir):
 
 
 class UndoAtTheEnd(Memit):
-    """A method whose final view is the unedited model: every evaluation must then equal pre-edit."""
+    """A method whose evaluated weights are the unedited model: every evaluation must then equal pre-edit."""
 
-    final_view = True
+    evaluated_weights_differ = True
 
-    def final_weights(self, current, originals):
+    def evaluated_weights(self, current, originals):
         return {l: w.clone() for l, w in originals.items()}, {"undone": 1.0}
 
 
@@ -36,7 +36,7 @@ def _read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_every_evaluation_point_and_the_checkpoint_see_the_methods_final_view(tmp_path, monkeypatch, fresh_tiny):
+def test_every_evaluation_point_and_the_checkpoint_see_the_methods_evaluated_weights(tmp_path, monkeypatch, fresh_tiny):
     monkeypatch.setattr(session_module, "method_class", lambda name: UndoAtTheEnd)
     cfg = compose_config([*SMALL, "eval_every=1"])
     summary = runner.run_experiment(cfg, tmp_path)
@@ -49,7 +49,7 @@ def test_every_evaluation_point_and_the_checkpoint_see_the_methods_final_view(tm
     assert summary["efficacy"] == summary["pre_efficacy"] and summary["undone"] == 1.0
     _, meta = _checkpoint(tmp_path)
     assert json.loads(meta["finished"]) is True
-    weights = edited_weights(tmp_path)  # what export and analyze see: the replay, then the final view
+    weights = edited_weights(tmp_path)  # what export and analyze see: the replay, then the evaluated weights
     original = fresh_tiny("tiny-gpt2")
     for layer in summary["written_layers"]:
         assert torch.equal(weights[layer], original.rewrite_weight(layer).detach())
