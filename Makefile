@@ -16,18 +16,23 @@ install-cpu: ## install CPU-only torch (CI and machines without a GPU), then the
 install: ## install the package with its test and dev tools (torch as your platform provides it)
 	$(PIP) install -q -e ".[dev]"
 
+# Two pytest-xdist workers, one thread each (tests/conftest.py); a module's tests stay on one
+# worker (its module fixtures are built once) and session fixtures such as the reference sweeps
+# are built once per run, whichever worker asks first (tests/conftest.py: built_once).
+TEST_WORKERS ?= 2
+PYTEST_FAST := -m "not slow and not gpu" -q -n $(TEST_WORKERS) --dist loadscope
 test: ## unit, integration and end-to-end tests on the tiny models (< 4 min on 2 cores); prints the slowest
-	$(PYTHON) -m pytest -m "not slow and not gpu" -q --durations=25
+	$(PYTHON) -m pytest $(PYTEST_FAST) --durations=25
 
 LOWEST_VENV := outputs/venv-lowest
 test-lowest: ## the suite with every dependency at its lower bound (constraints/lowest.txt), in a fresh venv under outputs/
 	rm -rf $(LOWEST_VENV)
 	$(PYTHON) -m venv $(LOWEST_VENV)
 	$(LOWEST_VENV)/bin/python -m pip install -q -c constraints/lowest.txt -e ".[test]"
-	$(LOWEST_VENV)/bin/python -m pytest -m "not slow and not gpu" -q -p no:cacheprovider
+	$(LOWEST_VENV)/bin/python -m pytest $(PYTEST_FAST) -p no:cacheprovider
 
 test-all: ## everything, the slow tests included
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: ## ruff: lint and format check (line length 120, settings in pyproject.toml)
 	$(PYTHON) -m ruff check .

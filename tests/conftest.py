@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -20,13 +22,67 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY = ("tiny-gpt2", "tiny-gptj", "tiny-llama", "tiny-qwen2")
+T = TypeVar("T")
+
+# One BLAS/OpenMP thread per pytest-xdist worker: two workers on two cores, each with its
+# own thread pool, would otherwise oversubscribe the cores (OpenMP spin-waits make that far
+# slower than one thread each). Set before torch is imported; subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+
+def run_root(tmp_path_factory) -> Path:
+    """The folder every process of this test run shares: the base temp folder, or with
+    pytest-xdist (``make test`` runs two workers) the one above the workers' own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, parts: dict[str, Callable[[Path], T]]) -> dict[str, T]:
+    """``{name: build(folder)}`` for every part, each built once per test run.
+
+    Each part is built by whichever process of the run takes its file lock first; its result
+    (JSON-able) is written atomically after the build, and every other process reads it. A
+    pytest-xdist worker first builds the parts no other worker is building, then waits on the
+    rest, so two workers that need the same reference runs share the work instead of one
+    idling. Without xdist this is simply each build in turn.
+    """
+    from filelock import FileLock, Timeout
+
+    root = run_root(tmp_path_factory)
+    results: dict[str, T] = {}
+
+    def take(name: str, timeout: float) -> bool:
+        done = root / f"built-{name}.json"
+        try:
+            with FileLock(str(root / f"built-{name}.lock"), timeout=timeout):
+                if not done.exists():
+                    folder = root / f"built-{name}"
+                    if folder.exists():  # a build that failed in another worker: start afresh
+                        shutil.rmtree(folder)
+                    folder.mkdir()
+                    part = done.with_suffix(".part")
+                    part.write_text(json.dumps(parts[name](folder)))
+                    part.replace(done)
+        except Timeout:
+            return False
+        results[name] = json.loads(done.read_text())
+        return True
+
+    waiting = [name for name in parts if not take(name, timeout=0)]
+    for name in waiting:
+        take(name, timeout=-1)
+    return {name: results[name] for name in parts}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Statistics and builds go to a per-session cache unless BLUE_CACHE is set."""
+    """Statistics and builds go to one cache per test run (shared by its workers) unless
+    BLUE_CACHE is set."""
     if "BLUE_CACHE" not in os.environ:
-        os.environ["BLUE_CACHE"] = str(tmp_path_factory.mktemp("blue-cache"))
+        cache = run_root(tmp_path_factory) / "blue-cache"
+        cache.mkdir(exist_ok=True)
+        os.environ["BLUE_CACHE"] = str(cache)
     yield
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import invoke_blue
+from tests.conftest import built_once, invoke_blue
 
 
 def blue_exe() -> list[str]:
@@ -74,23 +74,36 @@ def sweep(root: Path, *overrides: str) -> dict[tuple[str, str], Path]:
     return {(summary_of(p)["method"], summary_of(p)["strategy"]): p for p in jobs}
 
 
+def shared_sweep(tmp_path_factory, name: str, split: str, values: list[str], *overrides: str):
+    """:func:`sweep` over ``split=values`` (and ``overrides``) as one sweep per value, each run once
+    per test run by whichever worker asks first (tests/conftest.py: built_once), so two workers
+    share the jobs: {(method, strategy): job folder}."""
+
+    def build(value: str):
+        def run(root: Path) -> list[list[str]]:
+            return [[m, s, str(job)] for (m, s), job in sweep(root, f"{split}={value}", *overrides).items()]
+
+        return run
+
+    built = built_once(tmp_path_factory, {f"{name}-{value}": build(value) for value in values})
+    return {(m, s): Path(job) for jobs in built.values() for m, s, job in jobs}
+
+
 @pytest.fixture(scope="session")
 def sweep_runs(tmp_path_factory):
-    """The quality methods x strategies on tiny-gpt2, 40 edits in batches of 10 (one -m sweep)."""
-    root = tmp_path_factory.mktemp("sweep")
-    return sweep(
-        root, f"method={','.join(QUALITY_METHODS)}", f"strategy={','.join(STRATEGIES)}", "model=tiny-gpt2",
-        "num_edits=40", "batch_size=10",
+    """The quality methods x strategies on tiny-gpt2, 40 edits in batches of 10 (a -m sweep per method)."""
+    return shared_sweep(
+        tmp_path_factory, "sweep", "method", list(QUALITY_METHODS), f"strategy={','.join(STRATEGIES)}",
+        "model=tiny-gpt2", "num_edits=40", "batch_size=10",
     )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def small_runs(tmp_path_factory):
     """Every other method x strategies on tiny-gpt2, 10 edits in batches of 5."""
-    root = tmp_path_factory.mktemp("small-sweep")
-    return sweep(
-        root, f"method={','.join(other_methods())}", f"strategy={','.join(STRATEGIES)}", "model=tiny-gpt2",
-        "num_edits=10", "batch_size=5",
+    return shared_sweep(
+        tmp_path_factory, "small-sweep", "method", list(other_methods()), f"strategy={','.join(STRATEGIES)}",
+        "model=tiny-gpt2", "num_edits=10", "batch_size=5",
     )  # fmt: skip
 
 
@@ -100,9 +113,9 @@ def edit_runs(tmp_path_factory, sweep_runs):
 
     tiny-gpt2's come from the sweep; tiny-llama's from a sweep of their own."""
     runs = {("tiny-gpt2", s): sweep_runs[("memit_seq", s)] for s in STRATEGIES}
-    llama = sweep(
-        tmp_path_factory.mktemp("llama-sweep"), "model=tiny-llama", "method=memit_seq",
-        f"strategy={','.join(STRATEGIES)}", "num_edits=40", "batch_size=10",
+    llama = shared_sweep(
+        tmp_path_factory, "llama-sweep", "strategy", list(STRATEGIES), "model=tiny-llama", "method=memit_seq",
+        "num_edits=40", "batch_size=10",
     )  # fmt: skip
     runs.update({("tiny-llama", s): llama[("memit_seq", s)] for s in STRATEGIES})
     return runs

@@ -12,7 +12,15 @@ import pytest
 from blue_cli.config.schema import group_choices
 from tests.e2e.conftest import run_blue, run_blue_process, summary_of
 
-SMALL = ["model=tiny-gpt2", "num_edits=6", "batch_size=2", "method.target.steps=5", "stats.samples=40"]
+SMALL = [
+    "model=tiny-gpt2",
+    "num_edits=6",
+    "batch_size=2",
+    "method.target.steps=5",
+    "stats.samples=40",
+    "eval.generation=false",  # fluency and consistency have tests of their own
+    "eval.wild=false",
+]
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ TINY = [
     "method.target.steps=3",
     "stats.samples=40",
     "eval.generation=false",
+    "eval.wild=false",  # the evaluation in the wild has tests of its own
 ]
 
 
@@ -570,6 +571,7 @@ def test_joblib_sweep_jobs_compute_each_statistics_entry_once(tmp_path):
             "method.target.steps=2",
             "stats.samples=300",
             "eval.generation=false",
+            "eval.wild=false",
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,

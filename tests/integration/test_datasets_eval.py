@@ -17,7 +17,7 @@ from blue_cli.datasets.zsre import Zsre
 from blue_cli.errors import DataError
 from blue_cli.runs import runner
 
-FAST = ["method.target.steps=5", "stats.samples=40"]
+FAST = ["method.target.steps=5", "stats.samples=40", "eval.wild=false"]
 
 
 def _jsonl(path):
@@ -25,14 +25,16 @@ def _jsonl(path):
 
 
 def test_zsre_on_tiny_llama_reports_the_three_accuracies_before_and_after(tmp_path):
-    cfg = compose_config(["model=tiny-llama", "dataset=zsre", "num_edits=30", "batch_size=10", "stats.samples=40"])
+    cfg = compose_config(
+        ["model=tiny-llama", "dataset=zsre", "num_edits=20", "batch_size=10", "stats.samples=40", "eval.wild=false"]
+    )
     s = runner.run_experiment(cfg, tmp_path)
     for key in ("efficacy", "generalization", "specificity"):
         assert 0.0 <= s[f"pre_{key}"] <= 1.0 and 0.0 <= s[key] <= 1.0
-    assert s["efficacy"] > s["pre_efficacy"] + 0.03  # measured 0.048 -> 0.102: the tiny model never saw zsRE
+    assert s["efficacy"] > s["pre_efficacy"] + 0.03  # measured 0.072 -> 0.132 (20 edits): the tiny model never saw zsRE
     assert s["generalization"] > s["pre_generalization"]
     cases = _jsonl(tmp_path / "cases.jsonl")
-    assert len(cases) == 30 and "efficacy_gap" not in cases[0]  # zsRE's evaluator, not CounterFact's
+    assert len(cases) == 20 and "efficacy_gap" not in cases[0]  # zsRE's evaluator, not CounterFact's
     assert s["dataset"] == "zsre"
 
 

@@ -15,7 +15,15 @@ from blue_cli.editing.methods.memit import Memit
 from blue_cli.runs import runner
 from blue_cli.runs.replay import edited_weights
 
-SMALL = ["model=tiny-gpt2", "num_edits=4", "batch_size=2", "method.target.steps=4", "stats.samples=40"]
+SMALL = [
+    "model=tiny-gpt2",
+    "num_edits=4",
+    "batch_size=2",
+    "method.target.steps=4",
+    "stats.samples=40",
+    "eval.generation=false",  # fluency and consistency have tests of their own
+    "eval.wild=false",
+]
 
 
 def _checkpoint(run_dir):
