@@ -64,6 +64,7 @@ def sweep(root: Path, *overrides: str) -> dict[tuple[str, str], Path]:
             *overrides,
             "eval.generation=false",
             "eval.wild=false",  # the floors are teacher-forced; the wild evaluation has tests of its own
+            "eval.perplexity_tokens=0",  # and so has held-out perplexity
             "~hydra.callbacks.sweep_report",
             f"hydra.sweep.dir={folder}",
         ],

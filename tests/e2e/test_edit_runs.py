@@ -98,6 +98,7 @@ def test_a_bfloat16_model_carries_its_edits(sweep_runs, tmp_path):
             "batch_size=10",
             "eval.generation=false",
             "eval.wild=false",  # compared teacher-forced
+            "eval.perplexity_tokens=0",
             f"hydra.run.dir={run}",
         ],
         cwd=tmp_path,
@@ -124,6 +125,7 @@ def test_float32_method_state_changes_no_metric_by_more_than_001(sweep_runs, tmp
             "batch_size=10",
             "eval.generation=false",
             "eval.wild=false",  # compared teacher-forced
+            "eval.perplexity_tokens=0",
             f"hydra.run.dir={run}",
         ],
         cwd=tmp_path,

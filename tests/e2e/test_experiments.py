@@ -23,6 +23,7 @@ TINY = [
     "stats.samples=40",
     "eval.generation=false",
     "eval.wild=false",
+    "eval.perplexity_tokens=0",
     "eval.general_items=5",
     "~hydra.callbacks.sweep_report",
 ]

@@ -27,6 +27,7 @@ TINY = [
     "stats.samples=40",
     "eval.generation=false",
     "eval.wild=false",  # the evaluation in the wild has tests of its own
+    "eval.perplexity_tokens=0",  # held-out perplexity too (tests/unit/test_perplexity.py, test_long_horizon*)
     "eval_every=1",
 ]
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"

@@ -24,7 +24,14 @@ from blue_cli.reporting.residual_analysis import write_figures
 from blue_cli.runs import runner
 from blue_cli.tools.analysis import analyse_layers, own_residual_steps, run_analysis, write_analysis
 
-FAST = ["model=tiny-gpt2", "method.target.steps=5", "stats.samples=40", "context.n_prefixes=2", "eval.wild=false"]
+FAST = [
+    "model=tiny-gpt2",
+    "method.target.steps=5",
+    "stats.samples=40",
+    "context.n_prefixes=2",
+    "eval.wild=false",
+    "eval.perplexity_tokens=0",
+]
 RECORDS = 4
 
 

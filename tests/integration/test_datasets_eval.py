@@ -17,7 +17,7 @@ from blue_cli.datasets.zsre import Zsre
 from blue_cli.errors import DataError
 from blue_cli.runs import runner
 
-FAST = ["method.target.steps=5", "stats.samples=40", "eval.wild=false"]
+FAST = ["method.target.steps=5", "stats.samples=40", "eval.wild=false", "eval.perplexity_tokens=0"]
 
 
 def _jsonl(path):
@@ -26,7 +26,15 @@ def _jsonl(path):
 
 def test_zsre_on_tiny_llama_reports_the_three_accuracies_before_and_after(tmp_path):
     cfg = compose_config(
-        ["model=tiny-llama", "dataset=zsre", "num_edits=20", "batch_size=10", "stats.samples=40", "eval.wild=false"]
+        [
+            "model=tiny-llama",
+            "dataset=zsre",
+            "num_edits=20",
+            "batch_size=10",
+            "stats.samples=40",
+            "eval.wild=false",
+            "eval.perplexity_tokens=0",
+        ]
     )
     s = runner.run_experiment(cfg, tmp_path)
     for key in ("efficacy", "generalization", "specificity"):

@@ -23,6 +23,7 @@ SMALL = [
     "stats.samples=40",
     "eval.generation=false",  # fluency and consistency have tests of their own
     "eval.wild=false",
+    "eval.perplexity_tokens=0",
 ]
 
 

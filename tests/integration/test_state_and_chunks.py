@@ -33,6 +33,7 @@ SMALL = [
     "stats.samples=40",
     "eval.generation=false",
     "eval.wild=false",  # the evaluation in the wild has tests of its own
+    "eval.perplexity_tokens=0",  # held-out perplexity too (tests/unit/test_perplexity.py, test_long_horizon*)
 ]
 
 
