@@ -86,7 +86,31 @@ def run_labels(runs: Sequence[Run], columns: Sequence[str] = ("dataset",)) -> li
     ]
     labels = [_config_label(r, varying) for r in runs]
     keys = [(label, *(r.summary.get(c) for c in columns)) for label, r in zip(labels, runs)]
-    return [f"{label} [{r.name}]" if keys.count(k) > 1 else label for label, r, k in zip(labels, runs, keys)]
+    out = []
+    for label, run, key in zip(labels, runs, keys):
+        twins = [r for r, k in zip(runs, keys) if k == key]
+        if len(twins) == 1:
+            out.append(label)
+            continue
+        differing = _differing_settings(twins)
+        named = ", ".join(f"{name}={run.config.get(name)}" for name in differing[:MAX_LABEL_SETTINGS])
+        out.append(f"{label} ({named})" if differing else f"{label} [{run.name}]")
+    return out
+
+
+MAX_LABEL_SETTINGS = 2  # a legend entry names at most this many settings; past that, the run folder
+
+
+def _differing_settings(runs: Sequence[Run]) -> list[str]:
+    """Config keys (flattened) whose values differ between runs that would share a label, file
+    paths left out; empty when more than :data:`MAX_LABEL_SETTINGS` differ (the folder is clearer)."""
+    names = sorted({name for r in runs for name in r.config})
+    differing = [
+        name
+        for name in names
+        if len({repr(r.config.get(name)) for r in runs}) > 1 and not name.endswith(("path", "dir", "root"))
+    ]
+    return differing if len(differing) <= MAX_LABEL_SETTINGS else []
 
 
 def _style(strategy: str, seen: dict[str, str]) -> str:

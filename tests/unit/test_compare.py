@@ -267,6 +267,29 @@ def test_editing_curves_start_unedited_in_percent_with_ticks_at_the_batch_ends(t
     assert "fluency" in left_out and "efficacy" not in left_out and "wild_efficacy_em" in left_out
 
 
+def test_runs_that_share_method_and_strategy_are_told_apart_by_the_setting_that_differs(tmp_path):
+    from blue_cli.reporting.plots import run_labels
+
+    plain = make_run(tmp_path / "plain", "m-a", "blue", RATES[("m-a", "blue")])
+    anchored = make_run(tmp_path / "anchored", "m-a", "blue", RATES[("m-a", "blue")])
+    many = make_run(tmp_path / "many", "m-a", "blue", RATES[("m-a", "blue")])
+    for folder, changes in (
+        (anchored, {"method.norm_anchor.enabled": True}),
+        (many, {"method.norm_anchor.enabled": True, "seed": 1, "method.target.lr": 0.1}),
+    ):
+        cfg = OmegaConf.load(folder / "config.yaml")
+        for key, value in changes.items():
+            OmegaConf.update(cfg, key, value, force_add=True)
+        OmegaConf.save(cfg, folder / "config.yaml")
+    labels = run_labels(load_runs([plain, anchored]))
+    assert labels == [
+        "memit + blue (method.norm_anchor.enabled=None)",
+        "memit + blue (method.norm_anchor.enabled=True)",
+    ]
+    # three settings differ: the legend names the folders instead of a long list
+    assert run_labels(load_runs([plain, many])) == ["memit + blue [plain]", "memit + blue [many]"]
+
+
 def test_counterfact_and_zsre_side_by_side_and_log_probabilities_in_nats(tmp_path):
     from blue_cli.reporting.plots import editing_figure
 
