@@ -9,6 +9,7 @@ looks like a result.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -38,6 +39,8 @@ def lock_run_folder(run_dir: Path) -> FileLock:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / LOCK_NAME).is_symlink():  # filelock 3.12 follows it: never lock (or make) a file elsewhere
+        raise unusable_lock(run_dir / LOCK_NAME, OSError(errno.ELOOP, os.strerror(errno.ELOOP)))
     lock = FileLock(str(run_dir / LOCK_NAME), mode=0o666 & ~current_umask(), thread_local=False)
     try:
         lock.acquire(timeout=0)
