@@ -12,8 +12,9 @@ a paper) in the report's ``figures/`` folder:
 
 A metric nobody measured, or measured as nothing but "no answer parsed", is left out and
 named in the returned notes, not drawn as a flat line. Line style tells the strategies
-apart (``blue`` solid, ``spread`` dashed), colour the configurations (the same colour in
-every panel); the legend names method and strategy (and what else differs between runs).
+apart (``blue`` solid, ``spread`` dashed), colour the configurations (a hue per method
+configuration, a dark and a light shade for its strategies, the same in every panel); the
+legend names method and strategy (and what else differs between runs).
 
 Figures are bare :class:`matplotlib.figure.Figure` objects (no pyplot: no global figure
 registry, no display backend), returned so tests can read the plotted data back.
@@ -113,6 +114,25 @@ def _differing_settings(runs: Sequence[Run]) -> list[str]:
     return differing if len(differing) <= MAX_LABEL_SETTINGS else []
 
 
+def line_colours(runs: Sequence[Run], labels: Sequence[str]) -> dict[str, tuple]:
+    """One colour per legend label: a hue per configuration apart from the strategy (method and
+    what else differs), a dark and a light shade of it for its strategies (tab20's pairs), so a
+    sweep of ten methods under two strategies draws twenty distinct lines, and the line style
+    tells the strategies apart as well."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].colors
+    hues: dict[str, dict[str, int]] = {}
+    colours: dict[str, tuple] = {}
+    for run, label in zip(runs, labels):
+        strategy = str(run.summary.get("strategy"))
+        shades = hues.setdefault(label.replace(f" + {strategy}", "", 1), {})
+        shade = shades.setdefault(strategy, len(shades))
+        hue = list(hues).index(label.replace(f" + {strategy}", "", 1))
+        colours.setdefault(label, palette[(2 * hue + shade % 2) % len(palette)])
+    return colours
+
+
 def _style(strategy: str, seen: dict[str, str]) -> str:
     if strategy in STYLES:
         return STYLES[strategy]
@@ -199,7 +219,7 @@ def editing_figure(
         return None, notes
     specs = {key: (label, limits, factor) for key, label, limits, factor in EDIT_METRICS}
     labels = run_labels(runs, ("dataset", "model") if by_model else ("dataset",))
-    colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels))}
+    colours = line_colours(runs, labels)
     single = len(datasets) == 1
     if single:  # one dataset: its metrics in a grid of up to three columns
         ncols = min(len(rows), 3)
@@ -322,7 +342,7 @@ def general_figure(runs: Sequence[Run]) -> tuple[Figure | None, list[str]]:
     fig = Figure(figsize=(3.6 * ncols + 0.4, 2.6 * nrows + 1.3), dpi=110, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     labels = run_labels(runs)
-    colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels))}
+    colours = line_colours(runs, labels)
     extra: dict[str, str] = {}
     handles: dict[str, object] = {}
     for j, key in enumerate(keys):

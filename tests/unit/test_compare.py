@@ -290,6 +290,28 @@ def test_runs_that_share_method_and_strategy_are_told_apart_by_the_setting_that_
     assert run_labels(load_runs([plain, many])) == ["memit + blue [plain]", "memit + blue [many]"]
 
 
+def test_a_sweep_of_seven_methods_under_two_strategies_draws_fourteen_distinct_lines(tmp_path):
+    """tab20's pairs: a hue per method, a dark and a light shade for its strategies, and the line
+    style too; with ten colours cycling, memit and rect (7 methods apart) had drawn the same line."""
+    from blue_cli.reporting.plots import editing_figure
+
+    methods = ("memit", "memit_seq", "alphaedit", "pmet", "pmet_seq", "rect", "prune")
+    folders = []
+    for m in methods:
+        for s in ("spread", "blue"):
+            folder = make_run(tmp_path / f"{m}_{s}", "m-a", s, RATES[("m-a", s)])
+            _with_summary(folder, method=m)
+            folders.append(folder)
+    fig, _ = editing_figure(load_runs(folders))
+    (eff,) = [ax for ax in fig.axes if ax.get_ylabel() == "efficacy (%)"]
+    looks = [(line.get_color(), line.get_linestyle()) for line in eff.lines]
+    assert len(looks) == 14 and len(set(looks)) == 14
+    colours = {line.get_color() for line in eff.lines}
+    assert len(colours) == 14  # the colour alone tells every run apart
+    by_label = dict(zip([t.get_text() for t in fig.legends[0].get_texts()], fig.legends[0].get_lines()))
+    assert by_label["memit + spread"].get_linestyle() == "--" and by_label["memit + blue"].get_linestyle() == "-"
+
+
 def test_counterfact_and_zsre_side_by_side_and_log_probabilities_in_nats(tmp_path):
     from blue_cli.reporting.plots import editing_figure
 
