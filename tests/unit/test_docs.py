@@ -31,3 +31,20 @@ def test_every_docs_page_is_in_the_site_nav():
     pages = {p.name for p in (REPO / "docs").glob("*.md")}
     listed = set(re.findall(r":\s*([\w-]+\.md)\s*$", nav, flags=re.M))
     assert pages == listed, pages ^ listed
+
+
+def test_ci_runs_the_test_command_the_readme_shows():
+    """.ci/run reads its test command from the README's marked bash block, and that block is the
+    quick start's one test command: what a newcomer types is what CI runs."""
+    import subprocess
+
+    lines = (REPO / "README.md").read_text().splitlines()
+    (marker,) = [i for i, line in enumerate(lines) if line.startswith("<!-- test-command:")]
+    assert lines[marker + 1] == "```bash"
+    end = lines.index("```", marker + 2)
+    shown = lines[marker + 2 : end]
+    assert shown == ["make install-cpu test"]
+    printed = subprocess.run(
+        ["bash", str(REPO / ".ci" / "run"), "--print-test-command"], capture_output=True, text=True, check=True
+    )
+    assert printed.stdout.splitlines() == shown
