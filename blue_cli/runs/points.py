@@ -52,7 +52,10 @@ class EvaluationPoints:
         self.rows = results.read_jsonl(self.run_dir / results.EVALS)
         self.tracker = tracker  # an experiment tracker (reporting.tracking), or None
         total = sum(len(b) for b in batches)
-        self.evaluated = set(evaluated_positions(total, getattr(self.eval_cfg, "max_cases", None)))
+        # the stream positions of the evaluated records (in order; the runner's pre- and post-edit
+        # evaluations read them too), and the same as a set for membership
+        self.positions = evaluated_positions(total, getattr(self.eval_cfg, "max_cases", None))
+        self.evaluated = set(self.positions)
         self._heldout: str | None = None
 
     def reset(self) -> None:
@@ -107,7 +110,7 @@ class EvaluationPoints:
         already made, at the last point) and append the row; returns it."""
         row: dict = {"batches": done, "edits": sum(len(b) for b in self.batches[:done])}
         is_last = done == len(self.batches)
-        if done and (is_last and self.every or (self.every and done % self.every == 0)):
+        if done and self.every and (is_last or done % self.every == 0):
             flat = [r for batch in self.batches[:done] for r in batch]
             edited = [r for i, r in enumerate(flat) if i in self.evaluated]
             if post_cases is None:

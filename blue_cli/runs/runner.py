@@ -35,7 +35,7 @@ from blue_cli.models.loading import load_model
 from blue_cli.runs import files as results
 from blue_cli.runs.checkpoint import Checkpoint
 from blue_cli.runs.folder import set_aside_previous_run
-from blue_cli.runs.points import EvaluationPoints, check_general_tasks, evaluated_positions
+from blue_cli.runs.points import EvaluationPoints, check_general_tasks
 from blue_cli.runs.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict
 
     batches = batches_of(requests, cfg.batch_size)
     points = EvaluationPoints(cfg, dataset, batches, run_dir, progress, tracker)
-    evaluated = evaluated_positions(len(requests), cfg.eval.get("max_cases"))
+    evaluated = points.positions
     pre = PreEdit(run_dir, dataset, adapter, [requests[i] for i in evaluated], progress, checkpoint)
 
     def base_model_and_points(done: int) -> None:
