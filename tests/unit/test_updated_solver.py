@@ -128,12 +128,18 @@ def test_recorded_keys_give_the_inverse_of_the_full_matrix():
     assert _rel(system.G, torch.linalg.solve(B, U_all)) < 1e-12
 
 
+def _system_with_history(dk: int, seed: int) -> tuple[torch.Tensor, LowRankSystem, torch.Tensor]:
+    """B (SPD, Cholesky-factorised) with one recorded batch of two keys: (B, the system, the keys)."""
+    B = _spd(dk, seed) + torch.eye(dk, dtype=torch.float64)
+    system = LowRankSystem(factorise(B, symmetric=True), dk)
+    keys = _keys(dk, 2, seed + 1)
+    system.record(keys, keys)
+    return B, system, keys
+
+
 def test_solve_is_the_inverse_with_this_batch_added():
     dk = 12
-    B = _spd(dk, 4) + torch.eye(dk, dtype=torch.float64)
-    system = LowRankSystem(factorise(B, symmetric=True), dk)
-    Uh = _keys(dk, 2, 5)
-    system.record(Uh, Uh)
+    B, system, Uh = _system_with_history(dk, 4)
     U, V = _keys(dk, 3, 6), _keys(dk, 3, 7)
     A = B + Uh @ Uh.T + U @ V.T
     assert _rel(system.solve(U, V), torch.linalg.solve(A, U)) < 1e-10
@@ -231,10 +237,7 @@ def test_the_product_with_the_system_uses_the_recorded_keys():
 
 def test_solve_checked_refactorises_only_when_the_residual_is_too_large():
     dk = 12
-    B = _spd(dk, 40) + torch.eye(dk, dtype=torch.float64)
-    system = LowRankSystem(factorise(B, symmetric=True), dk)
-    Kh = _keys(dk, 2, 41)
-    system.record(Kh, Kh)
+    B, system, Kh = _system_with_history(dk, 40)
     U = _keys(dk, 2, 42)
     kept, Q, residual = solve_checked(system, U, U, 1e-8, symmetric=True)
     A = B + Kh @ Kh.T + U @ U.T
