@@ -78,8 +78,7 @@ class NormAnchor:
             for start in range(0, len(sample), max(1, chunk)):
                 part = sample[start : start + max(1, chunk)]
                 result = optimise_targets(adapter, part, ["{}"], layer, settings, points)
-                v0 = values_at_subject(adapter, part, layer, VALUE_POINT).T
-                norms.append((v0 + result.delta[write_point].to(v0.device)).norm(dim=1))
+                norms.append(_value_vector_norms(adapter, part, layer, result.delta[write_point]))
             self.reference[layer] = trimmed_mean(torch.cat(norms), self.keep_quantile)
             log.info("norm anchor of layer %d: %.6g (from %d requests)", layer, self.reference[layer], len(sample))
 
@@ -96,5 +95,10 @@ class NormAnchor:
 
 def value_norms(adapter, requests: Sequence[EditRequest], result: TargetResult, write_point: str) -> list[float]:
     """||v0 + delta|| per request: the value vectors a target asks the rewrite matrix to produce."""
-    v0 = values_at_subject(adapter, requests, result.layer, VALUE_POINT).T
-    return (v0 + result.delta[write_point].to(v0.device)).norm(dim=1).tolist()
+    return _value_vector_norms(adapter, requests, result.layer, result.delta[write_point]).tolist()
+
+
+def _value_vector_norms(adapter, requests: Sequence[EditRequest], layer: int, delta: torch.Tensor) -> torch.Tensor:
+    """||v*|| = ||v0 + delta|| per request, v0 the rewrite matrix's output at the subject on the model now."""
+    v0 = values_at_subject(adapter, requests, layer, VALUE_POINT).T
+    return (v0 + delta.to(v0.device)).norm(dim=1)
