@@ -201,6 +201,14 @@ class StrategyConfig:
 
 
 @dataclass
+class SettingConfig:
+    """How the stream is cut (``setting=``): ``sequential`` batches of ``batch_size``, or
+    ``batch``, every edit in one batch; published settings tuned for one batch key on it."""
+
+    name: str = "sequential"
+
+
+@dataclass
 class StatsConfig:
     """Covariance statistics: corpus (wikitext-bundled, wikipedia, wikitext or a file), windows, length.
 
@@ -236,6 +244,7 @@ class RunConfig:
     dataset: Any = MISSING
     method: Any = MISSING
     strategy: Any = MISSING
+    setting: SettingConfig = field(default_factory=SettingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     model_hparams: ModelHparamsConfig = field(default_factory=ModelHparamsConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
@@ -272,7 +281,7 @@ def conf_dir() -> Path:
     raise ConfigError(f"cannot find the config tree (looked in {candidates[0]} and {candidates[1]})")
 
 
-GROUPS = ("model", "dataset", "method", "strategy")
+GROUPS = ("model", "dataset", "method", "strategy", "setting")
 # Experiment tracking backends (logger=...); each but none is an optional extra.
 LOGGERS = ("none", "tensorboard", "wandb", "mlflow")
 
@@ -339,6 +348,18 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def check_setting(cfg) -> None:
+    """``setting=batch`` writes every edit in one batch: a smaller batch_size would run the
+    one-batch settings sequentially, under the wrong name. (A run folder written before
+    settings existed has none: it ran sequentially.)"""
+    setting = cfg.get("setting") or {}
+    if setting.get("name", "sequential") == "batch" and cfg.batch_size != cfg.num_edits:
+        raise ConfigError(
+            f"setting=batch writes all num_edits={cfg.num_edits} edits in one batch, but batch_size="
+            f"{cfg.batch_size}: set batch_size to num_edits, or choose setting=sequential"
+        )
+
+
 def check_seed(seed: int) -> None:
     """``seed`` within what every seeded generator of a run accepts (:data:`SEED_RANGE`)."""
     low, high = SEED_RANGE
@@ -376,6 +397,7 @@ def check_run_config(cfg, announce: bool = True) -> None:
         raise ConfigError(f"num_edits must be >= 1, got {cfg.num_edits}")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    check_setting(cfg)
     if cfg.dataset.offset < 0:
         raise ConfigError(f"dataset.offset must be >= 0, got {cfg.dataset.offset}")
     if cfg.stats.precision not in ("auto", "float32", "float64"):

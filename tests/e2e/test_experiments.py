@@ -188,7 +188,9 @@ def test_every_paper_setting_runs_on_a_tiny_model(name, tmp_path):
     assert summary["method"] == expected.get("method", experiment.method.name)
     assert (summary["strategy"], summary["dataset"]) == (expected["strategy"], expected["dataset"])
     edits = 3 if "num_edits=3" in extra else 2
-    batch_size = 1 if "batch_size=1" in extra else experiment.batch_size
+    one_batch = experiment.setting.name == "batch"  # batch_size follows num_edits
+    batch_size = 1 if "batch_size=1" in extra else edits if one_batch else experiment.batch_size
+    assert config.setting.name == experiment.setting.name
     assert (summary["num_edits"], summary["batch_size"]) == (edits, batch_size)
     rows = files.read_jsonl(run / files.BATCHES)
     assert [r["edits"] for r in rows] == [batch_size] * (edits // batch_size) + (

@@ -6,9 +6,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from blue_cli.config.overrides import compose_config, validate_overrides
-from blue_cli.config.schema import conf_dir, group_choices, register_configs
+from blue_cli.config.schema import check_setting, conf_dir, group_choices, register_configs
 from blue_cli.errors import ConfigError
 
 EXPERIMENTS = group_choices("experiment")
@@ -54,8 +55,11 @@ def test_experiment_pins_the_paper_settings_and_yields_to_the_command_line(name)
     assert cfg.model.name in sweep["model"] and cfg.method.name in sweep["method"]
     # PRUNE as the reference's evaluation script wrote it, which the paper's PRUNE rows ran
     assert compose_config([f"+experiment={name}", "method=prune"]).method.evaluated_weights == "edited_plus_restrained"
-    tiny = compose_config([f"+experiment={name}", "model=tiny-gpt2", "num_edits=4", "batch_size=2"])
-    assert (tiny.model.name, tiny.num_edits, tiny.batch_size) == ("tiny-gpt2", 4, 2)
+    one_batch = batch_size == num_edits
+    assert cfg.setting.name == ("batch" if one_batch else "sequential")
+    cut = ["num_edits=4"] if one_batch else ["num_edits=4", "batch_size=2"]  # one batch stays one batch
+    tiny = compose_config([f"+experiment={name}", "model=tiny-gpt2", *cut])
+    assert (tiny.model.name, tiny.num_edits, tiny.batch_size) == ("tiny-gpt2", 4, 4 if one_batch else 2)
     assert list(tiny.eval.general) == general
 
 
@@ -79,6 +83,65 @@ def test_alphaedit_blue_uses_the_papers_alpha_per_model():
         blue = compose_config(["+experiment=blue_table", f"model={model}", "method=alphaedit", "strategy=blue"])
         spread = compose_config(["+experiment=blue_table", f"model={model}", "method=alphaedit", "strategy=spread"])
         assert (blue.method.l2, spread.method.l2) == (alpha, 10), model
+
+
+# The BLUE repository's one-batch PMET files for GPT-J (hparams/PMET/EleutherAI_gpt-j-6B-
+# {mcf,zsre}-batch[-blue].json): v_lr, steps, kl_factor and lambda per (strategy, dataset).
+GPTJ_PMET_BATCH = {
+    ("spread", "counterfact"): (0.2, 30, 1.0, 6000),
+    ("blue", "counterfact"): (0.2, 30, 1.0, 1000),
+    ("spread", "zsre"): (0.2, 30, 1.0, 4500),
+    ("blue", "zsre"): (0.2, 30, 1.0, 4500),
+}
+# ... and the sequential files every other PMET job reads (EleutherAI_gpt-j-6B[-blue].json).
+GPTJ_PMET_SEQUENTIAL = {"spread": (0.5, 25, 0.0625, 15000), "blue": (0.5, 25, 0.0625, 1000)}
+
+
+def _pmet_settings(cfg) -> tuple:
+    t = cfg.method.target
+    return (t.lr, t.steps, t.kl_factor, cfg.method.cov_weight)
+
+
+def test_each_job_of_the_pmet_batch_sweep_reads_gptj_one_batch_file():
+    """blue_pmet_batch10k's jobs get GPT-J's one-batch settings per strategy and dataset; the
+    other models and the sequential experiment keep their own; pmet_seq in one batch is pmet."""
+    sweep = _sweeper_params("blue_pmet_batch10k")
+    assert "gpt-j" in sweep["model"]
+    for model in sweep["model"]:
+        for strategy in sweep["strategy"]:
+            for dataset in sweep["dataset"]:
+                job = [f"model={model}", f"strategy={strategy}", f"dataset={dataset}"]
+                batch = compose_config(["+experiment=blue_pmet_batch10k", *job])
+                sequential = compose_config(["+experiment=blue_pmet", *job, "method=pmet"])
+                if model == "gpt-j":
+                    assert _pmet_settings(batch) == GPTJ_PMET_BATCH[(strategy, dataset)], job
+                    assert _pmet_settings(sequential) == GPTJ_PMET_SEQUENTIAL[strategy], job
+                else:
+                    assert _pmet_settings(batch) == _pmet_settings(sequential), job
+    for strategy, dataset in GPTJ_PMET_BATCH:
+        job = ["model=gpt-j", f"strategy={strategy}", f"dataset={dataset}"]
+        seq_method = compose_config(["+experiment=blue_pmet_batch10k", *job, "method=pmet_seq"])
+        assert _pmet_settings(seq_method) == GPTJ_PMET_BATCH[(strategy, dataset)]
+    # the command line still wins over the file
+    cfg = compose_config(["+experiment=blue_pmet_batch10k", "model=gpt-j", "method.cov_weight=77"])
+    assert cfg.method.cov_weight == 77
+
+
+def test_the_batch_setting_is_one_batch_of_num_edits():
+    cfg = compose_config(["setting=batch", "num_edits=7"])
+    assert (cfg.setting.name, cfg.num_edits, cfg.batch_size) == ("batch", 7, 7)
+    assert compose_config(["num_edits=7"]).setting.name == "sequential"
+    for overrides in (["setting=batch", "num_edits=7", "batch_size=3"], ["+experiment=blue_table", "setting=batch"]):
+        with pytest.raises(ConfigError) as err:
+            compose_config(overrides)
+        msg = str(err.value)
+        assert "\n" not in msg and "setting=batch" in msg and "batch_size=" in msg and "setting=sequential" in msg
+    with pytest.raises(ConfigError, match=r"unknown setting 'bach' \(choose: batch, sequential\)"):
+        compose_config(["setting=bach"])
+    # a run folder's config.yaml from before settings existed (blue analyze --run reads it) ran sequentially
+    check_setting(OmegaConf.create({"num_edits": 7, "batch_size": 3}))
+    with pytest.raises(ConfigError):
+        check_setting(OmegaConf.create({"num_edits": 7, "batch_size": 3, "setting": {"name": "batch"}}))
 
 
 def _sweeper_params(name: str) -> dict[str, list[str]]:
