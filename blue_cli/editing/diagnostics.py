@@ -7,7 +7,7 @@ which only sequences the loop, and from the strategies, which only write.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -23,16 +23,24 @@ from blue_cli.models.tokens import subject_last_index
 
 
 @contextmanager
+def restored_weights(adapter: ModelAdapter, layers: Iterable[int]) -> Iterator[None]:
+    """The rewrite matrices of ``layers`` as they are now, put back when the block ends
+    (the block may write them); one copy of each."""
+    saved = {l: adapter.rewrite_weight(l).detach().clone() for l in layers}
+    try:
+        yield
+    finally:
+        for l, w in saved.items():
+            adapter.set_rewrite(l, w)
+
+
+@contextmanager
 def swapped_weights(adapter: ModelAdapter, weights: dict[int, torch.Tensor]) -> Iterator[None]:
     """Temporarily put other rewrite matrices in place (e.g. the pre-batch ones)."""
-    current = {l: adapter.rewrite_weight(l).detach().clone() for l in weights}
-    try:
+    with restored_weights(adapter, weights):
         for l, w in weights.items():
             adapter.set_rewrite(l, w)
         yield
-    finally:
-        for l, w in current.items():
-            adapter.set_rewrite(l, w)
 
 
 def new_target_logprobs(adapter: ModelAdapter, requests: Sequence[EditRequest]) -> torch.Tensor:

@@ -38,7 +38,7 @@ from blue_cli.config.overrides import compose_config
 from blue_cli.config.registry import dataset_class, strategy_class
 from blue_cli.config.schema import check_run_config
 from blue_cli.datasets.records import EditRequest
-from blue_cli.editing.diagnostics import new_target_logprobs, swapped_weights
+from blue_cli.editing.diagnostics import new_target_logprobs, restored_weights
 from blue_cli.editing.linalg import split_residual
 from blue_cli.editing.methods.base import EditMethod
 from blue_cli.editing.session import build_session, seed_everything
@@ -86,7 +86,7 @@ def written_logprobs(
     """log P(target_new) after the closed-form write of ``residual`` (d x n) at ``layer`` alone,
     and the write's key-fit error; the layer's weight is restored on the way out."""
     adapter = ctx.adapter
-    with swapped_weights(adapter, {layer: adapter.rewrite_weight(layer).detach().clone()}):
+    with restored_weights(adapter, [layer]):
         write = Strategy.write_layer(method, ctx, requests, layer, residual)
         return new_target_logprobs(adapter, requests), write.key_fit_error
 
@@ -170,8 +170,7 @@ def own_residual_steps(
     progress = progress or NullProgress()
     adapter, point = ctx.adapter, method.write_point
     rows = []
-    current = {l: adapter.rewrite_weight(l).detach().clone() for l in critical}
-    with swapped_weights(adapter, current), progress.track("steps with own residuals", len(critical)) as update:
+    with restored_weights(adapter, critical), progress.track("steps with own residuals", len(critical)) as update:
         for i, layer in enumerate(critical):
             target = Strategy.compute_targets(method, ctx, requests, layer)
             residual = target.z(point).T - Strategy.current_values(method, ctx, requests, layer)  # (d x n)
