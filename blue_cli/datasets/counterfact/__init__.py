@@ -55,7 +55,7 @@ class CounterFact(EditDataset):
         return {}
 
     def evaluate(self, adapter, requests, progress=None):
-        from blue_cli.datasets.counterfact.generation import evaluate_generation
+        from blue_cli.datasets.counterfact.generation import Sampling, evaluate_generation
         from blue_cli.datasets.counterfact.metrics import evaluate_counterfact
 
         cases = evaluate_counterfact(adapter, requests, progress=progress)
@@ -66,10 +66,12 @@ class CounterFact(EditDataset):
                 requests,
                 resources=self.resources,
                 every_n_cases=ev.generation_every_n_cases,
-                max_length=ev.generation_length,
-                top_k=ev.generation_top_k,
-                seed=self.seed,
-                batch_size=ev.generation_batch_size,
+                sampling=Sampling(
+                    max_length=ev.generation_length,
+                    top_k=ev.generation_top_k,
+                    seed=self.seed,
+                    batch_size=ev.generation_batch_size,
+                ),
             )
             by_id = {c["case_id"]: c for c in cases}
             for row in generated:

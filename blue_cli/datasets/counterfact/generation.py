@@ -18,6 +18,7 @@ import inspect
 import logging
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -33,7 +34,7 @@ from blue_cli.models.tokens import pad_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["clean_text", "evaluate_generation", "generate", "left_pad", "sample_ids"]
+__all__ = ["Sampling", "clean_text", "evaluate_generation", "generate", "left_pad", "sample_ids"]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -98,39 +99,52 @@ def _sample_batch(
     return torch.stack(new, dim=1)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How texts are sampled: ``max_length`` tokens per text, prompt included (BOS too, as the
+    reference's ``max_out_len``), at most ``max_new_tokens`` new ones when set, each drawn from
+    the ``top_k`` most likely; ``batch_size`` prompts at a time, all from one generator seeded
+    with ``seed``: the same seed, prompts and batch size give the same texts run to run."""
+
+    max_length: int = 100
+    max_new_tokens: int | None = None
+    top_k: int = 5
+    seed: int = 0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for key in ("top_k", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    def budgets(self, encoded: Sequence[Sequence[int]]) -> list[int]:
+        """New tokens per prompt: what ``max_length`` leaves, capped by ``max_new_tokens``."""
+        budgets = [max(0, self.max_length - len(ids)) for ids in encoded]
+        return budgets if self.max_new_tokens is None else [min(b, self.max_new_tokens) for b in budgets]
+
+
 def sample_ids(
     adapter: ModelAdapter,
     prompts: Sequence[str],
-    *,
-    max_length: int = 100,
-    max_new_tokens: int | None = None,
-    top_k: int = 5,
-    seed: int = 0,
-    batch_size: int = 32,
+    sampling: Sampling = Sampling(),
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """Token ids of prompt + sampled continuation for each prompt (see :func:`generate`)."""
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
+    """Token ids of prompt + sampled continuation for each prompt (see :class:`Sampling`)."""
+    generator = torch.Generator().manual_seed(sampling.seed)
     encoded = [list(adapter.tok(p)["input_ids"]) for p in prompts]
     for i, ids in enumerate(encoded):
         if not ids:
             raise ValueError(f"prompt {i} ({prompts[i]!r}) encodes to no tokens; nothing to continue from")
-    budgets = [max(0, max_length - len(ids)) for ids in encoded]
-    if max_new_tokens is not None:
-        budgets = [min(b, max_new_tokens) for b in budgets]
+    budgets = sampling.budgets(encoded)
     results: list[list[int]] = []
-    for start in range(0, len(encoded), batch_size):
-        part, want = encoded[start : start + batch_size], budgets[start : start + batch_size]
+    for start in range(0, len(encoded), sampling.batch_size):
+        part, want = encoded[start : start + sampling.batch_size], budgets[start : start + sampling.batch_size]
         steps = max(want)
         if steps == 0:
             results += [list(ids) for ids in part]
         else:
             # Rows draw independently; a row with a smaller budget just keeps fewer tokens.
-            new = _sample_batch(adapter, part, steps, top_k, generator).tolist()
+            new = _sample_batch(adapter, part, steps, sampling.top_k, generator).tolist()
             results += [ids + row[:n] for ids, row, n in zip(part, new, want)]
         if progress:
             progress(len(results), len(encoded))
@@ -145,31 +159,11 @@ def clean_text(text: str) -> str:
 def generate(
     adapter: ModelAdapter,
     prompts: Sequence[str],
-    *,
-    max_length: int = 100,
-    max_new_tokens: int | None = None,
-    top_k: int = 5,
-    seed: int = 0,
-    batch_size: int = 32,
+    sampling: Sampling = Sampling(),
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Prompt + top-k sampled continuation, one text per prompt, in order.
-
-    ``max_length`` counts the prompt's tokens (BOS included), as the reference's
-    ``max_out_len``; ``max_new_tokens`` optionally caps the continuation too. Prompts
-    are processed ``batch_size`` at a time; for a given seed, prompt list and batch
-    size the texts are identical run to run.
-    """
-    ids = sample_ids(
-        adapter,
-        prompts,
-        max_length=max_length,
-        max_new_tokens=max_new_tokens,
-        top_k=top_k,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    """Prompt + top-k sampled continuation, one text per prompt, in order (see :class:`Sampling`)."""
+    ids = sample_ids(adapter, prompts, sampling, progress)
     return [clean_text(adapter.tok.decode(row, skip_special_tokens=True)) for row in ids]
 
 
@@ -179,18 +173,14 @@ def evaluate_generation(
     *,
     resources: ConsistencyResources | Unavailable | None = None,
     every_n_cases: int = 1,
-    max_length: int = 100,
-    max_new_tokens: int | None = None,
-    top_k: int = 5,
-    seed: int = 0,
-    batch_size: int = 32,
+    sampling: Sampling = Sampling(),
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Per case: ``fluency`` of its generations, and ``consistency`` when resources are loaded.
 
     Every ``every_n_cases``-th request (0, n, 2n, ...) is evaluated; the generation
-    prompts of all of them are sampled together in batches of ``batch_size`` (so the
-    texts depend on the seed and on which cases are selected). As the reference, a
+    prompts of all of them are sampled together, as ``sampling`` says (so the texts
+    depend on the seed and on which cases are selected). As the reference, a
     case's fluency is the mean entropy of its own texts and consistency compares its
     joined texts with the snippets of (relation_id, target_new_id). When ``resources``
     is :class:`Unavailable` or None the ``consistency`` key is left out: report
@@ -200,16 +190,7 @@ def evaluate_generation(
         raise ValueError(f"every_n_cases must be >= 1, got {every_n_cases}")
     chosen = list(requests)[::every_n_cases]
     prompts = [p for req in chosen for p in req.generation_prompts]
-    texts = generate(
-        adapter,
-        prompts,
-        max_length=max_length,
-        max_new_tokens=max_new_tokens,
-        top_k=top_k,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    texts = generate(adapter, prompts, sampling, progress)
     cases, at = [], 0
     for req in chosen:
         own = texts[at : at + len(req.generation_prompts)]
