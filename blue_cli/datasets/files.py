@@ -1,14 +1,16 @@
 """Finding and reading record files: shared by every dataset loader (CounterFact, zsRE).
 
 One place decides what a ``path`` argument means (bundled sample, file, folder of
-``*.json``, or ``None`` = download into the cache), how a JSON list is read, and how
-``offset``/``limit`` select records, so all datasets behave the same way.
+``*.json``, or ``None`` = download into the cache), how a JSON list is read, how
+``offset``/``limit`` select records and how a file is validated, so all datasets behave
+the same way; a dataset brings its :class:`RecordFormat` (its name, files and parser).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -23,6 +25,61 @@ MAX_TEXT_CHARS = 2000
 characters, and a runaway one (a 10 MB prompt) would otherwise be tokenized and run
 through the model, allocating tens of GB, before anything failed."""
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RecordFormat:
+    """One dataset's files: ``label`` names it in messages, ``bundled_path`` is its offline
+    sample, ``default_name`` its cached download's name when the URL gives none, and
+    ``parse(raw, source, index, position)`` turns one record (``index`` in its file,
+    ``position`` in the whole input) into an edit request or raises a one-line DataError."""
+
+    label: str
+    bundled_path: Path
+    default_name: str
+    parse: Callable[[Any, str, int, int], Any]
+
+
+def load_records(
+    fmt: RecordFormat, path: str | Path | None, *, offset: int, limit: int | None, url: str, cache_dir: Path | None
+) -> list:
+    """Every record of the files ``path`` means (see :func:`resolve_files`), parsed and checked
+    before any is returned, then ``records[offset:offset + limit]``. Results are keyed by
+    ``case_id``, so a repeated one is refused."""
+    check_range(offset, limit)
+    files = resolve_files(
+        path,
+        url=url,
+        cache_dir=cache_dir,
+        bundled_path=fmt.bundled_path,
+        default_name=fmt.default_name,
+        label=fmt.label,
+        validate=lambda tmp, name: validate_records(fmt, tmp, name=name),
+    )
+    records: list = []
+    seen: dict[int, str] = {}
+    for file in files:
+        for index, raw in enumerate(read_json_list(file, name=str(file), label=fmt.label)):
+            request = fmt.parse(raw, str(file), index, len(records))
+            if request.case_id in seen:
+                raise DataError(
+                    f"{file}: record {index}: case_id {request.case_id} already appeared in {seen[request.case_id]}"
+                )
+            seen[request.case_id] = file.name
+            records.append(request)
+    return select_range(records, offset, limit, describe_files(files))
+
+
+def validate_records(fmt: RecordFormat, path: Path, *, name: str | None = None) -> None:
+    """Raise DataError unless ``path`` is a non-empty JSON list of valid records. Used on
+    downloads before they enter the cache; ``name`` is what messages call the file (e.g. its
+    URL instead of a temporary path)."""
+    label = name or str(path)
+    records = read_json_list(Path(path), name=label, label=fmt.label)
+    if not records:
+        raise DataError(f"{label}: holds no records")
+    for index, raw in enumerate(records):
+        fmt.parse(raw, label, index, index)
 
 
 def check_range(offset: int, limit: int | None) -> None:

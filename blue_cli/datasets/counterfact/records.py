@@ -8,13 +8,11 @@ from typing import Any
 from blue_cli import ASSETS_DIR
 from blue_cli.datasets.files import (
     BUNDLED,
+    RecordFormat,
     check_lengths,
-    check_range,
-    describe_files,
     field,
-    read_json_list,
-    resolve_files,
-    select_range,
+    load_records,
+    validate_records,
 )
 from blue_cli.datasets.records import EditRequest
 from blue_cli.errors import DataError
@@ -24,9 +22,15 @@ BUNDLED_PATH = ASSETS_DIR / "data" / "counterfact_sample.json"
 """300 records (the first of shared ``random_subset_1.json``; CounterFact is MIT) so runs work offline."""
 
 _PROMPT_LISTS = ("paraphrase_prompts", "neighborhood_prompts", "generation_prompts")
-_LABEL = "CounterFact"
 
 __all__ = ["BUNDLED", "BUNDLED_PATH", "CANONICAL_URL", "load_counterfact", "parse_record", "validate_counterfact_file"]
+
+
+def _parse(raw: Any, source: str, index: int, position: int) -> EditRequest:
+    return parse_record(raw, source=source, index=index)  # a CounterFact record carries its own case_id
+
+
+FORMAT = RecordFormat("CounterFact", BUNDLED_PATH, "multi_counterfact.json", _parse)
 
 
 def load_counterfact(
@@ -52,42 +56,13 @@ def load_counterfact(
     before any model time is spent; extra keys are ignored. Duplicate ``case_id``s
     are rejected because results are keyed by them.
     """
-    check_range(offset, limit)
-    files = resolve_files(
-        path,
-        url=url,
-        cache_dir=cache_dir,
-        bundled_path=BUNDLED_PATH,
-        default_name="multi_counterfact.json",
-        label=_LABEL,
-        validate=lambda tmp, name: validate_counterfact_file(tmp, name=name),
-    )
-    records: list[EditRequest] = []
-    seen: dict[int, str] = {}
-    for file in files:
-        for index, raw in enumerate(read_json_list(file, name=str(file), label=_LABEL)):
-            request = parse_record(raw, source=str(file), index=index)
-            if request.case_id in seen:
-                raise DataError(
-                    f"{file}: record {index}: case_id {request.case_id} already appeared in {seen[request.case_id]}"
-                )
-            seen[request.case_id] = file.name
-            records.append(request)
-    return select_range(records, offset, limit, describe_files(files))
+    return load_records(FORMAT, path, offset=offset, limit=limit, url=url, cache_dir=cache_dir)
 
 
 def validate_counterfact_file(path: Path, *, name: str | None = None) -> None:
-    """Raise DataError unless ``path`` is a non-empty JSON list of valid records.
-
-    Used on downloads before they enter the cache; ``name`` is what messages call
-    the file (e.g. its URL instead of a temp path).
-    """
-    label = name or str(path)
-    records = read_json_list(Path(path), name=label, label=_LABEL)
-    if not records:
-        raise DataError(f"{label}: holds no records")
-    for index, raw in enumerate(records):
-        parse_record(raw, source=label, index=index)
+    """Raise DataError unless ``path`` is a non-empty JSON list of valid records (see
+    :func:`blue_cli.datasets.files.validate_records`)."""
+    validate_records(FORMAT, path, name=name)
 
 
 def parse_record(raw: Any, *, source: str, index: int) -> EditRequest:

@@ -36,13 +36,11 @@ from typing import Any
 from blue_cli import ASSETS_DIR
 from blue_cli.datasets.files import (
     BUNDLED,
+    RecordFormat,
     check_lengths,
-    check_range,
-    describe_files,
     field,
-    read_json_list,
-    resolve_files,
-    select_range,
+    load_records,
+    validate_records,
 )
 from blue_cli.datasets.records import EditRequest
 from blue_cli.errors import DataError
@@ -54,10 +52,16 @@ NQ_PREFIX = "nq question: "
 
 log = logging.getLogger(__name__)
 
-_LABEL = "zsRE"
 _TEXT_KEYS = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
 
 __all__ = ["BUNDLED", "BUNDLED_PATH", "CANONICAL_URL", "load_zsre", "parse_zsre_record"]
+
+
+def _parse(raw: Any, source: str, index: int, position: int) -> EditRequest:
+    return parse_zsre_record(raw, source=source, index=index, case_id=position)
+
+
+FORMAT = RecordFormat("zsRE", BUNDLED_PATH, "zsre_mend_eval.json", _parse)
 
 
 def load_zsre(
@@ -75,21 +79,7 @@ def load_zsre(
     or ``None`` to download ``url`` into ``cache_dir`` (default ``cache_root()/"data"``).
     Every record is validated before any is returned; extra keys are ignored.
     """
-    check_range(offset, limit)
-    files = resolve_files(
-        path,
-        url=url,
-        cache_dir=cache_dir,
-        bundled_path=BUNDLED_PATH,
-        default_name="zsre_mend_eval.json",
-        label=_LABEL,
-        validate=lambda tmp, name: validate_zsre_file(tmp, name=name),
-    )
-    records: list[EditRequest] = []
-    for file in files:
-        for index, raw in enumerate(read_json_list(file, name=str(file), label=_LABEL)):
-            records.append(parse_zsre_record(raw, source=str(file), index=index, case_id=len(records)))
-    selected = select_range(records, offset, limit, describe_files(files))
+    selected = load_records(FORMAT, path, offset=offset, limit=limit, url=url, cache_dir=cache_dir)
     _note_alt_equal_to_answer(selected)
     return selected
 
@@ -110,12 +100,7 @@ def _note_alt_equal_to_answer(records: list[EditRequest]) -> None:
 
 def validate_zsre_file(path: Path, *, name: str | None = None) -> None:
     """Raise DataError unless ``path`` is a non-empty JSON list of valid zsRE records."""
-    label = name or str(path)
-    records = read_json_list(Path(path), name=label, label=_LABEL)
-    if not records:
-        raise DataError(f"{label}: holds no records")
-    for index, raw in enumerate(records):
-        parse_zsre_record(raw, source=label, index=index, case_id=index)
+    validate_records(FORMAT, path, name=name)
 
 
 def parse_zsre_record(raw: Any, *, source: str, index: int, case_id: int) -> EditRequest:
