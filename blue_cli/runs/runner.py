@@ -132,7 +132,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, progress=None) -> dict:
 def _run(cfg, run_dir, progress, dataset, requests, checkpoint, tracker) -> dict:
     """The body of :func:`run_experiment` once the run folder exists."""
     seed_everything(cfg.seed)
-    write_text_atomic(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg))
+    # resolved: the values the run used (batch_size: 3, not ${num_edits}), as the docs promise
+    write_text_atomic(run_dir / results.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     results.write_json(run_dir, results.RUN_INFO, run_info(cfg))
     notes = dataset.prepare()
 

@@ -191,6 +191,8 @@ def test_every_paper_setting_runs_on_a_tiny_model(name, tmp_path):
     one_batch = experiment.setting.name == "batch"  # batch_size follows num_edits
     batch_size = 1 if "batch_size=1" in extra else edits if one_batch else experiment.batch_size
     assert config.setting.name == experiment.setting.name
+    assert (config.num_edits, config.batch_size) == (edits, batch_size)  # config.yaml holds the values run
+    assert "${" not in (run / files.CONFIG).read_text()  # no interpolation left for a reader to resolve
     assert (summary["num_edits"], summary["batch_size"]) == (edits, batch_size)
     rows = files.read_jsonl(run / files.BATCHES)
     assert [r["edits"] for r in rows] == [batch_size] * (edits // batch_size) + (
