@@ -164,64 +164,27 @@ def make_config(name: str, *, vocab_size: int, bos_id: int, eos_id: int, pad_id:
     import transformers
 
     spec = _spec(name)
-    ids = dict(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
-    if spec.architecture == "GPT2LMHeadModel":
-        cfg = transformers.GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=MAX_POSITIONS,
-            n_embd=HIDDEN,
-            n_layer=LAYERS,
-            n_head=HEADS,
-            n_inner=INTERMEDIATE,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            tie_word_embeddings=True,
-            **ids,
-        )
-    elif spec.architecture == "GPTJForCausalLM":
-        # Tied embeddings (real GPT-J unties them) keep the folder under 4 MB.
-        cfg = transformers.GPTJConfig(
-            vocab_size=vocab_size,
-            n_positions=MAX_POSITIONS,
-            n_embd=HIDDEN,
-            n_layer=LAYERS,
-            n_head=HEADS,
-            rotary_dim=16,
-            n_inner=INTERMEDIATE,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            tie_word_embeddings=True,
-            **ids,
-        )
-    elif spec.architecture == "LlamaForCausalLM":
-        cfg = transformers.LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            num_key_value_heads=KV_HEADS,
-            max_position_embeddings=MAX_POSITIONS,
-            tie_word_embeddings=True,
-            **ids,
-        )
-    elif spec.architecture == "Qwen2ForCausalLM":
-        cfg = transformers.Qwen2Config(
-            vocab_size=vocab_size,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            num_key_value_heads=KV_HEADS,
-            max_position_embeddings=MAX_POSITIONS,
-            max_window_layers=LAYERS,
-            tie_word_embeddings=True,
-            **ids,
-        )
-    else:  # pragma: no cover - guarded by SPECS
+    common = dict(
+        vocab_size=vocab_size, tie_word_embeddings=True, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id
+    )
+    # Tied embeddings keep each folder under 4 MB (real GPT-J, Llama 3 and Qwen2.5-7B untie them).
+    gpt = dict(
+        common, n_positions=MAX_POSITIONS, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=INTERMEDIATE,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    llama = dict(
+        common, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_POSITIONS,
+    )  # fmt: skip
+    configs = {
+        "GPT2LMHeadModel": lambda: transformers.GPT2Config(**gpt),
+        "GPTJForCausalLM": lambda: transformers.GPTJConfig(rotary_dim=16, **gpt),
+        "LlamaForCausalLM": lambda: transformers.LlamaConfig(**llama),
+        "Qwen2ForCausalLM": lambda: transformers.Qwen2Config(max_window_layers=LAYERS, **llama),
+    }
+    if spec.architecture not in configs:  # pragma: no cover - guarded by SPECS
         raise ConfigError(f"no config for architecture {spec.architecture!r}")
+    cfg = configs[spec.architecture]()
     cfg.architectures = [spec.architecture]
     return cfg
 

@@ -59,6 +59,22 @@ def test_build_has_one_spec_per_preset():
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_CLASS))
+def test_the_build_makes_the_committed_config(name):
+    """The build script's config is the committed model's, key for key (a rebuild would
+    otherwise change the model's shape or padding without a slow test noticing)."""
+    from transformers import AutoConfig
+
+    committed = AutoConfig.from_pretrained(tiny.tiny_model_dir(name))
+    ids = {"bos_id": committed.bos_token_id, "eos_id": committed.eos_token_id, "pad_id": committed.pad_token_id}
+    built = train.make_config(name, vocab_size=committed.vocab_size, **ids).to_dict()
+    saved = committed.to_dict()
+    loaded_only = ("dtype", "_name_or_path")  # set when weights are saved and when a folder is read
+    assert {k: v for k, v in built.items() if k not in loaded_only} == {
+        k: v for k, v in saved.items() if k not in loaded_only
+    }
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_CLASS))
 def test_committed_copy_is_used(name):
     assert tiny.tiny_model_dir(name) == tiny.COMMITTED_DIR / name
 
