@@ -315,7 +315,7 @@ def _run_overrides(run_dir: Path) -> list[str]:
 
 @app.command(name="list")
 def list_choices() -> None:
-    """Show the available models, datasets, methods and strategies."""
+    """Show the config groups (models, datasets, methods, strategies, settings) and the experiments."""
     from rich.table import Table
 
     from blue_cli.config.schema import GROUPS, group_choices
