@@ -34,17 +34,15 @@ def test_every_docs_page_is_in_the_site_nav():
 
 
 def test_ci_runs_the_test_command_the_readme_shows():
-    """.ci/run reads its test command from the README's marked bash block, and that block is the
-    quick start's one test command: what a newcomer types is what CI runs."""
-    import subprocess
-
+    """The README's marked bash block is the quick start's one test command, and .ci/run runs
+    exactly that command, inside its fresh virtual environment: what a newcomer types is what CI runs."""
     lines = (REPO / "README.md").read_text().splitlines()
     (marker,) = [i for i, line in enumerate(lines) if line.startswith("<!-- test-command:")]
     assert lines[marker + 1] == "```bash"
     end = lines.index("```", marker + 2)
     shown = lines[marker + 2 : end]
     assert shown == ["make install-cpu test"]
-    printed = subprocess.run(
-        ["bash", str(REPO / ".ci" / "run"), "--print-test-command"], capture_output=True, text=True, check=True
-    )
-    assert printed.stdout.splitlines() == shown
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    commands = [line for line in ci if line and not line.startswith("#")]
+    assert shown[0] in commands
+    assert commands.index(". .venv/bin/activate") < commands.index(shown[0])  # in the new venv
