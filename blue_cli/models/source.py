@@ -1,7 +1,8 @@
 """What ``model.source`` may be, checked without torch before a run folder exists.
 
-A source is a bundled tiny preset, a local folder holding a saved model and its
-tokenizer, or a hub id (``name`` or ``owner/name``). Anything else (``../../etc``, a
+A source is a bundled tiny preset, a model fetched from the package index (packaged.py),
+a local folder holding a saved model and its tokenizer, a GGUF file (or a folder holding
+one; see gguf.py), or a hub id (``name`` or ``owner/name``). Anything else (``../../etc``, a
 URL, a typo'd path) is refused in one line here instead of surfacing later as a
 transformers traceback, or as a minute of hub retries for a name the hub cannot have.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from blue_cli.download import offline_requested
 from blue_cli.errors import ConfigError, OfflineError
+from blue_cli.models.gguf import check_gguf_packages, gguf_file_of
+from blue_cli.models.packaged import fetched_file, is_packaged
 from blue_cli.models.tiny import is_tiny
 
 log = logging.getLogger(__name__)
@@ -134,9 +137,14 @@ def _reason(err: object, timeout: float) -> str:
 
 
 def check_model_source(source: str) -> str:
-    """Return ``"tiny"``, ``"local"`` or ``"hub"`` for a usable source, else raise ConfigError."""
+    """Return ``"tiny"``, ``"packaged"``, ``"local"``, ``"gguf"`` or ``"hub"`` for a usable
+    source, else raise ConfigError."""
     if is_tiny(source):
         return "tiny"
+    if is_packaged(source):
+        return "packaged"
+    if gguf_file_of(source) is not None:
+        return "gguf"
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -149,8 +157,8 @@ def check_model_source(source: str) -> str:
         return "local"
     if _looks_like_path(source) or not is_hub_id(source):
         raise ConfigError(
-            f"model.source '{source}' is neither a folder holding a model nor a hub id "
-            "(give a tiny model name, an existing folder, or owner/name)"
+            f"model.source '{source}' is neither a folder holding a model, a .gguf file nor a hub id "
+            "(give a tiny model name, an existing folder or .gguf file, or owner/name)"
         )
     return "hub"
 
@@ -165,7 +173,12 @@ def check_model_available(
     hub (``probe_hub``): unreachable, the run stops here instead of in the hub client's
     minute of retries; reachable, loading goes on as before.
     """
-    if check_model_source(source) != "hub":
+    kind = check_model_source(source)
+    if kind == "packaged":
+        fetched_file(source)  # fetched, or a line naming the fetch command
+    if kind in ("gguf", "packaged"):
+        check_gguf_packages()
+    if kind != "hub":
         return
     from huggingface_hub import try_to_load_from_cache
 

@@ -26,7 +26,7 @@ TINY = [
     "eval.wild=false",  # the evaluation in the wild has tests of its own
     "eval_every=2",
 ]
-COMMANDS = ("edit", "resume", "list", "stats", "plan", "report", "export", "analyze")
+COMMANDS = ("edit", "resume", "list", "stats", "plan", "report", "export", "analyze", "locate")
 
 
 def lines(proc) -> list[str]:

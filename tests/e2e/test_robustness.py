@@ -253,7 +253,7 @@ def test_folder_without_tokenizer_is_one_line(tmp_path, model_without_tokenizer)
     "args,needle",
     [
         (["model.source=../../etc"], "model.source"),
-        (["model.source=not a/model/name"], "is neither a folder holding a model nor a hub id"),
+        (["model.source=not a/model/name"], "is neither a folder holding a model, a .gguf file nor a hub id"),
         (["method.target.lr=1e38"], "method.target.lr must be at most 1000"),
         (["method.target.clamp=inf", "method.target.lr=1e38"], "method.target.clamp must be positive and finite"),
     ],

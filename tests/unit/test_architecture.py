@@ -1,5 +1,5 @@
 """Imports point one way (../shared/STYLE.md §2):
-cli -> {runs, tools, api} -> {editing, evaluation, datasets, models, reporting} -> config -> base modules."""
+cli -> {runs, tools, api, locate} -> {editing, evaluation, datasets, models, reporting} -> config -> base modules."""
 
 import ast
 from pathlib import Path
@@ -39,9 +39,12 @@ ALLOWED = {
     # rendering only; it reads run files through runs/files.py (names and readers, no run logic)
     "reporting": BASE | {"config", "datasets", "runs.files"},
     "runs": BASE | {"config", "models", "evaluation", "datasets", "editing"},
+    # causal tracing (blue locate): the model through the adapter, facts from the datasets' loaders
+    "locate": BASE | {"config", "models", "datasets"},
     "tools": BASE | {"config", "models", "evaluation", "datasets", "editing", "runs"},
     "api": BASE | {"config", "models", "evaluation", "datasets", "editing"},
-    "cli": BASE | {"config", "models", "evaluation", "datasets", "editing", "runs", "tools", "reporting", "api"},
+    "cli": BASE
+    | {"config", "models", "evaluation", "datasets", "editing", "runs", "tools", "reporting", "api", "locate"},
 }
 
 

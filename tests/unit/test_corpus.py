@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from blue_cli.editing.statistics import corpus
 from blue_cli.editing.statistics.corpus import load_corpus, split_articles
 from blue_cli.errors import ConfigError, DataError, OfflineError
 
@@ -80,9 +81,34 @@ def test_hub_connection_error_becomes_offline_error(monkeypatch: pytest.MonkeyPa
         raise ConnectionError("Couldn't reach the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(corpus, "check_hub_reachable", lambda name: None)  # the probe answered
     for spec in ("wikipedia", "wikitext"):
-        with pytest.raises(OfflineError, match=r"stats\.corpus=/path/to/file\.txt"):
+        with pytest.raises(OfflineError, match=r"stats\.corpus=wikitext-bundled \(shipped with blue\) or the path"):
             load_corpus(spec, max_docs=5)
+
+
+@pytest.mark.parametrize("spec", ["wikipedia", "wikitext"])
+def test_a_hub_that_does_not_answer_is_one_line_before_the_datasets_client_retries(monkeypatch, spec) -> None:
+    import datasets
+
+    from tests.conftest import counting_server
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the datasets client was asked"))
+    with counting_server(status=503) as (url, seen):
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        with pytest.raises(OfflineError) as info:
+            load_corpus(spec, max_docs=5)
+    assert len(seen) == 1  # one probe, no retries
+    message = str(info.value)
+    assert f"could not fetch the {spec} corpus from the Hugging Face Hub (HTTP 503" in message
+    assert "stats.corpus=wikitext-bundled" in message and "wiki.test.raw" in message and "\n" not in message
+
+
+def test_any_readable_text_file_is_a_corpus_whatever_its_suffix(tmp_path: Path) -> None:
+    raw = tmp_path / "wiki.test.raw"
+    raw.write_text(" = Robert Boulter = \n\n Robert Boulter is an English actor .\n = Ise = \n\n A town .\n")
+    assert load_corpus(str(raw)) == ["Robert Boulter\nRobert Boulter is an English actor .", "Ise\nA town ."]
 
 
 def test_http_client_transport_errors_are_recognised_without_importing_the_client() -> None:

@@ -27,9 +27,9 @@ def load_corpus(spec: str, *, max_docs: int | None = None) -> list[str]:
     """Return documents for ``spec``, in a deterministic order, at most ``max_docs`` of them.
 
     ``spec`` is ``"wikitext-bundled"`` (an excerpt shipped with the package, works
-    offline), ``"wikipedia"`` or ``"wikitext"`` (Hugging Face Hub datasets), or a
-    path to a local ``.txt`` file (split into articles) or ``.json``/``.jsonl`` file
-    (one ``"text"`` field per record). Local corpora keep file order; Wikipedia is
+    offline), ``"wikipedia"`` or ``"wikitext"`` (Hugging Face Hub datasets), or the path
+    of any readable text file (split into articles; WikiText's ``wiki.test.raw`` as it is)
+    or a ``.json``/``.jsonl`` file (one ``"text"`` field per record). Local corpora keep file order; Wikipedia is
     shuffled with seed 1 so a prefix is a fair sample.
     """
     if max_docs is not None and max_docs < 1:
@@ -55,6 +55,7 @@ def iter_corpus(spec: str, *, max_docs: int | None = None) -> Iterator[str]:
     if spec != "wikipedia":
         yield from load_corpus(spec, max_docs=max_docs)
         return
+    check_hub_reachable(spec)
     import datasets
 
     try:
@@ -113,7 +114,7 @@ def _load_local(spec: str) -> list[str]:
     if not path.is_file():
         raise ConfigError(
             f"unknown corpus {spec!r}: choose one of {', '.join(CORPUS_CHOICES)} "
-            "or give the path of an existing .txt, .json or .jsonl file"
+            "or give the path of an existing text file (.json/.jsonl: records with a 'text' field)"
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -179,11 +180,27 @@ def is_transport_error(err: BaseException) -> bool:
     )
 
 
-def _offline_error(name: str, err: BaseException) -> OfflineError:
-    return OfflineError(
-        f"could not fetch the {name} corpus from the Hugging Face Hub ({err.__class__.__name__}); "
-        "pass a local corpus file via stats.corpus=/path/to/file.txt"
-    )
+LOCAL_CORPUS_HINT = (
+    f"pass a local corpus: stats.corpus={BUNDLED_WIKITEXT} (shipped with blue) or the path of a text file "
+    "(e.g. WikiText's wiki.test.raw)"
+)
+
+
+def _offline_error(name: str, err: BaseException | str) -> OfflineError:
+    reason = err if isinstance(err, str) else err.__class__.__name__
+    return OfflineError(f"could not fetch the {name} corpus from the Hugging Face Hub ({reason}); {LOCAL_CORPUS_HINT}")
+
+
+def check_hub_reachable(name: str) -> None:
+    """Before a hub corpus is read: offline, or a hub that does not answer one short probe, is
+    one line naming local corpora, instead of the datasets client's minute of retry lines."""
+    from blue_cli.models.source import hub_endpoint, hub_offline, probe_hub
+
+    if hub_offline():
+        raise _offline_error(name, "offline mode is set")
+    reason = probe_hub(hub_endpoint())
+    if reason is not None:
+        raise _offline_error(name, reason)
 
 
 def _load_wikipedia(max_docs: int | None) -> list[str]:
@@ -192,6 +209,7 @@ def _load_wikipedia(max_docs: int | None) -> list[str]:
     With ``max_docs`` the dataset is streamed (shard order and a 10k-document buffer
     shuffled with the seed) so a small sample does not download the ~20 GB dump.
     """
+    check_hub_reachable("wikipedia")
     import datasets
 
     name = "wikimedia/wikipedia"
@@ -210,6 +228,7 @@ def _load_wikipedia(max_docs: int | None) -> list[str]:
 
 def _load_wikitext103() -> list[str]:
     """WikiText-103 train, whose rows are lines, rejoined and split into articles."""
+    check_hub_reachable("wikitext")
     import datasets
 
     try:
