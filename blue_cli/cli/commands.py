@@ -54,6 +54,11 @@ app = typer.Typer(
 # edit and stats hand their arguments to Hydra; their help is handled before anything runs.
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 HELP_FLAGS = ("--help", "-h")
+# plan, analyze and locate take their own options and then config overrides (model=..., ...).
+WITH_OVERRIDES = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "options_metavar": "[OPTIONS] [OVERRIDES]",
+}
 
 
 log = logging.getLogger(__name__)
@@ -396,8 +401,7 @@ def collect_stats(cfg, overrides: list[str]) -> None:
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    options_metavar="[OPTIONS] [OVERRIDES]",
+    **WITH_OVERRIDES,
     short_help="Memory, disk and time plan of a run, from the model's shape.",
 )
 def plan(
@@ -669,8 +673,7 @@ def export(
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    options_metavar="[OPTIONS] [OVERRIDES]",
+    **WITH_OVERRIDES,
 )
 def analyze(
     ctx: typer.Context,
@@ -714,8 +717,7 @@ def analyze(
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    options_metavar="[OPTIONS] [OVERRIDES]",
+    **WITH_OVERRIDES,
     short_help="Causal tracing (ROME): where the model recalls facts, and the layers to edit.",
 )
 def locate(
