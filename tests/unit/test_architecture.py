@@ -23,10 +23,11 @@ def _files(sub: str):
 
 
 # The first-party packages (or top-level modules) each package may import, besides itself.
-# BASE: blue_cli/__init__ (ASSETS_DIR, install hints), errors, cache, faults, download.
-BASE = {"__init__", "errors", "cache", "faults", "download"}
+# BASE: blue_cli/__init__ (ASSETS_DIR, install hints), errors, cache, faults, download, progress.
+BASE = {"__init__", "errors", "cache", "faults", "download", "progress"}
 ALLOWED = {
     "errors": set(),
+    "progress": set(),
     "faults": set(),
     "cache": {"errors", "faults"},
     "download": {"__init__", "errors", "cache"},
