@@ -56,8 +56,9 @@ mutate: ## mutation-test blue_cli/editing/linalg.py with mutmut ([tool.mutmut]),
 demo: ## the main job on the embedded default: tiny model, bundled CounterFact sample, offline
 	blue edit model=tiny-gpt2 strategy=blue num_edits=40 batch_size=10
 
-bench: ## speed and quality benchmark on the tiny models (minutes)
+bench: ## speed and quality benchmark on the tiny models, then one batch's phases on SmolLM2 if fetched (minutes)
 	$(PYTHON) benchmarks/bench_methods.py
+	$(PYTHON) benchmarks/bench_real.py
 
 bench-scale: ## real-shape benchmark on random weights (batch 100 and 1 on a GPU, 4 and 1 on a CPU slice), both solvers; rewrites docs/solver.md's block
 	$(PYTHON) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)

@@ -40,7 +40,11 @@ COLUMNS = (
 VARIANTS = {
     "batched": [],
     "one-at-a-time": ["method.target.batched=false"],
-    "reference-schedule": ["method.target.batched=false", "method.target.reuse_prefix=false"],
+    "reference-schedule": [
+        "method.target.batched=false",
+        "method.target.reuse_prefix=false",
+        "method.target.reuse_past=false",
+    ],
 }
 
 

@@ -41,7 +41,10 @@ MODELS = {
     "gpt-j-6b": ("gpt-j", "tiny-gptj"),
     "gpt2-xl": ("gpt2-xl", "tiny-gpt2"),
 }
-SCHEDULES = {"blue": [], "reference": ["method.target.batched=false", "method.target.reuse_prefix=false"]}
+SCHEDULES = {
+    "blue": [],
+    "reference": ["method.target.batched=false", "method.target.reuse_prefix=false", "method.target.reuse_past=false"],
+}
 # the ways each batch size is edited: (schedule, solver)
 WAYS = {"direct": ("blue", "direct"), "updated": ("blue", "updated"), "reference": ("reference", "direct")}
 

@@ -18,12 +18,15 @@ from pathlib import Path
 from blue_cli.reporting.readme_results import (
     BENCH_BEGIN,
     BENCH_END,
+    REAL_BEGIN,
+    REAL_END,
     SCALE_BEGIN,
     SCALE_END,
     collect,
     newest_bench,
     render,
     render_bench,
+    render_real,
     render_scale,
     replace_block,
 )
@@ -59,6 +62,8 @@ def main() -> None:
     scale = newest_bench(args.store.parent, "scale")
     scale_block = render_scale(json.loads(scale.read_text()), scale.name)
     bench_page = replace_block(bench_page, scale_block, SCALE_BEGIN, SCALE_END)
+    real = newest_bench(args.store.parent, "real")
+    bench_page = replace_block(bench_page, render_real(json.loads(real.read_text()), real.name), REAL_BEGIN, REAL_END)
     for target, text in (
         (args.store, json.dumps(rows, indent=1) + "\n"),
         (args.results_page, results_page),

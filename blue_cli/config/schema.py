@@ -35,6 +35,7 @@ class TargetConfig:
     early_stop_loss: float = 0.05
     batched: bool = True  # optimise all requests of a batch together (false: one at a time)
     reuse_prefix: bool = True  # run the blocks before the target layer once, not every step
+    reuse_past: bool = True  # run the positions before the subject's last token once (cached keys/values)
     adaptive_nll: bool = False  # PMET's rule (on for pmet, pmet_seq): NLL x0.1 while the target is the argmax
     drop_stopped: bool = True  # stopped requests leave the batch's forwards (false: kept, to measure it)
     chunk: Optional[int] = None  # requests optimised together; null: as many as the memory budget allows

@@ -6,6 +6,7 @@ targets, covariance and evaluation only call this adapter.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -13,7 +14,15 @@ import torch
 from torch import nn
 
 from blue_cli.models.families import FamilySpec, family_for
-from blue_cli.models.hooks import StopForward, add_at_positions, capture, hidden_of, run_until_stopped
+from blue_cli.models.hooks import (
+    StopForward,
+    add_at_positions,
+    capture,
+    hidden_of,
+    replace_hidden,
+    run_until_stopped,
+)
+from blue_cli.models.split import SplitBatch, split_rows
 
 
 class ModelAdapter:
@@ -150,6 +159,36 @@ class ModelAdapter:
         out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
+    def split(
+        self, batch: dict[str, torch.Tensor], starts: torch.Tensor, ends: torch.Tensor | None = None
+    ) -> SplitBatch:
+        """``batch`` split at ``starts`` (one per sequence): the positions before run once here,
+        :meth:`forward_split` runs those up to ``ends`` (see models/split.py)."""
+        return split_rows(self._forward_with_cache, batch["input_ids"], batch["attention_mask"], starts, ends)
+
+    def _forward_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        base = self.model.get_submodule(self.family.blocks.split(".")[0])
+        out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+        return out.get("cache") or out.get("past_key_values")
+
+    def forward_split(self, split: SplitBatch) -> torch.Tensor:
+        """Final hidden states of a split batch's run positions (N, S, d), attending to its cache."""
+        if not split.past:
+            return self.base_forward(split.input_ids, split.attention_mask)
+        from transformers import DynamicCache
+
+        base = self.model.get_submodule(self.family.blocks.split(".")[0])
+        # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns)
+        cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        out = base(
+            input_ids=split.input_ids,
+            attention_mask=split.attention_mask,
+            position_ids=split.position_ids,
+            use_cache=True,
+            **{cache_arg: DynamicCache(ddp_cache_data=split.past)},
+        )
+        return out.last_hidden_state
+
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits for final hidden states gathered at the positions a loss reads."""
         return self.unembed(hidden)
@@ -203,14 +242,20 @@ class _Replay(nn.Module):
         super().__init__()
         self.recorded = self.output = output
 
-    def select(self, rows: torch.Tensor | None) -> None:
-        """Hand on only the recorded sequences ``rows`` (None: all of them)."""
-        if rows is None:
+    def select(self, rows: torch.Tensor | None, width: int | None = None) -> None:
+        """Hand on only the recorded sequences ``rows`` (None: all of them), and of the hidden
+        state only its first ``width`` positions (None: all)."""
+        if rows is None and width is None:
             self.output = self.recorded
             return
         size = hidden_of(self.recorded).shape[0]
         take = lambda t: t[rows] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == size else t  # noqa: E731
-        self.output = tuple(take(t) for t in self.recorded) if isinstance(self.recorded, tuple) else take(self.recorded)
+        picked = tuple(take(t) for t in self.recorded) if isinstance(self.recorded, tuple) else take(self.recorded)
+        if rows is None:
+            picked = self.recorded
+        if width is not None:
+            picked = replace_hidden(picked, hidden_of(picked)[:, :width])
+        self.output = picked
 
     def forward(self, *args, **kwargs):
         return self.output
@@ -223,14 +268,15 @@ class PrefixRows:
     def __init__(self, replay: _Replay | None = None):
         self.replay = replay
 
-    def select(self, rows: torch.Tensor | None) -> None:
+    def select(self, rows: torch.Tensor | None, width: int | None = None) -> None:
         if self.replay is not None:
-            self.replay.select(rows)
+            self.replay.select(rows, width)
 
 
 @contextmanager
-def frozen_prefix(adapter: ModelAdapter, batch: dict[str, torch.Tensor], upto: int):
-    """Run blocks 0..upto once on ``batch``, then replay their result in every forward.
+def frozen_prefix(adapter: ModelAdapter, batch: SplitBatch, upto: int):
+    """Run blocks 0..upto once on ``batch`` (:meth:`ModelAdapter.forward_split`), then replay
+    their result in every forward.
 
     Inside the block, forwards on the same batch skip the work of blocks that cannot
     change (their inputs do not depend on what is optimised after them); embeddings,
@@ -251,7 +297,7 @@ def frozen_prefix(adapter: ModelAdapter, batch: dict[str, torch.Tensor], upto: i
     handle = blocks[upto].register_forward_hook(keep)
     try:
         with torch.no_grad():
-            run_until_stopped(adapter.base_forward, batch["input_ids"], batch["attention_mask"])
+            run_until_stopped(adapter.forward_split, batch)
     finally:
         handle.remove()
     output = recorded["out"]

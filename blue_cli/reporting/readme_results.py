@@ -20,6 +20,9 @@ BENCH_BEGIN = "<!-- bench:begin (make readme-results writes this block from the 
 BENCH_END = "<!-- bench:end -->"
 SCALE_BEGIN = "<!-- scale:begin (make readme-results writes this block from the newest make bench-scale file) -->"
 SCALE_END = "<!-- scale:end -->"
+REAL_BEGIN = "<!-- real:begin (make readme-results writes this block from the newest make bench real-model file) -->"
+REAL_END = "<!-- real:end -->"
+REAL_PHASES = (("targets", "target optimisation"), ("keys", "key collection"), ("solves", "solves"))
 SCALE_PHASES = (
     ("targets", "target optimisation"),
     ("keys", "key collection"),
@@ -135,6 +138,33 @@ def render_bench(bench: dict, name: str) -> str:
             + " |",
         ]
     )
+
+
+def render_real(real: dict, name: str) -> str:
+    """The phase table of a ``benchmarks/bench_real.py`` file: one batch on the real model,
+    target steps unsplit (every position) and split at the subject."""
+    rows = real["rows"]
+    variants = ("unsplit", "split")
+    lines = [
+        f"_From `benchmarks/results/{name}`: {real['model']}, one batch of {real['batch_size']} CounterFact "
+        f"edits, memit_seq + blue, {real['steps']} target steps, CPU ({real['threads']} threads)._",
+        "",
+        "| phase (seconds) | unsplit | split |",
+        "|---|---:|---:|",
+    ]
+    for key, label in (*REAL_PHASES, ("edit_batch", "whole edit")):
+        lines.append(f"| {label} | " + " | ".join(f"{rows[v].get(key, 0.0):.1f}" for v in variants) + " |")
+    lines.append(
+        "| target steps taken (all requests) | "
+        + " | ".join(str(rows[v]["target_steps_total"]) for v in variants)
+        + " |"
+    )
+    lines += [
+        "",
+        f"Split over unsplit: {real['speedup']:.2f}× faster per batch; the written updates differ by "
+        f"{real['residual_difference']:.1e} (relative norm, largest layer).",
+    ]
+    return "\n".join(lines)
 
 
 def render_scale(scale: dict, name: str) -> str:

@@ -25,6 +25,7 @@ from blue_cli.tools.memory_plan import (
     TARGET_TOKENS_MEAN,
     RunFacts,
     Shape,
+    run_lengths,
     sequence_length,
 )
 
@@ -100,23 +101,29 @@ def target_flops(
     reuse_prefix: bool = True,
     seq_len: int | None = None,
     target_mean: float = TARGET_TOKENS_MEAN,
+    run_len: int | None = None,
+    past_len: int | None = None,
 ) -> float:
     """Optimising the targets of all ``batch_size`` requests at ``layer`` for ``steps`` steps.
 
     Per step, forward and backward through the blocks after the target point (the last
     step only forward); the blocks
     before it run once per batch when the prefix is reused (else every step, the
-    reference's schedule). ``seq_len``, ``target_mean``: a batch's real padded length and
-    mean target tokens (default: CounterFact's, as the memory plan)."""
+    reference's schedule). Split at the subject (``facts.reuse_past``), the steps run
+    ``run_len`` positions per sequence attending to ``past_len`` cached ones, after one
+    forward of the whole batch that caches them. ``seq_len``, ``target_mean``: a batch's
+    real padded length and mean target tokens (default: CounterFact's, as the memory plan)."""
     seq_len = seq_len or sequence_length(facts.prefix_tokens)
-    tokens = facts.batch_size * (facts.n_templates + 1) * seq_len
+    run, past = run_lengths(facts, seq_len, run_len, past_len)
+    sequences = facts.batch_size * (facts.n_templates + 1)
     rows = facts.batch_size * (facts.n_templates * target_mean + 1)
     after = shape.n_layers - layer - 1 + (1 if facts.points > 1 else 0)
     before = shape.n_layers - after
-    suffix = forward_flops(shape, tokens, after, seq_len) + head_flops(shape, rows)
-    prefix = forward_flops(shape, tokens, before, seq_len)
+    suffix = forward_flops(shape, sequences * run, after, past + run) + head_flops(shape, rows)
+    prefix = forward_flops(shape, sequences * run, before, past + run)
+    cache = forward_flops(shape, sequences * seq_len, shape.n_layers, seq_len) if past else 0.0
     # ``steps`` forwards, a backward after all but the last (as the reference counts steps)
-    return (2 * steps - 1) * suffix + (prefix if reuse_prefix else steps * prefix)
+    return (2 * steps - 1) * suffix + (prefix if reuse_prefix else steps * prefix) + cache
 
 
 def key_flops(shape: Shape, facts: RunFacts, layer: int, seq_len: int | None = None) -> float:

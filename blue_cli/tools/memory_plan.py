@@ -55,6 +55,10 @@ FINGERPRINT_BYTES = 120
 PROMPT_TOKENS = 16
 TARGET_TOKENS_MAX = 4
 TARGET_TOKENS_MEAN = 2
+# Padded positions a target step runs once the batch is split at the subject's last token
+# (that token, the rest of the prompt, the target but its last): the most over batches of 10
+# of the bundled CounterFact records, GPT-2's and Llama's tokenizers (mean 6.5).
+RUN_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ class RunFacts:
     stats_samples: int = 100_000
     target_steps: int = 25
     reuse_prefix: bool = True
+    reuse_past: bool = True  # method.target.reuse_past: steps run only the positions from the subject on
     state_matrices: tuple[str, ...] = ("statistics C",)  # EditMethod.state_matrices
     solve_matrices: int = 3  # EditMethod.solve_matrices (+1 if it upcasts a float32 state matrix)
     solve_flops: Callable[[int, int, int], float] = EditMethod.solve_flops  # its declared FLOPs
@@ -282,6 +287,7 @@ def run_facts(cfg: DictConfig) -> RunFacts:
         stats_samples=cfg.stats.samples,
         target_steps=t.steps,
         reuse_prefix=bool(t.get("reuse_prefix", True)),
+        reuse_past=bool(t.get("reuse_past", True)),
         state_matrices=tuple(method.state_matrices),
         solve_matrices=method.solve_matrices + (1 if method.solve_upcasts_state and state != "float64" else 0),
         solve_flops=method.solve_flops,
@@ -347,20 +353,40 @@ def logit_bytes(shape: Shape, dtype: str, rows: int, requests: int) -> int:
     return shape.vocab_size * (rows * per_row + requests * 4)
 
 
+def kv_width(shape: Shape) -> int:
+    """Width of one block's keys (or values) per token: the hidden size, less under GQA."""
+    return shape.hidden_size * (shape.n_kv_heads or shape.n_heads) // shape.n_heads
+
+
+def run_lengths(facts: RunFacts, seq_len: int, run_len: int | None, past_len: int | None) -> tuple[int, int]:
+    """(positions each step runs, cached positions) per sequence: (seq_len, 0) unsplit."""
+    if not facts.reuse_past:
+        return seq_len, 0
+    return min(run_len or RUN_TOKENS, seq_len), past_len if past_len is not None else seq_len
+
+
 def target_items(
-    shape: Shape, facts: RunFacts, seq_len: int | None = None, target_mean: float = TARGET_TOKENS_MEAN
+    shape: Shape,
+    facts: RunFacts,
+    seq_len: int | None = None,
+    target_mean: float = TARGET_TOKENS_MEAN,
+    run_len: int | None = None,
+    past_len: int | None = None,
 ) -> list[Item]:
-    """Target optimisation of one chunk at the shallowest target layer (the most blocks to backprop)."""
+    """Target optimisation of one chunk at the shallowest target layer (the most blocks to backprop).
+
+    Split at the subject (``reuse_past``), the steps save activations for ``run_len``
+    positions per sequence and keep every block's keys and values of ``past_len`` cached
+    positions, plus the blocks' concatenated ones the backward reads."""
     layer = min(facts.target_layers)
     blocks = shape.n_layers - layer - 1 + (1 if facts.points > 1 else 0)
     seq_len = seq_len or sequence_length(facts.prefix_tokens)
+    run, past = run_lengths(facts, seq_len, run_len, past_len)
     sequences = facts.chunk * (facts.n_templates + 1)
-    tokens = sequences * seq_len
+    tokens = sequences * run
     rows = int(round(facts.chunk * (facts.n_templates * target_mean + 1)))
-    note = (
-        f"{facts.chunk} requests x {facts.n_templates + 1} seqs x {seq_len} tokens, {blocks} blocks from layer {layer}"
-    )
-    return [
+    note = f"{facts.chunk} requests x {facts.n_templates + 1} seqs x {run} tokens, {blocks} blocks from layer {layer}"
+    items = [
         Item("activations", "targets", activation_bytes(shape, facts.model_dtype, blocks, tokens), note),
         Item(
             "logits",
@@ -369,6 +395,11 @@ def target_items(
             f"{rows} rows x {shape.vocab_size} vocab",
         ),
     ]
+    if past:
+        per_position = 2 * kv_width(shape) * DTYPE_BYTES[facts.model_dtype] * sequences
+        cached = per_position * (shape.n_layers * past + blocks * (past + run))
+        items.append(Item("cached keys and values", "targets", cached, f"{past} positions x {shape.n_layers} blocks"))
+    return items
 
 
 def statistics_items(shape: Shape, facts: RunFacts) -> list[Item]:

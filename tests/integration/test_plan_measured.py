@@ -24,7 +24,7 @@ from blue_cli.datasets.counterfact.records import load_counterfact
 from blue_cli.editing.diagnostics import change_fingerprint, observe_before
 from blue_cli.editing.keys import collect_keys
 from blue_cli.editing.session import BatchLog, build_session
-from blue_cli.editing.targets import _build_batch, optimise_targets
+from blue_cli.editing.targets import _build_batch, _split, optimise_targets
 from blue_cli.runs.checkpoint import Checkpoint
 from blue_cli.tools.memory_plan import make_plan, model_shape, run_facts, target_items
 
@@ -85,7 +85,9 @@ def test_plan_matches_one_measured_batch(fresh_tiny, tmp_path):
     batch = _build_batch(adapter, requests, ctx.templates)
     seq_len = batch.inputs["input_ids"].shape[1]
     target_mean = len(batch.nll_row) / (len(requests) * len(ctx.templates))
-    planned_targets = sum(i.bytes for i in target_items(shape, facts, seq_len=seq_len, target_mean=target_mean))
+    split = _split(adapter, batch, at_subject=True).inputs
+    lengths = dict(seq_len=seq_len, target_mean=target_mean, run_len=split.input_ids.shape[1], past_len=split.cached)
+    planned_targets = sum(i.bytes for i in target_items(shape, facts, **lengths))
     with LiveStorages() as tracked:
         optimise_targets(adapter, requests, ctx.templates, facts.target_layers[0], ctx.targets, method.points)
     assert close(planned_targets, tracked.peak), (planned_targets, tracked.peak)

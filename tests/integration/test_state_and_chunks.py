@@ -260,8 +260,8 @@ def test_stopped_requests_leave_the_batch_with_the_same_targets(fresh_tiny, requ
     """A loose early stop (loss 3.0) stops requests at different steps. Batched with stopped
     requests dropped, the targets are those of one-request-at-a-time optimisation (float64, as
     above) and of keeping them in; the sequences forwarded are counted, not assumed: each
-    request's sequences run once per step it was evaluated (steps + 1), plus the two full passes
-    (initial states, frozen prefix)."""
+    request's sequences run once per step it was evaluated (steps + 1), plus the three full passes
+    (initial states, the cache of the positions before the subject, frozen prefix)."""
     from dataclasses import replace
 
     from blue_cli.editing.targets import optimise_targets
@@ -272,13 +272,27 @@ def test_stopped_requests_leave_the_batch_with_the_same_targets(fresh_tiny, requ
     requests = requests10[:6]
     settings = TargetConfig(lr=0.5, steps=10, clamp=4.0, early_stop_loss=3.0)
     rows = {"n": 0}
-    real = type(adapter).base_forward
+    real_base, real_cache, real_split = (
+        type(adapter).base_forward,
+        type(adapter)._forward_with_cache,
+        type(adapter).forward_split,
+    )
 
-    def counted(self, input_ids, attention_mask):
-        rows["n"] += input_ids.shape[0]
-        return real(self, input_ids, attention_mask)
+    def counted(real):
+        def forward(self, input_ids, *rest):
+            rows["n"] += input_ids.shape[0]
+            return real(self, input_ids, *rest)
 
-    monkeypatch.setattr(type(adapter), "base_forward", counted)
+        return forward
+
+    def counted_split(self, split):
+        assert split.past  # (a split without a cache would call base_forward and count twice)
+        rows["n"] += split.input_ids.shape[0]
+        return real_split(self, split)
+
+    monkeypatch.setattr(type(adapter), "base_forward", counted(real_base))
+    monkeypatch.setattr(type(adapter), "_forward_with_cache", counted(real_cache))
+    monkeypatch.setattr(type(adapter), "forward_split", counted_split)
     results, forwarded = {}, {}
     for drop in (True, False):
         rows["n"] = 0
@@ -295,6 +309,6 @@ def test_stopped_requests_leave_the_batch_with_the_same_targets(fresh_tiny, requ
     assert dropped.loss_final == pytest.approx(kept.loss_final, rel=1e-9)
     per_request = len(templates) + 1  # its prompts and its KL prompt
     total = per_request * len(requests)
-    assert forwarded[True] == 2 * total + per_request * sum(s + 1 for s in steps)
-    assert forwarded[False] == 2 * total + total * (max(steps) + 1)
+    assert forwarded[True] == 3 * total + per_request * sum(s + 1 for s in steps)
+    assert forwarded[False] == 3 * total + total * (max(steps) + 1)
     assert forwarded[True] < forwarded[False]

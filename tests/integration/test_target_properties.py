@@ -18,7 +18,7 @@ from blue_cli.config.schema import StatsConfig, TargetConfig
 from blue_cli.datasets.records import EditRequest
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.statistics.store import collect_second_moments
-from blue_cli.editing.targets import KL_PROMPT, _build_batch, _losses, optimise_targets
+from blue_cli.editing.targets import KL_PROMPT, _build_batch, _losses, _split, optimise_targets
 from blue_cli.models.tokens import subject_last_index
 
 TEMPLATES = ["{}", "The. {}"]
@@ -188,7 +188,7 @@ def test_kl_term_is_kl_of_now_from_initial_at_the_kl_prompt_subject(gpt2, reqs, 
     first step and has a gradient."""
     req = reqs[0]
     kl_factor = 0.3
-    batch = _build_batch(gpt2, [req], TEMPLATES)
+    batch = _split(gpt2, _build_batch(gpt2, [req], TEMPLATES), at_subject=True)  # as the steps run it
     h0 = base_run.h_init["block"][0]
     g = torch.Generator().manual_seed(0)
     vec = torch.randn(h0.shape, generator=g)

@@ -47,6 +47,7 @@ FACTS = RunFacts(
     state_matrices=ALPHAEDIT.state_matrices,
     solve_matrices=ALPHAEDIT.solve_matrices,
     solve_flops=ALPHAEDIT.solve_flops,
+    reuse_past=False,  # the hand counts below: every position every step (the split: its own test)
 )
 
 
@@ -134,6 +135,18 @@ def test_pmet_backprops_through_the_target_block_too():
     assert pmet["activations"] - base["activations"] == per_block_tokens
 
 
+def test_split_target_steps_keep_activations_of_the_run_positions_and_the_cached_keys():
+    """Split at the subject: activations of 8 run positions (RUN_TOKENS) instead of 31, plus every
+    block's keys and values of the 31 cached positions (the padded length bounds them) and the
+    concatenated ones of the 4 blocks after layer 1: keys and values (2) x width 10 (no GQA) x
+    2 bytes (fp16) x 28 sequences per position."""
+    unsplit = by_name(make_plan(SHAPE, FACTS))
+    split = by_name(make_plan(SHAPE, replace(FACTS, reuse_past=True)))
+    assert split["activations"] * 31 == unsplit["activations"] * 8
+    assert split["cached keys and values"] == 2 * 10 * 2 * 4 * 7 * (6 * 31 + 4 * (31 + 8))
+    assert "cached keys and values" not in unsplit
+
+
 @pytest.mark.parametrize(
     "text,expected", [("48GB", 48e9), ("48", 48e9), ("80GiB", 80 * 2**30), ("24000MB", 24e9), ("1.5 TB", 1.5e12)]
 )
@@ -176,8 +189,10 @@ def test_llama3_alphaedit_spread_fits_48gb_with_float32_state_and_target_chunks(
     assert b["recorded keys (updated solver)"] == 5 * 8 * (3 * 14336 * 2000 + 2000**2)
     assert "C_prev" not in b and "solver factorisation (updated solver)" not in b
     base.append("method.solver=direct")
+    unsplit = ["method.target.reuse_past=false"]  # every position every step, as when these numbers were set
     whole = plan_for_config(
-        compose_config([*base, "method.state_dtype=float64", "method.target.chunk=100"]), budget=48_000_000_000
+        compose_config([*base, *unsplit, "method.state_dtype=float64", "method.target.chunk=100"]),
+        budget=48_000_000_000,
     )
     b = by_name(whole)
     assert b["projector P"] == b["C_prev"] == 5 * 14336**2 * 8

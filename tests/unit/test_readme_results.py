@@ -12,6 +12,8 @@ from blue_cli.reporting.readme_results import (
     BENCH_BEGIN,
     BENCH_END,
     END,
+    REAL_BEGIN,
+    REAL_END,
     SCALE_BEGIN,
     SCALE_END,
     collect,
@@ -19,6 +21,7 @@ from blue_cli.reporting.readme_results import (
     newest_bench,
     render,
     render_bench,
+    render_real,
     render_scale,
     replace_block,
 )
@@ -157,3 +160,25 @@ def test_newest_bench_orders_by_the_time_in_the_name(tmp_path):
     ):
         (tmp_path / name).write_text("{}")
     assert newest_bench(tmp_path, "scale").name == "scale-cpu-20261129-191841.json"
+
+
+def test_render_real_reads_the_phases_and_the_ratio():
+    row = {"targets": 10.0, "keys": 1.0, "solves": 0.5, "edit_batch": 12.0, "target_steps_total": 300}
+    real = {
+        "model": "m",
+        "batch_size": 10,
+        "steps": 25,
+        "threads": 2,
+        "rows": {"unsplit": {**row, "edit_batch": 30.0}, "split": row},
+        "speedup": 2.5,
+        "residual_difference": 3e-6,
+    }
+    text = render_real(real, "real-x.json")
+    assert "| whole edit | 30.0 | 12.0 |" in text and "| target optimisation | 10.0 | 10.0 |" in text
+    assert "2.50× faster per batch" in text and "3.0e-06" in text
+
+
+def test_docs_real_model_table_is_the_rendering_of_the_newest_real_file():
+    real = newest_bench(REPO / "benchmarks" / "results", "real")
+    block = current_block((REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8"), REAL_BEGIN, REAL_END)
+    assert block == render_real(json.loads(real.read_text()), real.name)
