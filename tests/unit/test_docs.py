@@ -34,15 +34,17 @@ def test_every_docs_page_is_in_the_site_nav():
 
 
 def test_ci_runs_the_test_command_the_readme_shows():
-    """The README's marked bash block is the quick start's one test command, and .ci/run runs
-    exactly that command, inside its fresh virtual environment: what a newcomer types is what CI runs."""
+    """The README's marked bash block is the install command and the test command, and .ci/run
+    runs exactly those, in that order, inside its fresh virtual environment: what a newcomer
+    types is what CI runs."""
     lines = (REPO / "README.md").read_text().splitlines()
     (marker,) = [i for i, line in enumerate(lines) if line.startswith("<!-- test-command:")]
     assert lines[marker + 1] == "```bash"
     end = lines.index("```", marker + 2)
     shown = lines[marker + 2 : end]
-    assert shown == ["make install-cpu test"]
+    assert shown == ["make install-cpu", "make test"]
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     commands = [line for line in ci if line and not line.startswith("#")]
-    assert shown[0] in commands
-    assert commands.index(". .venv/bin/activate") < commands.index(shown[0])  # in the new venv
+    at = commands.index(shown[0])
+    assert commands[at : at + len(shown)] == shown  # the block's commands, consecutive and in order
+    assert commands.index(". .venv/bin/activate") < at  # in the new venv
