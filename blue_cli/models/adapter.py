@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -153,10 +154,14 @@ class ModelAdapter:
         batch = self.tok(list(texts), return_tensors="pt", padding=True)
         return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
+    @property
+    def _base(self) -> nn.Module:
+        """The model without its LM head (the module holding the blocks)."""
+        return self.model.get_submodule(self.family.blocks.split(".")[0])
+
     def base_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Final hidden states (after the final norm) without computing vocabulary logits."""
-        base = self.model.get_submodule(self.family.blocks.split(".")[0])
-        out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = self._base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
     def split(
@@ -167,9 +172,15 @@ class ModelAdapter:
         return split_rows(self._forward_with_cache, batch["input_ids"], batch["attention_mask"], starts, ends)
 
     def _forward_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        base = self.model.get_submodule(self.family.blocks.split(".")[0])
-        out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
-        return out.get("cache") or out.get("past_key_values")
+        out = self._base(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+        cache = out.get("cache")
+        return cache if cache is not None else out.get("past_key_values")
+
+    @cached_property
+    def _cache_arg(self) -> str:
+        """The forward's name for a cache: transformers 5.x renamed ``past_key_values`` to
+        ``cache`` (the old name warns)."""
+        return "cache" if "cache" in inspect.signature(self._base.forward).parameters else "past_key_values"
 
     def forward_split(self, split: SplitBatch) -> torch.Tensor:
         """Final hidden states of a split batch's run positions (N, S, d), attending to its cache."""
@@ -177,15 +188,12 @@ class ModelAdapter:
             return self.base_forward(split.input_ids, split.attention_mask)
         from transformers import DynamicCache
 
-        base = self.model.get_submodule(self.family.blocks.split(".")[0])
-        # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns)
-        cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        out = base(
+        out = self._base(
             input_ids=split.input_ids,
             attention_mask=split.attention_mask,
             position_ids=split.position_ids,
             use_cache=True,
-            **{cache_arg: DynamicCache(ddp_cache_data=split.past)},
+            **{self._cache_arg: DynamicCache(ddp_cache_data=split.past)},
         )
         return out.last_hidden_state
 
@@ -250,9 +258,12 @@ class _Replay(nn.Module):
             return
         size = hidden_of(self.recorded).shape[0]
         take = lambda t: t[rows] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == size else t  # noqa: E731
-        picked = tuple(take(t) for t in self.recorded) if isinstance(self.recorded, tuple) else take(self.recorded)
         if rows is None:
             picked = self.recorded
+        elif isinstance(self.recorded, tuple):
+            picked = tuple(take(t) for t in self.recorded)
+        else:
+            picked = take(self.recorded)
         if width is not None:
             picked = replace_hidden(picked, hidden_of(picked)[:, :width])
         self.output = picked

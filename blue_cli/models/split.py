@@ -59,10 +59,8 @@ def _shifted(values: torch.Tensor, offset: torch.Tensor, width: int, valid: torc
 
 
 def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) per block from a transformers cache (5.x ``layers``, or legacy tuples)."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return [(k, v) for k, v in cache]
+    """(keys, values) per block from a transformers cache (its ``layers``, transformers >= 5)."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def split_rows(
