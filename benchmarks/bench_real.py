@@ -5,7 +5,8 @@ One batch of 10 CounterFact edits, memit_seq + blue, 25 target steps, on SmolLM2
 the same batch from the same weights: ``unsplit`` runs every position of every sequence in
 each target step (blue before the split of models/split.py), ``split`` only the positions
 from the subject's last token on. Prints seconds per phase and how far the two variants'
-written updates differ, and writes benchmarks/results/real-<timestamp>.json.
+written updates differ, writes benchmarks/results/real-<timestamp>.json and renders it into
+docs/benchmarks.md's real-model block.
 """
 
 from __future__ import annotations
@@ -113,6 +114,18 @@ def main() -> None:
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, out)
     console.print(f"written {out}")
+    rewrite_docs_block(payload, out.name)
+
+
+def rewrite_docs_block(payload: dict, name: str) -> None:
+    """docs/benchmarks.md's real-model block, rendered from the file just written."""
+    from blue_cli.reporting.readme_results import REAL_BEGIN, REAL_END, render_real, replace_block
+
+    page = RESULTS.parent.parent / "docs" / "benchmarks.md"
+    text = replace_block(page.read_text(encoding="utf-8"), render_real(payload, name), REAL_BEGIN, REAL_END)
+    tmp = page.with_name(page.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, page)
 
 
 if __name__ == "__main__":

@@ -158,7 +158,9 @@ def _split(adapter: ModelAdapter, batch: _Batch, at_subject: bool) -> _Batch:
     if at_subject:
         starts = batch.lookup
         ends = (batch.lookup + 1).scatter_reduce(0, batch.nll_row, batch.nll_pos + 1, "amax")
-        inputs = adapter.split(batch.inputs, starts, ends)
+        # the cached part's no-grad pass, one forward per group of similar width (>= 1)
+        past_groups = length_groups(starts.clamp_min(1), _forward_overhead(adapter))
+        inputs = adapter.split(batch.inputs, starts, ends, past_groups)
     else:
         starts = torch.zeros_like(batch.lookup)
         inputs = adapter.split(batch.inputs, starts)
@@ -213,10 +215,13 @@ def length_groups(
 
 @torch.no_grad()
 def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Each point's output at the subject's last token of the plain prompt: (n x d)."""
-    acts = adapter.read_points(batch.inputs, [f"{p}.{layer}" for p in points])
+    """Each point's output at the subject's last token of the plain prompt: (n x d); the
+    forward runs the plain prompts only (right-padded, so they are unchanged by the others)."""
     rows, pos = batch.plain_rows, batch.lookup[batch.plain_rows]
-    return {p: acts[f"{p}.{layer}"].to(adapter.device)[rows, pos].float() for p in points}
+    width = int(batch.inputs["attention_mask"][rows].sum(1).max())
+    plain = {name: values[rows, :width] for name, values in batch.inputs.items()}
+    acts = adapter.read_points(plain, [f"{p}.{layer}" for p in points])
+    return {p: acts[f"{p}.{layer}"].to(adapter.device)[torch.arange(len(rows)), pos].float() for p in points}
 
 
 def _hidden(adapter: ModelAdapter, batch: _Batch, prefix: PrefixRows | None, injected) -> torch.Tensor:

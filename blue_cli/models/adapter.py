@@ -165,11 +165,17 @@ class ModelAdapter:
         return out.last_hidden_state
 
     def split(
-        self, batch: dict[str, torch.Tensor], starts: torch.Tensor, ends: torch.Tensor | None = None
+        self,
+        batch: dict[str, torch.Tensor],
+        starts: torch.Tensor,
+        ends: torch.Tensor | None = None,
+        past_groups: list[tuple[torch.Tensor, int]] | None = None,
     ) -> SplitBatch:
-        """``batch`` split at ``starts`` (one per sequence): the positions before run once here,
-        :meth:`forward_split` runs those up to ``ends`` (see models/split.py)."""
-        return split_rows(self._forward_with_cache, batch["input_ids"], batch["attention_mask"], starts, ends)
+        """``batch`` split at ``starts`` (one per sequence): the positions before run once here
+        (one forward per ``past_groups`` entry), :meth:`forward_split` runs those up to
+        ``ends`` (see models/split.py)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        return split_rows(self._forward_with_cache, ids, mask, starts, ends, past_groups)
 
     def _forward_with_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         out = self._base(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)

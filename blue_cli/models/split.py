@@ -69,10 +69,14 @@ def split_rows(
     attention_mask: torch.Tensor,
     starts: torch.Tensor,
     ends: torch.Tensor | None = None,
+    past_groups: list[tuple[torch.Tensor, int]] | None = None,
 ) -> SplitBatch:
     """Split right-padded sequences at ``starts`` (one per sequence): one no-grad forward of
     the whole batch (``forward_with_cache(ids, mask)`` returns the model's cache) gives the
-    keys and values of positions before each start; the run part holds positions
+    keys and values of positions before each start (it runs the first max(starts) positions
+    only: later ones are never cached; ``past_groups``, (rows, width) pairs covering every
+    sequence once with width >= each row's start, runs it as one forward per group, each
+    only as wide as its group needs); the run part holds positions
     ``starts..ends`` (default: to the sequence's end; later positions cannot affect earlier ones)."""
     lengths = attention_mask.sum(1) if ends is None else ends.to(input_ids.device)
     starts = starts.to(input_ids.device)
@@ -87,14 +91,20 @@ def split_rows(
         if ends is None:
             return SplitBatch(input_ids, attention_mask, positions, [])
         return SplitBatch(input_ids[:, :width_run] * run_valid, run_valid.long(), positions, [])
-    with torch.no_grad():
-        cache = forward_with_cache(input_ids, attention_mask)
-    past = []
-    for keys, values in _cache_tensors(cache):
-        # (N, heads, T, hd) -> positions on dim 1 for the shift, then back
-        k = _shifted(keys.transpose(1, 2), starts - width_past, width_past, past_valid).transpose(1, 2)
-        v = _shifted(values.transpose(1, 2), starts - width_past, width_past, past_valid).transpose(1, 2)
-        past.append((k.contiguous(), v.contiguous()))
+    if past_groups is None:
+        past_groups = [(torch.arange(len(starts), device=input_ids.device), width_past)]
+    past: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for rows, width in past_groups:
+        with torch.no_grad():
+            cache = forward_with_cache(input_ids[rows, :width], attention_mask[rows, :width])
+        offset, valid = starts[rows] - width_past, past_valid[rows]
+        for block, (keys, values) in enumerate(_cache_tensors(cache)):
+            # (n, heads, T, hd) -> positions on dim 1 for the shift, then back
+            k = _shifted(keys.transpose(1, 2), offset, width_past, valid).transpose(1, 2)
+            v = _shifted(values.transpose(1, 2), offset, width_past, valid).transpose(1, 2)
+            if block == len(past):
+                past.append((k.new_zeros(len(starts), *k.shape[1:]), v.new_zeros(len(starts), *v.shape[1:])))
+            past[block][0][rows], past[block][1][rows] = k, v
     return SplitBatch(
         input_ids=_shifted(input_ids, starts, width_run, run_valid),
         attention_mask=torch.cat([past_valid, run_valid], dim=1).long(),

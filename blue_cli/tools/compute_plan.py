@@ -111,7 +111,8 @@ def target_flops(
     before it run once per batch when the prefix is reused (else every step, the
     reference's schedule). Split at the subject (``facts.reuse_past``), the steps run
     ``run_len`` positions per sequence attending to ``past_len`` cached ones, after one
-    forward of the whole batch that caches them. ``seq_len``, ``target_mean``: a batch's
+    forward of the cached positions; one forward of the plain prompts to ``layer`` reads
+    the initial states. ``seq_len``, ``target_mean``: a batch's
     real padded length and mean target tokens (default: CounterFact's, as the memory plan)."""
     seq_len = seq_len or sequence_length(facts.prefix_tokens)
     run, past = run_lengths(facts, seq_len, run_len, past_len)
@@ -121,9 +122,10 @@ def target_flops(
     before = shape.n_layers - after
     suffix = forward_flops(shape, sequences * run, after, past + run) + head_flops(shape, rows)
     prefix = forward_flops(shape, sequences * run, before, past + run)
-    cache = forward_flops(shape, sequences * seq_len, shape.n_layers, seq_len) if past else 0.0
+    cache = forward_flops(shape, sequences * past, shape.n_layers, past) if past else 0.0
+    initial = forward_flops(shape, facts.batch_size * seq_len, layer + 1, seq_len)  # the plain prompts' states
     # ``steps`` forwards, a backward after all but the last (as the reference counts steps)
-    return (2 * steps - 1) * suffix + (prefix if reuse_prefix else steps * prefix) + cache
+    return (2 * steps - 1) * suffix + (prefix if reuse_prefix else steps * prefix) + cache + initial
 
 
 def key_flops(shape: Shape, facts: RunFacts, layer: int, seq_len: int | None = None) -> float:

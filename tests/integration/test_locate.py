@@ -26,6 +26,10 @@ from tests.conftest import invoke_blue
 MODELS = ("tiny-gpt2", "tiny-llama")
 SAMPLES = 3
 SEED = 7
+# A by-hand forward runs one sequence where the trace runs a batch of samples: float32
+# matmuls of different shapes round differently (1.5e-6 in a probability was seen), so the
+# two agree to float32 rounding, well below any effect the checks tell apart.
+BY_HAND_TOL = 1e-5
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -123,7 +127,7 @@ def test_clean_and_corrupted_runs_match_forwards_by_hand(setup, traced):
     with torch.no_grad():
         logits = adapter.model(fact.ids.unsqueeze(0)).logits[0, -1]
     assert traced.clean == pytest.approx(float(torch.softmax(logits.double(), -1)[fact.target_id]), abs=1e-6)
-    assert traced.corrupted == pytest.approx(_by_hand(adapter, fact, _noise(fact, adapter, scale)), abs=1e-6)
+    assert traced.corrupted == pytest.approx(_by_hand(adapter, fact, _noise(fact, adapter, scale)), abs=BY_HAND_TOL)
     assert traced.corrupted < traced.clean  # the noise hides the subject
 
 
@@ -155,7 +159,7 @@ def test_one_hidden_state_restored_equals_a_forward_with_it_swapped_in_by_hand(s
         block = adapter.model.get_submodule(adapter.family.blocks)[layer]
         hook = _swap_at(position, clean_hidden[layer + 1][0, position])
         expected = _by_hand(adapter, fact, noise, [(block, hook)]) - traced.corrupted
-        assert float(traced.effects["hidden"][position, layer]) == pytest.approx(expected, abs=1e-6)
+        assert float(traced.effects["hidden"][position, layer]) == pytest.approx(expected, abs=BY_HAND_TOL)
 
 
 def test_a_restored_mlp_window_equals_the_clean_mlp_outputs_swapped_in_by_hand(setup, traced):
@@ -168,7 +172,7 @@ def test_a_restored_mlp_window_equals_the_clean_mlp_outputs_swapped_in_by_hand(s
     clean = _clean_outputs(adapter, fact, modules)
     hooks = [(modules[l], _swap_at(position, clean[l][position])) for l in window]
     expected = _by_hand(adapter, fact, _noise(fact, adapter, scale), hooks) - traced.corrupted
-    assert float(traced.effects["mlp"][position, layer]) == pytest.approx(expected, abs=1e-6)
+    assert float(traced.effects["mlp"][position, layer]) == pytest.approx(expected, abs=BY_HAND_TOL)
 
 
 def test_the_window_is_centred_and_clipped():
@@ -191,7 +195,8 @@ def test_the_noise_is_seeded(setup, traced):
     wide = trace_fact(adapter, fact.ids, (fact.start, fact.end), fact.target_id, seed=SEED, **kwargs)
     assert torch.allclose(wide.effects["hidden"], traced.effects["hidden"], rtol=0, atol=1e-6)
     assert other.corrupted != traced.corrupted
-    assert other.corrupted == pytest.approx(_by_hand(adapter, fact, _noise(fact, adapter, scale, SEED + 1)), abs=1e-6)
+    by_hand = _by_hand(adapter, fact, _noise(fact, adapter, scale, SEED + 1))
+    assert other.corrupted == pytest.approx(by_hand, abs=BY_HAND_TOL)
 
 
 def test_known_facts_keeps_only_greedy_correct_facts_in_order(load_tiny):

@@ -47,6 +47,36 @@ def test_split_forward_gives_the_full_forwards_hidden_states(load_tiny, requests
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max(), (name, i)
 
 
+@pytest.mark.parametrize("name", ("tiny-llama", "tiny-gpt2"))
+def test_cached_pass_grouped_by_width_caches_the_same_keys_and_values(load_tiny, requests10, monkeypatch, name):
+    """The no-grad pass that caches the positions before each subject, run as one forward per
+    group of similar width (each only as wide as its group's longest cached part), gives the
+    keys and values of one forward of every sequence over its full length, slot for slot."""
+    adapter = load_tiny(name)
+    batch = _build_batch(adapter, requests10[:5], _templates(adapter))
+    widths = []
+    real = type(adapter)._forward_with_cache
+
+    def counted(self, ids, mask):
+        widths.append(ids.shape[1])
+        return real(self, ids, mask)
+
+    monkeypatch.setattr(type(adapter), "_forward_with_cache", counted)
+    monkeypatch.setitem(targets.FORWARD_OVERHEAD_FLOPS, adapter.device.type, 0.0)
+    grouped = _split(adapter, batch, at_subject=True).inputs
+    assert len(widths) > 1 and max(widths) == int(batch.lookup.max()) and min(widths) < max(widths)
+    with torch.no_grad():
+        whole = real(adapter, batch.inputs["input_ids"], batch.inputs["attention_mask"])
+    P = grouped.cached
+    for block, (keys, values) in enumerate(grouped.past):
+        full_k, full_v = whole.layers[block].keys, whole.layers[block].values
+        for i, start in enumerate(batch.lookup.tolist()):
+            # sequence i's cached positions 0..start-1 sit in the last ``start`` slots, zeros before
+            assert torch.allclose(keys[i, :, P - start :], full_k[i, :, :start], atol=1e-5), (block, i)
+            assert torch.allclose(values[i, :, P - start :], full_v[i, :, :start], atol=1e-5), (block, i)
+            assert not keys[i, :, : P - start].any() and not values[i, :, : P - start].any()
+
+
 @pytest.mark.parametrize(
     "name,points,grouped",
     [

@@ -260,8 +260,9 @@ def test_stopped_requests_leave_the_batch_with_the_same_targets(fresh_tiny, requ
     """A loose early stop (loss 3.0) stops requests at different steps. Batched with stopped
     requests dropped, the targets are those of one-request-at-a-time optimisation (float64, as
     above) and of keeping them in; the sequences forwarded are counted, not assumed: each
-    request's sequences run once per step it was evaluated (steps + 1), plus the three full passes
-    (initial states, the cache of the positions before the subject, frozen prefix)."""
+    request's sequences run once per step it was evaluated (steps + 1), plus two full passes (the
+    cache of the positions before the subject, frozen prefix) and the initial states' pass over
+    each request's plain prompt only."""
     from dataclasses import replace
 
     from blue_cli.editing.targets import optimise_targets
@@ -309,6 +310,7 @@ def test_stopped_requests_leave_the_batch_with_the_same_targets(fresh_tiny, requ
     assert dropped.loss_final == pytest.approx(kept.loss_final, rel=1e-9)
     per_request = len(templates) + 1  # its prompts and its KL prompt
     total = per_request * len(requests)
-    assert forwarded[True] == 3 * total + per_request * sum(s + 1 for s in steps)
-    assert forwarded[False] == 3 * total + total * (max(steps) + 1)
+    once = 2 * total + len(requests)
+    assert forwarded[True] == once + per_request * sum(s + 1 for s in steps)
+    assert forwarded[False] == once + total * (max(steps) + 1)
     assert forwarded[True] < forwarded[False]

@@ -75,24 +75,30 @@ def test_target_flops_reuse_the_prefix_once_per_batch():
     rows = 4 * (6 * 2 + 1)
     suffix = forward_flops(SHAPE, tokens, 4, seq) + head_flops(SHAPE, rows)  # layer 1 of 6: blocks 2..5
     prefix = forward_flops(SHAPE, tokens, 2, seq)
-    assert target_flops(SHAPE, unsplit, 1, 5) == 9 * suffix + prefix  # 5 forwards, 4 backwards
-    assert target_flops(SHAPE, unsplit, 1, 5, reuse_prefix=False) == 9 * suffix + 5 * prefix
+    initial = forward_flops(SHAPE, 4 * seq, 2, seq)  # the 4 plain prompts, to layer 1
+    assert target_flops(SHAPE, unsplit, 1, 5) == 9 * suffix + prefix + initial  # 5 forwards, 4 backwards
+    assert target_flops(SHAPE, unsplit, 1, 5, reuse_prefix=False) == 9 * suffix + 5 * prefix + initial
     pmet = replace(unsplit, points=2)  # attention and MLP of the layer itself are optimised too
-    assert target_flops(SHAPE, pmet, 1, 5) == 9 * (
-        forward_flops(SHAPE, tokens, 5, seq) + head_flops(SHAPE, rows)
-    ) + forward_flops(SHAPE, tokens, 1, seq)
+    assert (
+        target_flops(SHAPE, pmet, 1, 5)
+        == 9 * (forward_flops(SHAPE, tokens, 5, seq) + head_flops(SHAPE, rows))
+        + forward_flops(SHAPE, tokens, 1, seq)
+        + initial
+    )
 
 
 def test_split_target_flops_run_only_the_positions_from_the_subject_on():
     """Split: the steps run 6 positions per sequence attending to 20 cached ones, after one
-    whole-batch forward through every block that caches them."""
+    forward of the cached positions through every block, and the plain prompts' forward."""
     seq, run, past = 27, 6, 20
     seqs = 4 * 7
     rows = 4 * (6 * 2 + 1)
     suffix = forward_flops(SHAPE, seqs * run, 4, past + run) + head_flops(SHAPE, rows)
     prefix = forward_flops(SHAPE, seqs * run, 2, past + run)
-    cache = forward_flops(SHAPE, seqs * seq, 6, seq)
-    assert target_flops(SHAPE, FACTS, 1, 5, seq_len=seq, run_len=run, past_len=past) == 9 * suffix + prefix + cache
+    cache = forward_flops(SHAPE, seqs * past, 6, past)
+    initial = forward_flops(SHAPE, 4 * seq, 2, seq)
+    planned = target_flops(SHAPE, FACTS, 1, 5, seq_len=seq, run_len=run, past_len=past)
+    assert planned == 9 * suffix + prefix + cache + initial
     unsplit = target_flops(SHAPE, replace(FACTS, reuse_past=False), 1, 5, seq_len=seq)
     assert target_flops(SHAPE, FACTS, 1, 5, seq_len=seq, run_len=run, past_len=past) < unsplit
 
