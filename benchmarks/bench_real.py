@@ -15,7 +15,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -99,9 +98,10 @@ def main() -> None:
         f"split / unsplit: {speedup:.2f}x faster per batch; written residuals differ by {difference:.1e} "
         f"(relative, largest layer); {torch.get_num_threads()} threads"
     )
+    from blue_cli.cache import write_text_atomic
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"real-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    tmp = out.with_suffix(".json.tmp")
     payload = {
         "model": args.model,
         "batch_size": args.batch_size,
@@ -111,21 +111,19 @@ def main() -> None:
         "speedup": speedup,
         "residual_difference": difference,
     }
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(payload, indent=2))
     console.print(f"written {out}")
     rewrite_docs_block(payload, out.name)
 
 
 def rewrite_docs_block(payload: dict, name: str) -> None:
     """docs/benchmarks.md's real-model block, rendered from the file just written."""
+    from blue_cli.cache import write_text_atomic
     from blue_cli.reporting.readme_results import REAL_BEGIN, REAL_END, render_real, replace_block
 
     page = RESULTS.parent.parent / "docs" / "benchmarks.md"
-    text = replace_block(page.read_text(encoding="utf-8"), render_real(payload, name), REAL_BEGIN, REAL_END)
-    tmp = page.with_name(page.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, page)
+    block = render_real(payload, name)
+    write_text_atomic(page, replace_block(page.read_text(encoding="utf-8"), block, REAL_BEGIN, REAL_END))
 
 
 if __name__ == "__main__":

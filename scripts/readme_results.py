@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from blue_cli.cache import write_text_atomic
 from blue_cli.reporting.readme_results import (
     BENCH_BEGIN,
     BENCH_END,
@@ -69,9 +69,7 @@ def main() -> None:
         (args.results_page, results_page),
         (args.bench_page, bench_page),
     ):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_text_atomic(target, text)
     print(f"{len(rows)} runs -> {args.store}, {args.results_page} and {args.bench_page}")
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from run_folders import run_folder
 
+from blue_cli.cache import write_text_atomic
 from blue_cli.reporting.readme_results import replace_block
 from blue_cli.reporting.tuning import (
     TUNING_BEGIN,
@@ -114,9 +114,7 @@ def main() -> None:
     store = ROOT / "benchmarks" / "results" / f"tuning-{args.model}.json"
     page = replace_block(args.page.read_text(encoding="utf-8"), render_tuning(payload), TUNING_BEGIN, TUNING_END)
     for target, text in ((store, json.dumps(payload, indent=1) + "\n"), (args.page, page)):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_text_atomic(target, text)
     print(f"kept: {kept}\n-> {store} and {args.page}")
 
 
