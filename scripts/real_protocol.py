@@ -8,7 +8,7 @@ first, the same records for every run), sequential batches, with the model's tun
 hyper-parameters (conf/hparams/model/<model>.yaml). Each run is one ``blue edit`` folder
 under ``--out`` (a folder that holds a summary.json of the same overrides is not rerun, so
 an interrupted protocol resumes). The runs' records are stored in
-benchmarks/results/real-protocol-<model>.json and rendered into docs/real-model-results.md
+benchmarks/results/protocol-<model>.json and rendered into docs/real-model-results.md
 (``blue_cli/reporting/real_results.py``: each strategy's rates with intervals, BLUE's paired
 effect per rate).
 """
@@ -56,7 +56,7 @@ def main() -> None:
                 folder = args.out / dataset / f"{method}-{strategy}"
                 overrides = [*common, f"dataset={dataset}", f"method={method}", f"strategy={strategy}"]
                 records.append(run_record(run_folder(folder, overrides, "protocol run")))
-    store = ROOT / "benchmarks" / "results" / f"real-protocol-{args.model}.json"
+    store = ROOT / "benchmarks" / "results" / f"protocol-{args.model}.json"
     payload = {
         "store": store.name,
         "description": f"{args.model}, CPU, generation and the evaluation in the wild off, runs: " + " ".join(common),

@@ -71,7 +71,7 @@ def test_the_docs_protocol_block_is_the_rendering_of_the_stored_runs():
     from blue_cli.reporting.real_results import PROTOCOL_BEGIN, PROTOCOL_END
 
     root = Path(__file__).resolve().parents[2]
-    store = root / "benchmarks" / "results" / "real-protocol-smollm2-135m.json"
+    store = root / "benchmarks" / "results" / "protocol-smollm2-135m.json"
     if not store.is_file():
         pytest.skip("no stored protocol (make real-protocol writes it)")
     payload = json.loads(store.read_text(encoding="utf-8"))
