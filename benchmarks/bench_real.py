@@ -118,12 +118,9 @@ def main() -> None:
 
 def rewrite_docs_block(payload: dict, name: str) -> None:
     """docs/benchmarks.md's real-model block, rendered from the file just written."""
-    from blue_cli.cache import write_text_atomic
-    from blue_cli.reporting.readme_results import REAL_BEGIN, REAL_END, render_real, replace_block
+    from blue_cli.reporting.readme_results import REAL_BEGIN, REAL_END, render_real, rewrite_block
 
-    page = RESULTS.parent.parent / "docs" / "benchmarks.md"
-    block = render_real(payload, name)
-    write_text_atomic(page, replace_block(page.read_text(encoding="utf-8"), block, REAL_BEGIN, REAL_END))
+    rewrite_block(RESULTS.parent.parent / "docs" / "benchmarks.md", render_real(payload, name), REAL_BEGIN, REAL_END)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
 Every method under spread and blue on CounterFact and zsRE (the bundled records from the
 first, the same records for every run), sequential batches, with the model's tuned
 hyper-parameters (conf/hparams/model/<model>.yaml). Each run is one ``blue edit`` folder
-under ``--out`` (a folder that holds a summary.json of the same overrides is not rerun, so
-an interrupted protocol resumes). The runs' records are stored in
+under ``--out`` (a folder that finished with the same config is not rerun, so an
+interrupted protocol resumes; scripts/run_folders.py). The runs' records are stored in
 benchmarks/results/protocol-<model>.json and rendered into docs/real-model-results.md
 (``blue_cli/reporting/real_results.py``: each strategy's rates with intervals, BLUE's paired
 effect per rate).
@@ -22,7 +22,7 @@ from pathlib import Path
 from run_folders import run_folder
 
 from blue_cli.cache import write_text_atomic
-from blue_cli.reporting.readme_results import replace_block
+from blue_cli.reporting.readme_results import rewrite_block
 from blue_cli.reporting.real_results import PROTOCOL_BEGIN, PROTOCOL_END, pair_rows, render_protocol, run_record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,12 +62,8 @@ def main() -> None:
         "description": f"{args.model}, CPU, generation and the evaluation in the wild off, runs: " + " ".join(common),
         "rows": pair_rows(records),
     }
-    page = args.page.read_text(encoding="utf-8")
-    for target, text in (
-        (store, json.dumps(payload, indent=1) + "\n"),
-        (args.page, replace_block(page, render_protocol(payload), PROTOCOL_BEGIN, PROTOCOL_END)),
-    ):
-        write_text_atomic(target, text)
+    write_text_atomic(store, json.dumps(payload, indent=1) + "\n")
+    rewrite_block(args.page, render_protocol(payload), PROTOCOL_BEGIN, PROTOCOL_END)
     print(f"{len(records)} runs -> {store} and {args.page}")
 
 

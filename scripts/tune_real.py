@@ -7,8 +7,9 @@ One knob at a time around the schema's defaults, memit_seq + blue on a tuning sl
 bundled CounterFact records (``dataset.offset=200``, disjoint from the first records that
 evaluation runs use): target lr, steps and clamp, the covariance weight lambda; then
 AlphaEdit's null-space threshold with the values kept so far; then one run with everything
-kept. Each setting is one ``blue edit`` run folder under ``--out`` (a folder that already
-holds a summary.json is not rerun, so an interrupted tuning resumes). The rule that keeps a
+kept (the grid's folder when that is the same setting). Each setting is one ``blue edit``
+run folder under ``--out`` (a folder that finished with the same config is not rerun, so an
+interrupted tuning resumes; scripts/run_folders.py). The rule that keeps a
 value is ``blue_cli/reporting/tuning.py``'s; the rows and the kept values are stored in
 benchmarks/results/tuning-<model>.json and rendered into docs/real-models.md's tuning block.
 The kept values go into conf/hparams/model/<model>.yaml by hand (a test checks they match).
@@ -23,7 +24,7 @@ from pathlib import Path
 from run_folders import run_folder
 
 from blue_cli.cache import write_text_atomic
-from blue_cli.reporting.readme_results import replace_block
+from blue_cli.reporting.readme_results import rewrite_block
 from blue_cli.reporting.tuning import (
     TUNING_BEGIN,
     TUNING_END,
@@ -69,8 +70,7 @@ def run_name(method: str, setting: dict) -> str:
 
 
 def tune_grid(out: Path, base: list[str], method: str, grid: dict, fixed: dict) -> tuple[list[dict], dict]:
-    """Each knob's values with the others at ``fixed`` (else their defaults); returns the
-    rows and the value kept per knob."""
+    """Each knob's values with the others at ``fixed``; returns the rows and the value kept per knob."""
     rows, kept = [], {}
     for knob, values in grid.items():
         knob_rows = []
@@ -93,16 +93,18 @@ def main() -> None:
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "real-models.md")
     args = parser.parse_args()
     base = base_overrides(args.model, args.edits, args.offset)
-    rows, kept = tune_grid(args.out, base, "memit_seq", TARGET_GRID, {})
+    # every knob spelled out, so a setting composes the same whatever the model's hparams file holds
+    defaults = {knob: values[0] for knob, values in TARGET_GRID.items()}
+    rows, kept = tune_grid(args.out, base, "memit_seq", TARGET_GRID, defaults)
     more, kept_alpha = tune_grid(args.out, base, "alphaedit", ALPHAEDIT_GRID, kept)
     rows += more
     kept.update(kept_alpha)
     final = []
     for method in ("memit_seq", "alphaedit"):
         settings = {k: v for k, v in kept.items() if method == "alphaedit" or k not in ALPHAEDIT_GRID}
-        name = f"{method}-kept"
-        final.append({**run(args.out, name, [*base, f"method={method}", *(f"{k}={v}" for k, v in settings.items())])})
-        final[-1].update(method=method, knob="kept", value=None)
+        overrides = [*base, f"method={method}", *(f"{k}={v}" for k, v in settings.items())]
+        row = run(args.out, run_name(method, settings), overrides)
+        final.append({**row, "method": method, "knob": "kept", "value": None})
     payload = {
         "model": args.model,
         "records": f"bundled CounterFact {args.offset}..{args.offset + args.edits - 1}",
@@ -112,9 +114,8 @@ def main() -> None:
         "kept_rows": final,
     }
     store = ROOT / "benchmarks" / "results" / f"tuning-{args.model}.json"
-    page = replace_block(args.page.read_text(encoding="utf-8"), render_tuning(payload), TUNING_BEGIN, TUNING_END)
-    for target, text in ((store, json.dumps(payload, indent=1) + "\n"), (args.page, page)):
-        write_text_atomic(target, text)
+    write_text_atomic(store, json.dumps(payload, indent=1) + "\n")
+    rewrite_block(args.page, render_tuning(payload), TUNING_BEGIN, TUNING_END)
     print(f"kept: {kept}\n-> {store} and {args.page}")
 
 

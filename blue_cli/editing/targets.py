@@ -221,7 +221,8 @@ def _initial_states(adapter: ModelAdapter, batch: _Batch, layer: int, points: Se
     width = int(batch.inputs["attention_mask"][rows].sum(1).max())
     plain = {name: values[rows, :width] for name, values in batch.inputs.items()}
     acts = adapter.read_points(plain, [f"{p}.{layer}" for p in points])
-    return {p: acts[f"{p}.{layer}"].to(adapter.device)[torch.arange(len(rows)), pos].float() for p in points}
+    plain_rows = torch.arange(len(rows), device=pos.device)
+    return {p: acts[f"{p}.{layer}"].to(adapter.device)[plain_rows, pos].float() for p in points}
 
 
 def _hidden(adapter: ModelAdapter, batch: _Batch, prefix: PrefixRows | None, injected) -> torch.Tensor:

@@ -204,6 +204,13 @@ def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> 
     return text[:start] + "\n" + block + "\n" + text[stop:]
 
 
+def rewrite_block(page: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace ``page``'s marked block with ``block`` on disk (through a temp file and a rename)."""
+    from blue_cli.cache import write_text_atomic
+
+    write_text_atomic(page, replace_block(page.read_text(encoding="utf-8"), block, begin, end))
+
+
 def current_block(text: str, begin: str = BEGIN, end: str = END) -> str:
     return text[text.index(begin) + len(begin) : text.index(end)].strip("\n")
 

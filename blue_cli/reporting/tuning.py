@@ -11,9 +11,10 @@ the score by 0.05), or when the default is not admissible.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+
+from blue_cli.runs.files import BATCHES, read_jsonl, read_summary
 
 TUNING_BEGIN = "<!-- tuning:begin (make tune-smollm2 writes this block) -->"
 TUNING_END = "<!-- tuning:end -->"
@@ -38,10 +39,8 @@ SUMMARY_KEYS = (
 
 def collect_row(folder: Path, name: str) -> dict:
     """A run folder's tuning row: its summary's rates and the mean target steps per written layer."""
-    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    steps = []
-    for line in (folder / "batches.jsonl").read_text(encoding="utf-8").splitlines():
-        steps += json.loads(line).get("target_steps") or []
+    summary = read_summary(folder)
+    steps = [s for batch in read_jsonl(folder / BATCHES) for s in batch.get("target_steps") or []]
     row = {k: summary.get(k) for k in SUMMARY_KEYS}
     row["target_steps_mean"] = sum(steps) / len(steps) if steps else None
     row["run"] = name
