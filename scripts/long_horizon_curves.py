@@ -1,10 +1,12 @@
-"""Measured long-stream curves for docs/long-horizon.md (``make long-horizon-curves``).
+"""Measured long-stream curves for the docs (``make long-horizon-curves``, ``make real-stream``).
 
-Runs (or resumes, or reuses when finished) one ``blue edit`` per method:strategy[:nas]
-on the tiny GPT-2 and a local CounterFact file, then draws, against the number of edits,
-the Frobenius norm of each written matrix, held-out perplexity, and efficacy teacher-forced
-and in the wild, and writes the numbers between the markers of docs/long-horizon.md.
-Every number in that section comes from the runs' own files; nothing is typed in.
+Runs (or resumes, or reuses when finished with the same config: scripts/run_folders.py) one
+``blue edit`` per method:strategy[:nas] on a model (the tiny GPT-2 by default; ``--model
+smollm2-135m`` for the real one) and a local CounterFact file, then draws, against the number
+of edits, the Frobenius norm of each written matrix, held-out perplexity, and efficacy
+(teacher-forced, and in the wild when the runs evaluated it), and writes the numbers between
+the markers of ``--doc`` (docs/long-horizon.md by default). Every number in that section comes
+from the runs' own files; nothing is typed in.
 
     python scripts/long_horizon_curves.py --data ../shared/data/counterfact/mcf_random_subsets_1000 \
         --runs memit:blue,memit:blue:nas --edits 1000 --out outputs/long-horizon
@@ -14,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from run_folders import run_folder
+
+from blue_cli.reporting.readme_results import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "long-horizon.md"
@@ -34,12 +37,12 @@ def run_name(spec: str) -> str:
 def settings(args) -> list[str]:
     """What every run shares (the docs section prints these)."""
     return [
-        "model=tiny-gpt2",
+        f"model={args.model}",
         f"dataset.path={Path(args.data).resolve()}",
         f"num_edits={args.edits}",
         f"batch_size={args.batch}",
         f"eval_every={args.eval_every}",
-        "eval.perplexity_every=1",
+        f"eval.perplexity_every={args.perplexity_every}",
         f"eval.max_cases={args.max_cases}",
         "eval.generation=false",
         f"method.norm_anchor.samples={args.anchor_samples}",
@@ -50,25 +53,13 @@ def settings(args) -> list[str]:
 def run(spec: str, args) -> Path:
     parts = spec.split(":")
     method, strategy, nas = parts[0], parts[1], len(parts) > 2 and parts[2] == "nas"
-    folder = Path(args.out) / run_name(spec)
-    if (folder / "summary.json").is_file():
-        print(f"{spec}: finished run in {folder}, reused", flush=True)
-        return folder
-    cmd = [
-        sys.executable,
-        "-m",
-        "blue_cli.cli",
-        "edit",
+    overrides = [
         *settings(args),
         f"method={method}",
         f"strategy={strategy}",
         f"method.norm_anchor.enabled={str(nas).lower()}",
-        f"hydra.run.dir={folder}",
     ]
-    print(f"{spec}: running into {folder}", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
-    return folder
+    return run_folder(Path(args.out) / run_name(spec), overrides, f"stream {spec}")
 
 
 def read(folder: Path) -> dict:
@@ -82,11 +73,13 @@ def read(folder: Path) -> dict:
     }
 
 
-def figure(runs: dict[str, dict]) -> Figure:
+def figure(runs: dict[str, dict], w0: dict[int, float]) -> Figure:
     """Four panels against edits; one colour per method:strategy, dashed with norm anchoring,
     one legend for all. The norm panel draws the last written layer (every strategy writes
-    it) relative to its pre-edit norm; the table gives every layer's multiple."""
-    w0 = original_norms()
+    it) relative to its pre-edit norm; the table gives every layer's multiple. The last panel
+    is efficacy in the wild when the runs evaluated it, else teacher-forced specificity."""
+    wild = any("wild_efficacy_em" in r for d in runs.values() for r in d["evals"])
+    last_key = "wild_efficacy_em" if wild else "specificity"
     fig = Figure(figsize=(12, 8.8), dpi=100)
     panels = [fig.add_subplot(2, 2, i + 1) for i in range(4)]
     pairs = list(dict.fromkeys(spec.removesuffix(":nas") for spec in runs))
@@ -105,14 +98,14 @@ def figure(runs: dict[str, dict]) -> Figure:
         evals = data["evals"]
         ppl = [(r["edits"], r["perplexity"]) for r in evals if r.get("perplexity") is not None]
         panels[1].plot(*zip(*ppl), style, marker="o", color=colour, ms=3)
-        for panel, key in ((panels[2], "efficacy"), (panels[3], "wild_efficacy_em")):
+        for panel, key in ((panels[2], "efficacy"), (panels[3], last_key)):
             pts = [(0, data["summary"].get(f"pre_{key}"))] + [(r["edits"], r[key]) for r in evals if key in r]
             panel.plot(*zip(*pts), style, marker="o", color=colour, ms=3)
     titles = (
         f"‖W‖_F / pre-edit ‖W‖_F, last written layer ({', '.join(sorted(last_layers))})",
         "perplexity on held-out WikiText-2 (log scale)",
         "efficacy, teacher-forced (edited records so far)",
-        "efficacy in the wild: exact match of the greedy answer",
+        "efficacy in the wild: exact match of the greedy answer" if wild else "specificity, teacher-forced",
     )
     for panel, title in zip(panels, titles):
         panel.set_title(title, fontsize="medium")
@@ -130,11 +123,13 @@ def figure(runs: dict[str, dict]) -> Figure:
     return fig
 
 
-def original_norms() -> dict[int, float]:
-    """||W0||_F of every layer's rewrite matrix of the unedited tiny-gpt2 (CPU, float64)."""
+def original_norms(model: str) -> dict[int, float]:
+    """||W0||_F of every layer's rewrite matrix of the unedited model (CPU, float64)."""
+    from blue_cli.config.overrides import compose_config
     from blue_cli.models.loading import load_model
 
-    adapter = load_model("tiny-gpt2", name="tiny-gpt2", device="cpu", dtype="float32")
+    m = compose_config([f"model={model}"]).model
+    adapter = load_model(m.source, name=m.name, device="cpu", dtype="float32")
     return {l: float(adapter.rewrite_weight(l).detach().double().norm()) for l in range(adapter.n_layers)}
 
 
@@ -158,12 +153,24 @@ COMPARED = (  # (what, how to read it from a run)
     ("wild specificity (EM)", lambda d, w0: d["summary"].get("wild_specificity_em")),
     ("teacher-forced efficacy", lambda d, w0: d["summary"].get("efficacy")),
 )
+# where the runs did not evaluate in the wild, specificity is compared teacher-forced
+COMPARED_TEACHER_FORCED = (
+    *COMPARED[:2],
+    ("teacher-forced specificity", lambda d, w0: d["summary"].get("specificity")),
+    COMPARED[3],
+)
 
 
-def pair_counts(runs: dict[str, dict], pairs: list[tuple[str, str]], w0: dict[int, float]) -> list[str]:
+def evaluated_wild(runs: dict[str, dict]) -> bool:
+    return any(d["summary"].get("wild_efficacy_em") is not None for d in runs.values())
+
+
+def pair_counts(
+    runs: dict[str, dict], pairs: list[tuple[str, str]], w0: dict[int, float], compared=COMPARED
+) -> list[str]:
     """For each compared quantity: in how many (a, b) pairs b is higher, lower, equal."""
     lines = []
-    for what, read in COMPARED:
+    for what, read in compared:
         higher = lower = equal = 0
         for a, b in pairs:
             x, y = read(runs[a], w0), read(runs[b], w0)
@@ -183,28 +190,35 @@ def comparisons(runs: dict[str, dict], w0: dict[int, float]) -> str:
         if ":blue" in spec and spec.replace(":blue", ":spread", 1) in runs
     ]
     text = []
+    compared = COMPARED if evaluated_wild(runs) else COMPARED_TEACHER_FORCED
     if nas:
         text.append(
             f"With norm anchoring against without it ({len(nas)} pairs of otherwise identical runs): "
-            + "; ".join(pair_counts(runs, nas, w0))
+            + "; ".join(pair_counts(runs, nas, w0, compared))
             + "."
         )
     if strategies:
         text.append(
             f"`blue` against `spread` ({len(strategies)} pairs, same method and anchoring): "
-            + "; ".join(pair_counts(runs, strategies, w0))
+            + "; ".join(pair_counts(runs, strategies, w0, compared))
             + "."
         )
     return "\n\n".join(text)
 
 
-def table(runs: dict[str, dict], args) -> str:
-    w0 = original_norms()
+def table(runs: dict[str, dict], args, w0: dict[int, float]) -> str:
+    wild = evaluated_wild(runs)
+    # without the evaluation in the wild, its three columns give way to teacher-forced ones
+    middle = (
+        "| efficacy wild EM pre -> post | generalization wild EM | specificity wild EM "
+        if wild
+        else "| generalization TF pre -> post | specificity TF pre -> post "
+    )
     lines = [
         "| run | edits | perplexity pre -> post | max ratio | efficacy TF pre -> post "
-        "| efficacy wild EM pre -> post | generalization wild EM | specificity wild EM "
-        "| largest ‖W‖_F pre-edit -> end | edits dropped by NAS | stopped |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        + middle
+        + "| largest ‖W‖_F pre-edit -> end | edits dropped by NAS | stopped |",
+        "|---|---|---|---|---|" + "---|" * (3 if wild else 2) + "---|---|---|",
     ]
     for spec, data in runs.items():
         s, batches, evals = data["summary"], data["batches"], data["evals"]
@@ -217,9 +231,14 @@ def table(runs: dict[str, dict], args) -> str:
         lines.append(
             f"| {spec} | {s['num_edits']} | {fmt(pre_ppl)} -> {fmt(s.get('perplexity'))} | {fmt(worst / pre_ppl, 2)} "
             f"| {fmt(s.get('pre_efficacy'))} -> {fmt(s.get('efficacy'))} "
-            f"| {fmt(s.get('pre_wild_efficacy_em'))} -> {fmt(s.get('wild_efficacy_em'))} "
-            f"| {fmt(s.get('wild_generalization_em'))} | {fmt(s.get('wild_specificity_em'))} "
-            f"| {fmt(start)} -> {fmt(end)} | {dropped} | {s.get('stopped') or 'no'} |"
+            + (
+                f"| {fmt(s.get('pre_wild_efficacy_em'))} -> {fmt(s.get('wild_efficacy_em'))} "
+                f"| {fmt(s.get('wild_generalization_em'))} | {fmt(s.get('wild_specificity_em'))} "
+                if wild
+                else f"| {fmt(s.get('pre_generalization'))} -> {fmt(s.get('generalization'))} "
+                f"| {fmt(s.get('pre_specificity'))} -> {fmt(s.get('specificity'))} "
+            )
+            + f"| {fmt(start)} -> {fmt(end)} | {dropped} | {s.get('stopped') or 'no'} |"
         )
     shared = " ".join(f"`{x}`" for x in settings(args)[2:])
     facts = []
@@ -250,21 +269,18 @@ def table(runs: dict[str, dict], args) -> str:
     )
     return (
         f"Runs: {', '.join(f'`{k}`' for k in runs)} (method:strategy, `:nas` = `method.norm_anchor.enabled=true`), "
-        f"each on tiny-gpt2 with {shared} and the CounterFact file(s) under `{Path(args.data).name}`. "
+        f"each on {args.model} with {shared} and the CounterFact file(s) under `{Path(args.data).name}`. "
         f"Efficacy columns are over the {runs[next(iter(runs))]['summary'].get('evaluated_cases')} evaluated records "
-        "(evenly spread over the stream); perplexity after every batch.\n\n"
+        f"(evenly spread over the stream); perplexity {every(args.perplexity_every)}.\n\n"
         + "\n".join(lines)
         + "\n\n"
         + "\n".join(facts)
-        + f"\n\n{comparisons(runs, w0)}\n\n{verdict}\n\n![curves]({FIGURE.name})\n"
+        + f"\n\n{comparisons(runs, w0)}\n\n{verdict}\n\n![curves]({Path(args.figure).name})"
     )
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text(encoding="utf-8")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}", encoding="utf-8")
+def every(batches: int) -> str:
+    return "after every batch" if batches == 1 else f"every {batches} batches and after the last"
 
 
 def main() -> None:
@@ -275,6 +291,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=2, help="batches between evaluation points")
     parser.add_argument("--max-cases", type=int, default=50)
+    parser.add_argument("--perplexity-every", type=int, default=1, help="batches between perplexity points")
+    parser.add_argument("--model", default="tiny-gpt2")
+    parser.add_argument("--doc", default=str(DOC), help="the page whose results block is rewritten")
+    parser.add_argument("--figure", default=str(FIGURE), help="the PNG the page shows, beside it")
     parser.add_argument("--anchor-samples", type=int, default=200)
     parser.add_argument("--out", default="outputs/long-horizon")
     parser.add_argument("--extra", default="", help="more overrides for every run, space-separated")
@@ -282,10 +302,17 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"error: --data {args.data} does not exist (a CounterFact file or a folder of them)")
     runs = {spec: read(run(spec, args)) for spec in args.runs.split(",")}
-    fig = figure(runs)
-    fig.savefig(FIGURE)
-    write_doc(table(runs, args))
-    print(f"wrote {FIGURE} and the results section of {DOC}")
+    w0 = original_norms(args.model)
+    save_figure(figure(runs, w0), Path(args.figure))
+    rewrite_block(Path(args.doc), table(runs, args, w0), BEGIN, END)
+    print(f"wrote {args.figure} and the results section of {args.doc}")
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Through a temp file and a rename, so a killed run never leaves half a PNG in the docs."""
+    part = path.with_name(path.name + ".part")
+    fig.savefig(part, format="png")
+    part.replace(path)
 
 
 if __name__ == "__main__":

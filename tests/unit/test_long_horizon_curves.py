@@ -39,3 +39,16 @@ def test_comparisons_pair_anchored_runs_and_blue_with_spread():
     assert strategies.startswith("`blue` against `spread` (2 pairs")
     assert "final perplexity: higher in 2, lower in 0" in strategies
     assert "the last written layer's final ‖W‖_F: higher in 1, lower in 1" in strategies  # 10 > 5.5, 6 < 6.5
+
+
+def test_runs_without_the_wild_evaluation_compare_specificity_teacher_forced():
+    runs = {
+        name: {"batches": run["batches"], "summary": {**run["summary"], "wild_specificity_em": None}}
+        for name, run in RUNS.items()
+    }
+    specificity = {"memit:blue": 0.70, "memit:blue:nas": 0.72, "memit:spread": 0.75, "memit:spread:nas": 0.75}
+    for name, value in specificity.items():
+        runs[name]["summary"]["specificity"] = value
+    nas, _ = comparisons(runs, W0).split("\n\n")
+    assert "wild specificity" not in nas
+    assert "teacher-forced specificity: higher in 1, lower in 0, equal in 1" in nas  # 0.72 > 0.70, 0.75 = 0.75
