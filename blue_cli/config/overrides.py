@@ -109,6 +109,8 @@ def _friendly(exc: Exception, overrides: Sequence[str]) -> str:
 def _unknown_key(key: str) -> str:
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("config")
+    if key.startswith("per_method."):  # an open mapping: its keys are added, not overridden
+        return f"unknown config key '{key}': per_method's entries are new keys, write +{key}=..."
     parent, _, leaf = key.lstrip("+~").rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if isinstance(node, DictConfig):

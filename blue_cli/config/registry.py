@@ -19,6 +19,7 @@ T = TypeVar("T")
 METHODS: dict[str, type] = {}
 METHOD_SCHEMAS: dict[str, type] = {}
 STRATEGIES: dict[str, type] = {}
+STRATEGY_SCHEMAS: dict[str, type | None] = {}
 DATASETS: dict[str, type] = {}
 DATASET_SCHEMAS: dict[str, type] = {}
 
@@ -43,9 +44,14 @@ def register_method(name: str, *, config: type, variants: tuple[str, ...] = ()) 
     return decorator
 
 
-def register_strategy(name: str) -> Callable[[type[T]], type[T]]:
+def register_strategy(name: str, *, config: type | None = None) -> Callable[[type[T]], type[T]]:
+    """Register a strategy class under ``name``; ``config``: its own schema (a subclass of
+    ``StrategyConfig`` with the strategy's keys and, optionally, a ``check`` classmethod),
+    None for the shared one. Its YAML names it as ``/schema/strategy/<name>@_here_``."""
+
     def decorator(cls: type[T]) -> type[T]:
         STRATEGIES[name] = cls
+        STRATEGY_SCHEMAS[name] = config
         cls.name = name  # type: ignore[attr-defined]
         return cls
 
@@ -62,6 +68,20 @@ def register_dataset(name: str, *, config: type) -> Callable[[type[T]], type[T]]
         return cls
 
     return decorator
+
+
+SOLVERS = ("auto", "direct", "updated")
+
+
+def check_solver(method: type, choice: str) -> None:
+    """One-line error for an unknown ``method.solver``, or ``updated`` for a method class that
+    does not declare the updated solver (``EditMethod.updated_solver``)."""
+    if choice not in SOLVERS:
+        raise ConfigError(f"unknown method.solver '{choice}' (choose: {', '.join(SOLVERS)})")
+    if choice == "updated" and not getattr(method, "updated_solver", False):
+        raise ConfigError(
+            f"method {method.name} has no updated solver (it solves directly): use method.solver=direct or auto"
+        )
 
 
 def _lookup(table: dict[str, type], kind: str, name: str, package: str) -> type:
@@ -87,6 +107,12 @@ def method_schemas() -> dict[str, type]:
     """Method name -> config dataclass, for Hydra's ConfigStore."""
     load_package(METHOD_PACKAGE)
     return dict(METHOD_SCHEMAS)
+
+
+def strategy_schemas() -> dict[str, type | None]:
+    """Strategy name -> its config dataclass (None: the shared StrategyConfig), for Hydra's ConfigStore."""
+    load_package(STRATEGY_PACKAGE)
+    return dict(STRATEGY_SCHEMAS)
 
 
 def dataset_schemas() -> dict[str, type]:

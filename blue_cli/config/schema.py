@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, OmegaConf, open_dict
 
 from blue_cli import install_hint
-from blue_cli.config.registry import dataset_schemas, method_schemas
+from blue_cli.config.registry import check_solver, dataset_schemas, method_class, method_schemas, strategy_schemas
 from blue_cli.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -185,20 +185,24 @@ class MethodConfig:
 class ModelHparamsConfig:
     """Per-model hyper-parameters that several methods read (set by ``hparams/model/<model>``).
 
-    ``cov_weight``: lambda, the weight of C in MEMIT-style solves (``mom2_update_weight``);
-    ``prune_log_base``: the base of PRUNE's log restraint; ``prune_evaluated_weights``: PRUNE's
-    evaluated weights, ``restrained`` (the PRUNE paper) or ``edited_plus_restrained`` (the
-    reference's evaluation script, which the paper experiments set).
+    ``cov_weight``: lambda, the weight of C in MEMIT-style solves (``mom2_update_weight``).
+    A setting of one method lives in that method's config (``method.<key>``; per model in
+    ``hparams/model_method/<model>_<method>``, per sweep in ``per_method``).
     """
 
     cov_weight: float = 15000.0
-    prune_log_base: float = 2.718281828459045
-    prune_evaluated_weights: str = "restrained"
 
 
 @dataclass
 class StrategyConfig:
+    """A strategy's config: its name; a strategy with keys of its own registers a subclass
+    (``register_strategy(name, config=...)``) and may override :meth:`check`."""
+
     name: str = MISSING
+
+    @classmethod
+    def check(cls, node) -> None:
+        """Value checks a schema cannot express; one-line ConfigError. Default: none."""
 
 
 @dataclass
@@ -248,6 +252,9 @@ class RunConfig:
     setting: SettingConfig = field(default_factory=SettingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     model_hparams: ModelHparamsConfig = field(default_factory=ModelHparamsConfig)
+    # method name -> method keys that apply only when that method runs (a sweep over methods
+    # that sets one method's knob: per_method.prune.evaluated_weights=...), merged into method
+    per_method: dict[str, Any] = field(default_factory=dict)
     stats: StatsConfig = field(default_factory=StatsConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     num_edits: int = 40
@@ -266,6 +273,8 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=RunConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/strategy", name="strategy", node=StrategyConfig)
+    for name, node in strategy_schemas().items():
+        cs.store(group="schema/strategy", name=name, node=node or StrategyConfig)
     for name, node in method_schemas().items():
         cs.store(group="schema/method", name=name, node=node)
     for name, node in dataset_schemas().items():
@@ -331,6 +340,22 @@ def resolve_deprecated(cfg, announce: bool = True) -> None:
     cfg.method.sequential = None
 
 
+def apply_per_method(cfg) -> None:
+    """Merge ``per_method[<method.name>]`` into ``cfg.method`` (idempotent: the checks run twice);
+    a key the method's schema lacks is one line naming it."""
+    settings = (cfg.get("per_method") or {}).get(cfg.method.name)
+    if not settings:
+        return
+    unknown = sorted(set(settings) - set(cfg.method))
+    if unknown:
+        raise ConfigError(
+            f"per_method.{cfg.method.name}.{unknown[0]}: method {cfg.method.name} has no key '{unknown[0]}' "
+            f"(its keys: {', '.join(sorted(cfg.method))})"
+        )
+    with open_dict(cfg):
+        cfg.method = OmegaConf.merge(cfg.method, settings)
+
+
 def typed(node, cls: type[T]) -> T:
     """The settings object of schema ``cls`` for a config node: ``OmegaConf.to_object`` for a
     node of that schema, else ``cls`` built from the node's keys that ``cls`` has (a node made
@@ -394,6 +419,7 @@ def check_run_config(cfg, announce: bool = True) -> None:
     (the job does; the check of the overrides before it stays quiet, so it is said once).
     """
     resolve_deprecated(cfg, announce)
+    apply_per_method(cfg)
     if cfg.num_edits < 1:
         raise ConfigError(f"num_edits must be >= 1, got {cfg.num_edits}")
     if cfg.batch_size < 1:
@@ -408,6 +434,9 @@ def check_run_config(cfg, announce: bool = True) -> None:
     check_seed(cfg.seed)
     check_logger(cfg.get("logger"))
     method_schemas()[cfg.method.name].check(cfg.method)
+    check_solver(method_class(cfg.method.name), cfg.method.get("solver", "auto"))
+    strategy_schema = strategy_schemas().get(cfg.strategy.name) or StrategyConfig
+    strategy_schema.check(cfg.strategy)
     ev = cfg.eval
     for key in (
         "generation_every_n_cases",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from omegaconf import DictConfig, OmegaConf
 
-from blue_cli.editing.methods.base import EditMethod
+from blue_cli.editing.methods.base import EditMethod, planned_solver
 from blue_cli.errors import ConfigError
 from blue_cli.models.families.spec import family_named
 
@@ -259,8 +259,7 @@ def run_facts(cfg: DictConfig) -> RunFacts:
     if state not in ("float32", "float64"):
         raise ConfigError(f"unknown method.state_dtype '{state}' (choose: auto, float32, float64)")
     solver = cfg.method.get("solver", None) or "auto"
-    if solver not in ("auto", "direct", "updated"):
-        raise ConfigError(f"unknown method.solver '{solver}' (choose: auto, direct, updated)")
+    planned = planned_solver(method, solver)
     t = cfg.method.target
     chunk = 1 if not t.batched else (t.get("chunk", None) or cfg.batch_size)
     if chunk < 1:
@@ -291,7 +290,7 @@ def run_facts(cfg: DictConfig) -> RunFacts:
         state_matrices=tuple(method.state_matrices),
         solve_matrices=method.solve_matrices + (1 if method.solve_upcasts_state and state != "float64" else 0),
         solve_flops=method.solve_flops,
-        solver="direct" if solver == "direct" else "updated",
+        solver=planned,
         solver_choice=solver,
         updated_solve_matrices=method.updated_solve_matrices,
         updated_solve_flops=method.updated_solve_flops,

@@ -65,7 +65,7 @@ def test_every_evaluation_point_and_the_checkpoint_see_the_methods_evaluated_wei
 
 
 def test_prune_checkpoint_holds_the_restrained_change(tmp_path, fresh_tiny):
-    cfg = compose_config([*SMALL, "method=prune", "model_hparams.prune_log_base=1.2", "method.cov_weight=1"])
+    cfg = compose_config([*SMALL, "method=prune", "method.log_base=1.2", "method.cov_weight=1"])
     summary = runner.run_experiment(cfg, tmp_path)
     weights = edited_weights(tmp_path)
     original = fresh_tiny("tiny-gpt2")

@@ -11,12 +11,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import blue_cli.editing.targets as targets_module
 from blue_cli.config.registry import method_class, strategy_class
 from blue_cli.config.schema import StatsConfig, TargetConfig
 from blue_cli.editing.context import context_templates
 from blue_cli.editing.keys import collect_keys, values_at_subject
 from blue_cli.editing.statistics.store import CovarianceStore
-from blue_cli.editing.strategies import base as strategy_base
 from blue_cli.editing.strategies.base import EditContext
 
 CRITICAL = [1, 2, 3]
@@ -88,13 +88,13 @@ def test_blue_optimises_each_boundary_target_on_the_model_as_it_is_then(fresh_ti
     first, last = CRITICAL[0], CRITICAL[-1]
     W_first0 = adapter.rewrite_weight(first).detach().clone()
     seen = []
-    real = strategy_base.optimise_targets
+    real = targets_module.optimise_targets
 
     def spy(adapter_, requests, templates, layer, settings, points):
         seen.append((layer, adapter.rewrite_weight(first).detach().clone()))
         return real(adapter_, requests, templates, layer, settings, points)
 
-    monkeypatch.setattr(strategy_base, "optimise_targets", spy)
+    monkeypatch.setattr(targets_module, "optimise_targets", spy)  # read when the strategy calls it
     rec = Recorder(method, adapter, reqs)
     trace = strategy_class("blue")().edit_batch(method, ctx, reqs, CRITICAL)
     assert [layer for layer, _ in seen] == [first, last]

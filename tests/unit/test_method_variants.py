@@ -70,9 +70,43 @@ def test_prune_reference_update_doubles_a_change_below_the_bound():
 
 def test_prune_evaluated_weights_is_set_per_run_and_checked():
     assert compose_config(["method=prune"]).method.evaluated_weights == "restrained"
-    cfg = compose_config(["method=prune", "model_hparams.prune_evaluated_weights=edited_plus_restrained"])
+    cfg = compose_config(["method=prune", "+per_method.prune.evaluated_weights=edited_plus_restrained"])
     assert cfg.method.evaluated_weights == "edited_plus_restrained"
     with pytest.raises(ConfigError) as err:
         compose_config(["method=prune", "method.evaluated_weights=both"])
     assert "\n" not in str(err.value)
     assert "unknown method.evaluated_weights 'both' (choose: restrained, edited_plus_restrained)" in str(err.value)
+
+
+@pytest.mark.parametrize("base", [1, 1.0, 0.5, 0, -2, float("inf")])
+def test_a_prune_log_base_of_at_most_one_is_refused_with_the_overrides(base):
+    """Before the first batch (a base of 1 divides by log 1 = 0 only in the final restraint)."""
+    with pytest.raises(ConfigError) as err:
+        compose_config(["method=prune", f"method.log_base={base}"])
+    assert str(err.value).startswith("method.log_base must be above 1 and finite") and "\n" not in str(err.value)
+
+
+def test_prune_log_base_is_set_per_model_in_prunes_own_config():
+    """The tiny models' base 1.2 comes from hparams/model_method/<model>_prune.yaml; the shared
+    model_hparams schema has no PRUNE key."""
+    assert compose_config(["method=prune", "model=tiny-llama"]).method.log_base == 1.2
+    assert compose_config(["method=prune", "model=llama3"]).method.log_base == pytest.approx(2.718281828459045)
+    assert set(compose_config(["method=prune"]).model_hparams) == {"cov_weight"}
+
+
+def test_per_method_settings_apply_only_to_their_method():
+    """A sweep over methods sets one method's key through per_method (blue_table: PRUNE's
+    evaluated weights); the other methods compose as without it."""
+    prune = compose_config(["+experiment=blue_table", "method=prune"])
+    memit = compose_config(["+experiment=blue_table", "method=memit"])
+    assert prune.method.evaluated_weights == "edited_plus_restrained"
+    assert "evaluated_weights" not in memit.method
+    assert memit.method == compose_config(["model=llama3", "method=memit", "num_edits=2000", "batch_size=100"]).method
+    rect = compose_config(["method=rect", "+per_method.rect.keep_fraction=0.25", "+per_method.memit.cov_weight=7"])
+    assert rect.method.keep_fraction == 0.25 and rect.method.cov_weight != 7
+    with pytest.raises(ConfigError) as err:
+        compose_config(["method=rect", "+per_method.rect.keep_fractoin=0.25"])
+    assert str(err.value).startswith("per_method.rect.keep_fractoin: method rect has no key 'keep_fractoin'")
+    with pytest.raises(ConfigError) as err:
+        compose_config(["per_method.rect.keep_fraction=0.25"])
+    assert "write +per_method.rect.keep_fraction=..." in str(err.value)

@@ -262,6 +262,7 @@ def test_the_plan_follows_a_new_methods_and_strategys_declarations(monkeypatch):
     from blue_cli.tools.compute_plan import solve_flops
 
     class ThreeState(EditMethod):
+        updated_solver = True
         state_matrices = ("A", "B", "C")
         solve_matrices = 7
         solve_upcasts_state = True
@@ -307,3 +308,7 @@ def test_the_plan_follows_a_new_methods_and_strategys_declarations(monkeypatch):
     assert "recorded keys (updated solver)" not in plan  # memit's keep_previous_keys: false
     assert plan["solve temporaries"] == 5 * 20 * 20 * 8
     assert solve_flops(SHAPE, updated) == 7.0 * 10 + 20 + updated.batch_size
+    # a method that does not declare the updated solver is planned direct under auto
+    monkeypatch.setattr(ThreeState, "updated_solver", False)
+    cfg.method.solver = "auto"
+    assert run_facts(cfg).solver == "direct"

@@ -78,3 +78,39 @@ def test_method_sequential_still_works_for_one_release_with_one_warning(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "method.sequential is deprecated: use method.keep_previous_keys=true"
     ]
+
+
+def test_a_strategy_can_declare_its_own_config_schema(monkeypatch):
+    """register_strategy(name, config=...) stores that schema for /schema/strategy/<name>, and
+    the run's checks call its check; the built-ins use the shared StrategyConfig."""
+    from dataclasses import dataclass
+
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from blue_cli.config import registry
+    from blue_cli.config.schema import StrategyConfig, check_run_config, register_configs
+
+    @dataclass
+    class WindowConfig(StrategyConfig):
+        name: str = "window"
+        width: int = 2
+
+        @classmethod
+        def check(cls, node):
+            if node.width < 1:
+                raise ConfigError(f"strategy.width must be >= 1, got {node.width}")
+
+    registry.load_builtins()
+    monkeypatch.setitem(registry.STRATEGIES, "window", strategy_class("spread"))
+    monkeypatch.setitem(registry.STRATEGY_SCHEMAS, "window", WindowConfig)
+    register_configs()
+    stored = ConfigStore.instance().repo["schema"]["strategy"]
+    assert OmegaConf.get_type(stored["window.yaml"].node) is WindowConfig
+    assert OmegaConf.get_type(stored["blue.yaml"].node) is StrategyConfig
+    from blue_cli.config.overrides import compose_config
+
+    cfg = compose_config([])
+    cfg.strategy = OmegaConf.structured(WindowConfig(width=0))
+    with pytest.raises(ConfigError, match="strategy.width must be >= 1, got 0"):
+        check_run_config(cfg)

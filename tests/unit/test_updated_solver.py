@@ -287,30 +287,100 @@ def _method(name, solver, keep=True, num_edits=None, **extra):
     return method_class(name)(cfg, [0, 1], num_edits=num_edits)
 
 
-def _run(method, dk=40, d=9, batches=(1, 1, 1, 2, 3, 1, 4), seed=0):
+def _run(method, dk=40, d=9, batches=(1, 1, 1, 2, 3, 1, 4), seed=0, layers=(0, 1)):
     # 24 samples and a ridge of 0.01: C is invertible and AlphaEdit's projector (eigenvalues < 0.02) not zero
     ridge = 0.01 * torch.eye(dk, dtype=torch.float64)
-    stats = _Stats({l: (_spd(dk, 50 + 10 * l + seed, samples=24) + ridge).float() for l in (0, 1)})
+    stats = _Stats({l: (_spd(dk, 50 + 10 * l + seed, samples=24) + ridge).float() for l in layers})
     method.prepare(stats, torch.device("cpu"))
     deltas = []
     for i, n in enumerate(batches):
-        for layer in (0, 1):
+        for layer in layers:
             K, R = _keys(dk, n, 7 * i + layer, scale=4.0).float(), _keys(d, n, 300 + i).float()
             deltas.append(method.solve(layer, K, R))
             method.record_keys(layer, _keys(dk, n, 700 + 7 * i + layer, scale=4.0).float())
     return deltas, stats
 
 
-@pytest.mark.parametrize("name", ["memit_seq", "alphaedit", "memit", "pmet_seq", "prune", "rect"])
-def test_methods_give_the_direct_update_under_the_updated_solver(name):
-    extra = {"cov_weight": 30.0} if name != "alphaedit" else {}
-    keep = name in ("memit_seq", "alphaedit", "pmet_seq")
-    direct, _ = _run(_method(name, "direct", keep=keep, **extra))
-    method = _method(name, "updated", keep=keep, **extra)
-    updated, stats = _run(method)
+def _registered_methods():
+    from blue_cli.config.registry import METHODS, load_builtins
+
+    load_builtins()
+    return sorted(METHODS)
+
+
+def _registered_strategies():
+    from blue_cli.config.registry import STRATEGIES, load_builtins
+
+    load_builtins()
+    return sorted(STRATEGIES)
+
+
+_COMPOSED = {}
+
+
+def _composed(name, solver):
+    """The method ``name`` as its YAML composes it (its own key cache, knobs), ``solver`` set;
+    lambda = 30 where the method has one, so that K K^T matters beside lambda C on these sizes."""
+    from blue_cli.config.overrides import compose_config
+
+    if name not in _COMPOSED:
+        _COMPOSED[name] = compose_config([f"method={name}"]).method
+    cfg = _COMPOSED[name].copy()
+    cfg.solver = solver
+    if "cov_weight" in cfg:
+        cfg.cov_weight = 30.0
+    return cfg
+
+
+def _solvers_agree(cls, name, strategy):
+    """On the layers ``strategy`` writes (of four critical layers): the updated solver's updates
+    equal the direct solve's, batch after batch; a class without the updated solver is solved
+    directly under auto (the same updates) and refused under solver=updated."""
+    from blue_cli.config.registry import strategy_class
+    from blue_cli.errors import ConfigError
+
+    layers = tuple(strategy_class(strategy)().written_layers([0, 1, 2, 3]))
+    direct, _ = _run(cls(_composed(name, "direct"), list(layers)), layers=layers)
+    assert all(b.norm() > 0 for b in direct)
+    if not cls.updated_solver:
+        auto = cls(_composed(name, "auto"), list(layers))
+        deltas, stats = _run(auto, layers=layers)
+        assert auto.solver == "direct" and all(torch.equal(a, b) for a, b in zip(deltas, direct, strict=True))
+        with pytest.raises(ConfigError, match="has no updated solver"):
+            cls(_composed(name, "updated"), list(layers)).prepare(stats, torch.device("cpu"))
+        return
+    method = cls(_composed(name, "updated"), list(layers))
+    updated, _ = _run(method, layers=layers)
     assert method.solver == "updated"
     for a, b in zip(updated, direct, strict=True):
-        assert b.norm() > 0 and _rel(a, b) < 1e-9
+        assert _rel(a, b) < 1e-9
+    assert all(0 <= r <= method.tolerance for r in method.residuals.values())
+
+
+@pytest.mark.parametrize("strategy", _registered_strategies())
+@pytest.mark.parametrize("name", _registered_methods())
+def test_every_registered_method_gives_the_direct_update_under_the_updated_solver(name, strategy):
+    """From the registry, so a new method (one module + one YAML) is covered without a line here."""
+    from blue_cli.config.registry import method_class
+
+    _solvers_agree(method_class(name), name, strategy)
+
+
+@pytest.mark.parametrize("strategy", _registered_strategies())
+def test_a_method_without_the_updated_solver_is_solved_directly(strategy):
+    from blue_cli.config.registry import method_class
+
+    direct_only = type("DirectRect", (method_class("rect"),), {"updated_solver": False})
+    _solvers_agree(direct_only, "rect", strategy)
+
+
+@pytest.mark.parametrize("name", ["memit_seq", "alphaedit", "memit", "pmet_seq", "prune", "rect"])
+def test_the_updated_solver_keeps_keys_and_factors_instead_of_matrices(name):
+    """What the updated solver keeps in place of C and C_prev, per method."""
+    extra = {"cov_weight": 30.0} if name != "alphaedit" else {}
+    keep = name in ("memit_seq", "alphaedit", "pmet_seq")
+    method = _method(name, "updated", keep=keep, **extra)
+    _, stats = _run(method)
     refactorised = sum(method.refactorisations.values())
     if keep:  # 13 keys per layer against d_k / 8 = 5: folded into new factorisations
         assert refactorised >= 2
@@ -320,9 +390,51 @@ def test_methods_give_the_direct_update_under_the_updated_solver(name):
         assert refactorised == 0 and all(method.systems[l].recorded == 0 for l in (0, 1))
     if name != "alphaedit":
         assert method.C == {}  # lambda C's factor stands for C
-    assert all(0 <= r <= method.tolerance for r in method.residuals.values())
     if name != "alphaedit":  # lambda C's factor comes through the statistics cache
         assert stats.derived == ["cholesky_30.0", "cholesky_30.0"]
+
+
+def test_a_method_with_its_own_direct_solve_does_not_inherit_the_updated_solver():
+    """A MEMIT subclass that writes another system in solve_direct (twice MEMIT's update here)
+    is solved by it under auto; declaring updated_solver again in its own body keeps it."""
+    from blue_cli.config.registry import check_solver
+    from blue_cli.editing.methods.memit import Memit
+    from blue_cli.errors import ConfigError
+
+    class Doubled(Memit):
+        name = "doubled"
+
+        def solve_direct(self, layer, K, R):
+            return 2 * super().solve_direct(layer, K, R)
+
+    class Declared(Doubled):
+        updated_solver = True
+
+    assert Memit.updated_solver and not Doubled.updated_solver and Declared.updated_solver
+    memit, _ = _run(Memit(_composed("memit", "direct"), [0, 1]))
+    method = Doubled(_composed("memit", "auto"), [0, 1])
+    doubled, _ = _run(method)
+    assert method.solver == "direct"
+    for a, b in zip(doubled, memit, strict=True):
+        assert _rel(a, 2 * b) < 1e-12
+    with pytest.raises(ConfigError) as err:
+        check_solver(Doubled, "updated")
+    assert (
+        str(err.value) == "method doubled has no updated solver (it solves directly): use method.solver=direct or auto"
+    )
+
+
+def test_solver_updated_for_a_method_without_it_is_refused_with_the_overrides(monkeypatch):
+    """Checked when the config is composed, before a run folder exists."""
+    from blue_cli.config.overrides import compose_config
+    from blue_cli.config.registry import METHODS, method_class
+    from blue_cli.errors import ConfigError
+
+    rect = method_class("rect")
+    monkeypatch.setitem(METHODS, "rect", type("DirectRect", (rect,), {"updated_solver": False, "name": "rect"}))
+    assert compose_config(["method=rect", "method.solver=direct"]).method.solver == "direct"
+    with pytest.raises(ConfigError, match="^method rect has no updated solver"):
+        compose_config(["method=rect", "method.solver=updated"])
 
 
 def test_a_failed_residual_check_refactorises_and_still_solves():

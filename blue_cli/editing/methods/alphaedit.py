@@ -38,6 +38,7 @@ class AlphaEdit(EditMethod):
     and kept on the compute device.
     """
 
+    updated_solver = True
     state_matrices = ("projector P",)
     solve_matrices = 3  # K K^T (+ C_prev), A = P M (+ l2 on its diagonal, in place) (linalg.alphaedit_update)
     solve_upcasts_state = True  # P (float32 on CUDA) is copied to float64 for the solve

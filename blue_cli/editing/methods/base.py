@@ -17,9 +17,10 @@ if TYPE_CHECKING:  # a method module imports torch only when it runs (see regist
     from blue_cli.editing.linalg import Factor, LowRankSystem
     from blue_cli.editing.statistics.store import CovarianceStore
 
+from blue_cli.config.registry import check_solver
+
 log = logging.getLogger(__name__)
 
-SOLVERS = ("auto", "direct", "updated")
 # Share of the memory free at prepare that the updated solver's extra state may take under
 # ``solver: auto`` (the rest is left to target optimisation and the solves).
 AUTO_SOLVER_SHARE = 0.5
@@ -43,7 +44,13 @@ class EditMethod:
     peak (a float32 state matrix that the solve copies to float64 adds one:
     ``solve_upcasts_state``); :meth:`solve_flops`, one layer's closed form.
 
-    Updated solver (``solver: updated``, docs/solver.md): the system is A = B + U_h V_h^T + U V^T
+    Updated solver (``solver: updated``, docs/solver.md), declared by ``updated_solver``: a method
+    that supports it defines :meth:`low_rank_terms` and :meth:`initial_factor` for the same
+    system its :meth:`solve_direct` solves; one that does not is solved directly under ``auto``,
+    and ``solver: updated`` is refused for it. A class that defines its own :meth:`solve_direct`
+    supports the updated solver only if it says so again (``updated_solver = True`` in its own
+    body): an inherited updated solver would solve the parent's system, not the new one.
+    The system is A = B + U_h V_h^T + U V^T
     with B factorised once per written layer (:meth:`initial_factor`), U_h V_h^T the keys
     recorded since and U V^T this batch's (:meth:`low_rank_terms`; U is also the right-hand
     side). C_prev is then not kept as a matrix: the recorded keys are it. Declared for the
@@ -55,6 +62,7 @@ class EditMethod:
     """
 
     name = "base"
+    updated_solver = False
     points: tuple[str, ...] = ("block",)
     write_point = "block"
     residual_split = "linear"
@@ -67,6 +75,11 @@ class EditMethod:
     symmetric_system = True  # B is symmetric positive definite: Cholesky (else LU)
     low_rank_symmetric = True  # U = V = K
     updated_solve_matrices = 2  # a refactorisation: B and its factor (float64)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "solve_direct" in cls.__dict__ and "updated_solver" not in cls.__dict__:
+            cls.updated_solver = False  # a new direct solve voids the inherited updated one
 
     def __init__(self, cfg, layers: Sequence[int], num_edits: int | None = None):
         """``num_edits``: how many edits the stream will make, when known (the run's
@@ -161,13 +174,12 @@ class EditMethod:
         return int(total)
 
     def choose_solver(self, choice: str) -> str:
-        """``auto``: updated when the state it keeps beyond the direct solver's fits in
-        AUTO_SOLVER_SHARE of the memory free now on the compute device (CPU: available RAM),
-        else direct."""
-        if choice not in SOLVERS:
-            from blue_cli.errors import ConfigError
-
-            raise ConfigError(f"unknown method.solver '{choice}' (choose: {', '.join(SOLVERS)})")
+        """``auto``: updated when the method supports it and the state it keeps beyond the
+        direct solver's fits in AUTO_SOLVER_SHARE of the memory free now on the compute device
+        (CPU: available RAM), else direct."""
+        check_solver(type(self), choice)
+        if choice == "auto" and not self.updated_solver:
+            return "direct"
         if choice != "auto":
             return choice
         extra = self.state_bytes("updated") - self.state_bytes("direct")
@@ -291,6 +303,15 @@ class EditMethod:
         Evaluation points, the final checkpoint and exports all see these. Default: as edited.
         """
         return current, {}
+
+
+def planned_solver(method: type[EditMethod], choice: str) -> str:
+    """The solver a plan assumes for ``choice`` before memory is known: ``auto`` plans the
+    updated one where the method supports it (the plan then checks that it fits)."""
+    check_solver(method, choice)
+    if choice == "auto":
+        return "updated" if method.updated_solver else "direct"
+    return choice
 
 
 def free_bytes(device: torch.device) -> int:

@@ -52,6 +52,8 @@ class Memit(EditMethod):
     lambda C + K K^T only; ``memit_seq`` adds C_prev, the keys of earlier batches.
     """
 
+    updated_solver = True
+
     def prepare(self, covariances: CovarianceStore, device: torch.device) -> None:
         super().prepare(covariances, device)
         # the updated solver keeps lambda C's factor instead of C (initial_factor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,11 +16,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class PruneConfig(MemitConfig):
-    """``log_base``: base of the log that restrains singular values (e in PRUNE's code;
-    per model from ``model_hparams.prune_log_base``). ``evaluated_weights``: the evaluated
+    """``log_base``: base of the log that restrains singular values (e in PRUNE's code; per
+    model in ``hparams/model_method/<model>_prune.yaml``). ``evaluated_weights``: the evaluated
     weights, ``restrained`` (W0 + F(Delta), the PRUNE paper) or ``edited_plus_restrained``
-    (W0 + Delta + F(Delta), the reference's evaluation script, which the BLUE paper's
-    PRUNE rows ran; per run from ``model_hparams.prune_evaluated_weights``)."""
+    (W0 + Delta + F(Delta), the reference's evaluation script, which the BLUE paper's PRUNE
+    rows ran; the paper experiments set it through ``per_method.prune``)."""
 
     name: str = "prune"
     log_base: float = 2.718281828459045
@@ -29,7 +30,12 @@ class PruneConfig(MemitConfig):
 
     @classmethod
     def check(cls, node) -> None:
-        """``evaluated_weights`` one of :attr:`EVALUATED_WEIGHTS`, besides MEMIT's checks."""
+        """``log_base`` above 1 and finite (the restraint divides by log(log_base), which is 0 at
+        1 and negative below); ``evaluated_weights`` one of :attr:`EVALUATED_WEIGHTS`; MEMIT's checks.
+        Checked with the overrides, so a bad base stops the run before its first batch."""
+        base = node.get("log_base", math.e)
+        if not 1 < base < math.inf:
+            raise ConfigError(f"method.log_base must be above 1 and finite (e.g. 1.2, or e = 2.718...), got {base}")
         if node.get("evaluated_weights", "restrained") not in cls.EVALUATED_WEIGHTS:
             choices = ", ".join(cls.EVALUATED_WEIGHTS)
             raise ConfigError(f"unknown method.evaluated_weights '{node.evaluated_weights}' (choose: {choices})")

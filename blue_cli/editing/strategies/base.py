@@ -1,28 +1,36 @@
 """What a strategy decides: which critical layers are written, where and when targets
 are optimised, and how the residual is shared. It owns the model access of a batch
 and drives any method through the method's declared properties, never branching on
-which method it is."""
+which method it is.
+
+Like the method modules, a strategy module imports torch and the editing code only inside
+the functions that compute: registering its name and schema (composing a config) stays light.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from blue_cli.config.schema import TargetConfig
-from blue_cli.datasets.records import EditRequest
-from blue_cli.editing.anchoring import NormAnchor, value_norms
-from blue_cli.editing.keys import collect_keys, values_at_subject
-from blue_cli.editing.methods.base import EditMethod
-from blue_cli.editing.targets import TargetResult, merge_results, optimise_targets, requests_per_chunk
 from blue_cli.errors import NumericalError
-from blue_cli.models.adapter import ModelAdapter
+
+if TYPE_CHECKING:
+    import torch
+
+    from blue_cli.config.schema import TargetConfig
+    from blue_cli.datasets.records import EditRequest
+    from blue_cli.editing.anchoring import NormAnchor
+    from blue_cli.editing.methods.base import EditMethod
+    from blue_cli.editing.targets import TargetResult
+    from blue_cli.models.adapter import ModelAdapter
 
 
 def require_finite(what: str, tensor: torch.Tensor) -> None:
     """Stop before a non-finite value reaches the weights or C_prev."""
+    import torch
+
     if not bool(torch.isfinite(tensor).all()):
         raise NumericalError(f"non-finite {what} (NaN or inf)")
 
@@ -66,6 +74,10 @@ class EditContext:
             return 1
         if self.chunk is not None:
             return self.chunk
+        import torch
+
+        from blue_cli.editing.targets import requests_per_chunk
+
         device = self.adapter.device
         if device.type != "cuda":
             return max(1, len(requests))
@@ -149,6 +161,8 @@ class Strategy:
         caller already holds them (the session's, for its diagnostics and NaN restore):
         one copy per batch instead of two.
         """
+        from blue_cli.editing.keys import collect_keys
+
         written = self.written_layers(critical)
         adapter = ctx.adapter
         if before is None:
@@ -195,6 +209,9 @@ class Strategy:
         method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int
     ) -> TargetResult:
         """Target vectors at the method's points of ``layer`` for every request, on the current model."""
+        from blue_cli.editing.anchoring import value_norms
+        from blue_cli.editing.targets import merge_results, optimise_targets
+
         size = ctx.chunk_size(requests, layer)
         with ctx.timer("targets"):
             parts = [
@@ -217,6 +234,8 @@ class Strategy:
         method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int, residual: torch.Tensor
     ) -> LayerWrite:
         """Solve for the update that maps this layer's current keys to ``residual`` and apply it."""
+        from blue_cli.editing.keys import collect_keys
+
         with ctx.timer("keys"):
             K = collect_keys(ctx.adapter, requests, ctx.groups, [layer])[layer]
         require_finite(f"keys of layer {layer}", K)
@@ -240,4 +259,6 @@ class Strategy:
         method: EditMethod, ctx: EditContext, requests: Sequence[EditRequest], layer: int
     ) -> torch.Tensor:
         """H: the write point's value at ``layer`` on the current weights (d x n)."""
+        from blue_cli.editing.keys import values_at_subject
+
         return values_at_subject(ctx.adapter, requests, layer, method.write_point)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from blue_cli.config.registry import register_strategy
-from blue_cli.editing.linalg import split_residual
 from blue_cli.editing.strategies.base import BatchTrace, Strategy
 
 
@@ -20,6 +19,8 @@ class SpreadStrategy(Strategy):
         return [critical[-1]]
 
     def write_batch(self, method, ctx, requests, critical):
+        from blue_cli.editing.linalg import split_residual
+
         trace = BatchTrace()
         z_layer = critical[-1]
         target = self.compute_targets(method, ctx, requests, z_layer)
