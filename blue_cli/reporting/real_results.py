@@ -56,6 +56,8 @@ def run_record(folder: Path) -> dict:
         "num_edits": summary["num_edits"],
         "batch_size": summary["batch_size"],
         "seconds_per_batch": summary.get("seconds_per_batch"),
+        "edit_seconds": summary.get("edit_seconds"),
+        "evaluation_seconds": summary.get("evaluation_seconds"),
         "perplexity": summary.get("perplexity"),
         "pre_perplexity": summary.get("pre_perplexity"),
         "write_error": summary.get("write_error"),
@@ -135,12 +137,22 @@ def render_protocol(payload: dict) -> str:
                     f"| {_diff(row[f'{rate}_diff'])} |"
                 )
             lines.append(f"| {row['method']} | perplexity | {_ppl(row['spread'])} | {_ppl(row['blue'])} | |")
-    lines += ["", "What the runs show (a gain or a loss: its 95% interval excludes zero):", ""]
+    runs = [row[s] for row in rows for s in STRATEGIES]
+    if runs and all(r.get("edit_seconds") is not None and r.get("evaluation_seconds") is not None for r in runs):
+        edit = sum(r["edit_seconds"] for r in runs) / 60
+        evaluation = sum(r["evaluation_seconds"] for r in runs) / 60
+        lines += ["", f"Time, all {len(runs)} runs: {edit:.0f} min editing, {evaluation:.0f} min evaluating."]
+    lines += [
+        "",
+        "What the runs show (a gain or a loss: its 95% interval excludes zero; each with its paired "
+        "mean difference and 95% half-width):",
+        "",
+    ]
     for rate in RATES:
-        verdicts = [(r["dataset"], r["method"], r[f"{rate}_diff"]["verdict"]) for r in rows]
-        gains = [f"{m} ({d})" for d, m, v in verdicts if v == "gain"]
-        losses = [f"{m} ({d})" for d, m, v in verdicts if v == "loss"]
-        neither = sum(1 for _, _, v in verdicts if v == "no difference shown")
+        verdicts = [(r["dataset"], r["method"], r[f"{rate}_diff"]) for r in rows]
+        gains = [f"{m} ({d}): {_diff(x)}" for d, m, x in verdicts if x["verdict"] == "gain"]
+        losses = [f"{m} ({d}): {_diff(x)}" for d, m, x in verdicts if x["verdict"] == "loss"]
+        neither = sum(1 for _, _, x in verdicts if x["verdict"] == "no difference shown")
         lines.append(
             f"- {rate}: BLUE gains in {len(gains)} of {len(verdicts)} pairs"
             + (f" ({', '.join(gains)})" if gains else "")

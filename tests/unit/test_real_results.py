@@ -40,6 +40,8 @@ def _record(strategy, method, eff):
         "batch_size": 2,
         "perplexity": 20.0,
         "pre_perplexity": 19.0,
+        "edit_seconds": 90.0,
+        "evaluation_seconds": 30.0,
         **rates,
         **{f"pre_{k}": 0.1 for k in rates},
         **{f"{k}_pm": 0.05 for k in rates},
@@ -59,8 +61,12 @@ def test_the_page_pairs_the_strategies_and_counts_the_verdicts():
     assert rows[0]["generalization_diff"]["verdict"] == "no difference shown"  # every difference 0
     text = render_protocol({"store": "x.json", "description": "d", "rows": rows})
     assert "| memit | efficacy | 0.25 ± 0.05 | 1.00 ± 0.05 | +0.75 ± " in text
+    assert "Time, all 2 runs: 3 min editing, 1 min evaluating." in text  # 2 x 90 s, 2 x 30 s
     # differences 1, 1, 1, 0: mean 0.75, 95% half-width 1.96 * 0.5 / 2 = 0.49, so a gain
-    assert "- efficacy: BLUE gains in 1 of 1 pairs (memit (counterfact)), loses in 0, no difference shown in 0." in text
+    assert (
+        "- efficacy: BLUE gains in 1 of 1 pairs (memit (counterfact): +0.75 ± 0.49), loses in 0, "
+        "no difference shown in 0." in text
+    )
 
 
 def test_the_docs_protocol_block_is_the_rendering_of_the_stored_runs():
