@@ -45,6 +45,37 @@ def memit_update(
     return R64 @ _solve_spd(A, K64).T
 
 
+def emmet_update(
+    K: torch.Tensor,
+    R: torch.Tensor,
+    C: torch.Tensor,
+    cov_weight: float,
+    emmet_lambda: float,
+    norm_weight: float = 0.0,
+    C_prev: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Delta = R (K^T A^{-1} K + emmet_lambda I)^{-1} K^T A^{-1}, A = cov_weight C + norm_weight I
+    (+ C_prev)  (EMMET, Gupta et al. 2024: the batch's keys as equality constraints, relaxed
+    by emmet_lambda; 0 asks Delta K = R exactly).
+
+    One d_k x d_k factorisation of A for the n columns of Y = A^{-1} K, then an n x n system.
+    With emmet_lambda = 1 it is MEMIT's update on the same A (Woodbury). An n x n matrix that
+    is singular (emmet_lambda 0 with dependent keys) is solved by its pseudo-inverse, as EasyEdit does.
+    """
+    K64, R64 = _f64(K), _f64(R)
+    A = cov_weight * _f64(C)
+    if norm_weight:
+        A = A + norm_weight * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    if C_prev is not None:
+        A = A + _f64(C_prev)
+    Y = _solve_spd(A, K64)
+    D = K64.T @ Y + emmet_lambda * torch.eye(K64.shape[1], dtype=A.dtype, device=A.device)
+    L, info = torch.linalg.cholesky_ex(D)
+    if int(info) == 0:
+        return R64 @ torch.cholesky_solve(Y.T, L)
+    return R64 @ torch.linalg.pinv(D, hermitian=True) @ Y.T
+
+
 def nullspace_projector(C: torch.Tensor, threshold: float) -> torch.Tensor:
     """P = U0 U0^T over eigenvectors of the symmetric C with eigenvalue < threshold.
 

@@ -5,6 +5,7 @@ import torch
 from blue_cli.editing.linalg import (
     alphaedit_update,
     compress_singular_values,
+    emmet_update,
     keep_top_relative_change,
     memit_update,
     nullspace_projector,
@@ -130,3 +131,53 @@ def test_compress_singular_values_never_enlarges():
     bound = float(s[-3])  # most singular values just above the bound, where F(s) > s for base 1.1
     out = torch.linalg.svdvals(compress_singular_values(delta, bound, log_base=1.1))
     assert (out <= s + 1e-9).all()
+
+
+# --- EMMET -------------------------------------------------------------------------------------
+
+
+def _emmet_by_hand(K, R, C, weight, lam, alpha, C_prev):
+    """The published formula with explicit inverses (numpy, float64)."""
+    import numpy as np
+
+    k, r, c = K.numpy(), R.numpy(), C.numpy()
+    A = weight * c + alpha * np.eye(c.shape[0]) + (C_prev.numpy() if C_prev is not None else 0)
+    A_inv = np.linalg.inv(A)
+    D = k.T @ A_inv @ k + lam * np.eye(k.shape[1])
+    return r @ np.linalg.inv(D) @ k.T @ A_inv
+
+
+def test_emmet_update_is_the_published_formula():
+    K, R, C = _problem()
+    _, _, C_prev = _problem(seed=3)
+    for weight, lam, alpha, prev in ((1.0, 0.1, 0.0, None), (30.0, 0.5, 2.0, C_prev), (0.2, 0.0, 0.0, C_prev)):
+        delta = emmet_update(K, R, C, weight, lam, alpha, prev)
+        expected = torch.from_numpy(_emmet_by_hand(K, R, C, weight, lam, alpha, prev))
+        assert (delta - expected).norm() / expected.norm() < 1e-9, (weight, lam, alpha)
+
+
+def test_emmet_with_unit_lambda_is_memit_on_the_same_system():
+    """(K^T A^-1 K + I)^-1 K^T A^-1 = K^T (A + K K^T)^-1 (Woodbury)."""
+    K, R, C = _problem()
+    _, _, C_prev = _problem(seed=5)
+    emmet = emmet_update(K, R, C, 40.0, 1.0, 0.0, C_prev)
+    memit = memit_update(K, R, C, 40.0, C_prev)
+    assert (emmet - memit).norm() / memit.norm() < 1e-9
+
+
+def test_emmet_without_relaxation_writes_every_key_exactly():
+    K, R, C = _problem(n=8)
+    delta = emmet_update(K, R, C, 1.0, 0.0)
+    assert (delta @ K - R).norm() / R.norm() < 1e-9
+    relaxed = emmet_update(K, R, C, 1.0, 10.0)
+    assert (relaxed @ K - R).norm() / R.norm() > 0.1  # the ridge trades the constraints away
+
+
+def test_emmet_with_a_singular_constraint_system_uses_its_pseudo_inverse():
+    """Two equal keys and lambda_e 0: K^T A^-1 K is singular; consistent residuals are still written."""
+    K, R, C = _problem(n=3)
+    K = torch.cat([K, K[:, :1]], dim=1)
+    R = torch.cat([R, R[:, :1]], dim=1)
+    delta = emmet_update(K, R, C, 1.0, 0.0)
+    assert torch.isfinite(delta).all()
+    assert (delta @ K - R).norm() / R.norm() < 1e-6

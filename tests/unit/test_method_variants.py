@@ -110,3 +110,17 @@ def test_per_method_settings_apply_only_to_their_method():
     with pytest.raises(ConfigError) as err:
         compose_config(["per_method.rect.keep_fraction=0.25"])
     assert "write +per_method.rect.keep_fraction=..." in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["emmet_lambda", "norm_weight"])
+def test_emmet_rejects_a_negative_or_infinite_relaxation(key):
+    for bad in (-0.1, float("inf")):
+        with pytest.raises(ConfigError) as err:
+            compose_config(["method=emmet", f"method.{key}={bad}"])
+        assert str(err.value) == f"method.{key} must be >= 0 and finite, got {bad}"
+
+
+def test_emmet_seq_keeps_the_keys_of_earlier_batches_and_emmet_does_not():
+    assert compose_config(["method=emmet_seq"]).method.keep_previous_keys is True
+    assert compose_config(["method=emmet"]).method.keep_previous_keys is False
+    assert method_class("emmet_seq") is method_class("emmet") and not method_class("emmet").updated_solver
